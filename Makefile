@@ -24,6 +24,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 bench: $(STAMP)
+	@command -v h2load >/dev/null && command -v wrk >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq nghttp2-client wrk)
 	$(BIN)/python -m bench
 
 clean:

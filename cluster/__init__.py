@@ -1,0 +1,31 @@
+"""cluster: SWIM/Lifeguard membership and rendezvous ownership, as a sans-I/O core.
+
+General layout (one mechanism per module; none of them imports trio, time, socket or the global random):
+- swim: `SwimNode`, the member state machine, and the only object a shell drives
+- actions: what a node asks of its shell (`SendPacket`, `OpenStream`) and reports (`MemberEvent`)
+- membership: the member table and its fixed-order rules (alive / suspect / dead, refutation)
+- probe, suspicion, awareness, broadcast: round-robin probing, Lifeguard's suspicion timeouts, the local
+  health multiplier, the retransmit queue
+- messages, codec, envelope, keyring: wire values, msgpack schemas, the authenticated replay-checked envelope,
+  HMAC keys and their rotation
+- config: `SwimConfig` with memberlist's LAN / WAN / local presets
+- ownership: `Rendezvous`, the owner of each queue key over the live members
+- testing: `SimCluster`, many nodes on a simulated network and virtual time (imported on its own, as
+  `cluster.testing`, so production code never loads it)
+"""
+
+from .actions import Action as Action
+from .actions import MemberEvent as MemberEvent
+from .actions import MemberEventKind as MemberEventKind
+from .actions import OpenStream as OpenStream
+from .actions import SendPacket as SendPacket
+from .config import SwimConfig as SwimConfig
+from .envelope import DropCounts as DropCounts
+from .keyring import InsecureClusterError as InsecureClusterError
+from .keyring import Keyring as Keyring
+from .messages import Address as Address
+from .messages import MemberInfo as MemberInfo
+from .messages import MemberState as MemberState
+from .ownership import Rendezvous as Rendezvous
+from .swim import SwimNode as SwimNode
+from .swim import SwimStatistics as SwimStatistics

@@ -43,7 +43,7 @@ class Attempt:
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Attempt:
-        return cls(**data)
+        return cls(**_known(cls, data))
 
 
 @dataclass(slots=True)
@@ -71,7 +71,7 @@ class Delivery:
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Delivery:
-        return cls(**data)
+        return cls(**_known(cls, data))
 
 
 @dataclass(slots=True)
@@ -131,7 +131,13 @@ class JobRecord:
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> JobRecord:
-        data = dict(data)
-        data["attempts"] = [Attempt.from_wire(a) for a in data.get("attempts", ())]
-        data["deliveries"] = [Delivery.from_wire(d) for d in data.get("deliveries", ())]
-        return cls(**data)
+        fields = _known(cls, data)
+        fields["attempts"] = [Attempt.from_wire(a) for a in data.get("attempts", ())]
+        fields["deliveries"] = [Delivery.from_wire(d) for d in data.get("deliveries", ())]
+        return cls(**fields)
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The fields this version knows: a record written by a newer version still loads after a downgrade."""
+    names = cls.__dataclass_fields__  # type: ignore[attr-defined]
+    return {name: value for name, value in data.items() if name in names}

@@ -1,0 +1,86 @@
+"""`python -m bench`: run every benchmark, rewrite bench/RESULTS.md with tables, commands, machine facts."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Callable
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from bench import intake, scheduler_ops
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+# Each returns {"title", "about", "targets", "commands", "rows"}; rows are dicts of preformatted cells.
+BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
+    "intake": intake.run,
+    "scheduler_ops": scheduler_ops.run,
+}
+
+
+def main() -> None:
+    sections = [_machine()]
+    for name, benchmark in BENCHMARKS.items():
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        sections.append(_section(benchmark()))
+    RESULTS.write_text("\n\n".join(["# Benchmark results", *sections]) + "\n")
+    print(f"wrote {RESULTS}", file=sys.stderr)
+
+
+def _machine() -> str:
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    packages = ", ".join(f"{package} {version(package)}" for package in ("trio", "hypercorn", "h2", "httpx"))
+    return "\n".join(
+        [
+            f"Generated {now} by `python -m bench` (`make bench`). Medians of alternating runs; only ratios",
+            "between rows of one table mean much on a shared machine (runs vary by about ±25%).",
+            "",
+            f"- machine: {os.cpu_count()} CPUs (nproc), {platform.platform()}",
+            f"- python {platform.python_version()}, {packages}",
+            f"- load generators: {_first_line(['h2load', '--version'])}; {_first_line(['wrk', '--version'])}",
+        ]
+    )
+
+
+def _section(result: dict[str, Any]) -> str:
+    rows: list[dict[str, str]] = result["rows"]
+    columns = list(rows[0])
+    table = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(row[column] for column in columns) + " |" for row in rows),
+    ]
+    targets = ", ".join(f"{name} = `{factory}`" for name, factory in result["targets"].items())
+    commands = [f"    {command}" for command in result["commands"]]
+    return "\n".join(
+        [
+            f"## {result['title']}",
+            "",
+            result["about"],
+            "",
+            f"Targets: {targets}",
+            "",
+            *table,
+            "",
+            "Commands:",
+            "",
+            *commands,
+        ]
+    )
+
+
+def _first_line(argv: list[str]) -> str:
+    """A tool's version banner (wrk prints it on stderr and exits 1)."""
+    try:
+        completed = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except FileNotFoundError:
+        return f"{argv[0]} missing"
+    return (completed.stdout or completed.stderr).splitlines()[0]
+
+
+if __name__ == "__main__":
+    main()

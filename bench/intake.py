@@ -1,0 +1,114 @@
+"""Job intake: how many job submissions per second one node accepts, next to a trivial app on the same stack.
+
+The baseline is the cheapest possible intake endpoint served by the same `serve_asgi` setup, so the ratio says
+what the job API itself costs. The candidate (the real job API) is an import path "module:factory" returning a
+`bench.common.BenchTarget`; it is measured in the same run, alternating with the baseline.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import tempfile
+from collections.abc import Callable, MutableMapping
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    BenchTarget,
+    LoadResult,
+    ServedTarget,
+    alternate,
+    run_h2load,
+    run_wrk,
+    served_app,
+    summarize,
+)
+from edge.http_server import ASGIReceive, ASGISend
+
+BASELINE_FACTORY = "bench.intake:baseline_target"
+ROUNDS = 3  # per target and protocol: B C B C B C
+DURATION_S = 5
+WARM_UP_S = 1
+CLIENTS = 10
+STREAMS_PER_CLIENT = 10
+
+# A typical submission: a target call with a credential header, a webhook and metadata (~400 bytes).
+SAMPLE_JOB = {
+    "url": "https://api.example.com/v1/charges",
+    "method": "POST",
+    "headers": {"Authorization": "Bearer sk_test_0123456789abcdef", "Content-Type": "application/json"},
+    "body": json.dumps({"amount": 4200, "currency": "usd", "customer": "cus_0123456789"}),
+    "metadata": {"order_id": "order-42", "attempt": 1},
+    "webhooks": [{"url": "https://hooks.example.com/ezthrottle", "has_quorum_vote": True}],
+    "retry_policy": {
+        "max_retries": 3,
+        "max_reroutes": 2,
+        "retry_codes": [429, 503],
+        "reroute_codes": [500, 502],
+    },
+    "idempotent_key": "order-42",
+}
+ACCEPTED = json.dumps(
+    {"job_id": "job_1763674210055_853341", "status": "queued", "idempotent_key": "order-42"}
+)
+
+
+async def baseline_app(scope: MutableMapping[str, Any], receive: ASGIReceive, send: ASGISend) -> None:
+    """Reads the whole body and answers 201 with a fixed job id: the floor under any real intake."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send(
+        {"type": "http.response.start", "status": 201, "headers": [(b"content-type", b"application/json")]}
+    )
+    await send({"type": "http.response.body", "body": ACCEPTED.encode()})
+
+
+def baseline_target() -> BenchTarget:
+    return BenchTarget(
+        app=baseline_app,
+        path="/api/v1/jobs",
+        headers=(("content-type", "application/json"),),
+        body=json.dumps(SAMPLE_JOB).encode(),
+    )
+
+
+def run(candidate_app_factory: str | None = None) -> dict[str, Any]:
+    """Measure POST /api/v1/jobs over h2c (h2load) and HTTP/1.1 (wrk), candidate against baseline."""
+    factories = {"baseline": BASELINE_FACTORY}
+    if candidate_app_factory is not None:
+        factories["candidate"] = candidate_app_factory
+    protocols: dict[str, Callable[[ServedTarget, Path], LoadResult]] = {
+        f"h2c, {CLIENTS} connections x {STREAMS_PER_CLIENT} streams": functools.partial(
+            run_h2load,
+            duration_s=DURATION_S,
+            warm_up_s=WARM_UP_S,
+            clients=CLIENTS,
+            streams=STREAMS_PER_CLIENT,
+        ),
+        f"HTTP/1.1, {CLIENTS} keep-alive connections": functools.partial(
+            run_wrk, duration_s=DURATION_S, connections=CLIENTS
+        ),
+    }
+    rows: list[dict[str, str]] = []
+    commands: list[str] = []
+    with ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-intake-")))
+        targets = {name: stack.enter_context(served_app(factory)) for name, factory in factories.items()}
+        for label, measure in protocols.items():
+            runs = alternate(
+                {name: functools.partial(measure, target, scratch) for name, target in targets.items()},
+                ROUNDS,
+            )
+            rows += summarize(runs, baseline="baseline", label=label)
+            commands += [results[0].command for results in runs.values()]
+    return {
+        "title": "Job intake (POST /api/v1/jobs)",
+        "about": __doc__.strip().splitlines()[0],
+        "targets": factories,
+        "commands": commands,
+        "rows": rows,
+    }

@@ -1,0 +1,197 @@
+"""Messages to msgpack and back: `[tag, field, field, ...]`, one schema per message class.
+
+Decoding trusts nothing: every field is type-checked and bounded before a message is built, and anything wrong
+raises `MalformedMessage` (envelope.py counts it and drops the datagram). Two rules keep old and new nodes
+compatible: message tags are only appended (messages.MessageType), and fields are only appended to a schema,
+so a decoder ignores trailing fields it does not know and skips tags it does not know.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from .messages import (
+    API_ADDRESS_BYTES_MAX,
+    HOST_BYTES_MAX,
+    NODE_ID_BYTES_MAX,
+    REGION_BYTES_MAX,
+    Ack,
+    Address,
+    Alive,
+    Dead,
+    IndirectPing,
+    MemberInfo,
+    MemberState,
+    Message,
+    MessageType,
+    Nack,
+    Ping,
+    PushPull,
+    Suspect,
+)
+
+UINT_MAX = 2**64 - 1
+
+
+class MalformedMessage(ValueError):
+    """A wire message that does not fit its schema: a bug or an incompatible peer, never our fault."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """How one field goes to the wire (`encode`) and comes back checked (`decode`)."""
+
+    encode: Callable[[Any], Any]
+    decode: Callable[[Any], Any]
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _decode_uint(value: Any) -> int:
+    if type(value) is not int or not 0 <= value <= UINT_MAX:
+        raise MalformedMessage(f"expected an unsigned 64-bit int, got {value!r:.40}")
+    return value
+
+
+def _text(bytes_max: int, *, allow_empty: bool) -> _Kind:
+    def decode(value: Any) -> str:
+        if type(value) is not str or len(value.encode()) > bytes_max or not (value or allow_empty):
+            raise MalformedMessage(f"expected text of at most {bytes_max} bytes, got {value!r:.40}")
+        return value
+
+    return _Kind(_identity, decode)
+
+
+def _decode_flag(value: Any) -> bool:
+    if type(value) is not bool:
+        raise MalformedMessage(f"expected a bool, got {value!r:.40}")
+    return value
+
+
+_HOST = _text(HOST_BYTES_MAX, allow_empty=False)
+
+
+def _encode_address(address: Address) -> list[Any]:
+    return [address[0], address[1]]
+
+
+def _decode_address(value: Any) -> Address:
+    if type(value) is not list or len(value) != 2:
+        raise MalformedMessage(f"expected [host, port], got {value!r:.40}")
+    port = _decode_uint(value[1])
+    if not 0 < port < 65536:
+        raise MalformedMessage(f"port out of range: {port}")
+    return (_HOST.decode(value[0]), port)
+
+
+def _decode_state(value: Any) -> MemberState:
+    try:
+        return MemberState(_decode_uint(value))
+    except ValueError as exc:
+        raise MalformedMessage(f"unknown member state {value!r:.40}") from exc
+
+
+UINT = _Kind(_identity, _decode_uint)
+NODE_ID = _text(NODE_ID_BYTES_MAX, allow_empty=False)
+REGION = _text(REGION_BYTES_MAX, allow_empty=True)
+API_ADDRESS = _text(API_ADDRESS_BYTES_MAX, allow_empty=True)
+FLAG = _Kind(_identity, _decode_flag)
+ADDRESS = _Kind(_encode_address, _decode_address)
+STATE = _Kind(int, _decode_state)
+
+Schema = tuple[tuple[str, _Kind], ...]
+
+
+def _encode_fields(value: Any, schema: Schema) -> list[Any]:
+    return [kind.encode(getattr(value, name)) for name, kind in schema]
+
+
+def _decode_fields(cls: type[Any], schema: Schema, values: list[Any]) -> Any:
+    """Build `cls` from wire values; extra trailing values come from a newer peer and are ignored."""
+    if len(values) < len(schema):
+        raise MalformedMessage(f"{cls.__name__} needs {len(schema)} fields, got {len(values)}")
+    return cls(**{name: kind.decode(value) for (name, kind), value in zip(schema, values, strict=False)})
+
+
+_MEMBER_INFO_SCHEMA: Schema = (
+    ("node", NODE_ID),
+    ("address", ADDRESS),
+    ("region", REGION),
+    ("api_address", API_ADDRESS),
+    ("incarnation", UINT),
+    ("state", STATE),
+)
+
+
+def _encode_members(members: tuple[MemberInfo, ...]) -> list[Any]:
+    return [_encode_fields(member, _MEMBER_INFO_SCHEMA) for member in members]
+
+
+def _decode_members(value: Any) -> tuple[MemberInfo, ...]:
+    if type(value) is not list:
+        raise MalformedMessage("push-pull members must be a list")
+    members = []
+    for entry in value:
+        if type(entry) is not list:
+            raise MalformedMessage("a push-pull member must be a list")
+        members.append(_decode_fields(MemberInfo, _MEMBER_INFO_SCHEMA, entry))
+    return tuple(members)
+
+
+MEMBERS = _Kind(_encode_members, _decode_members)
+
+# The wire schema of every message: ONLY APPEND fields, never reorder or remove them.
+_SCHEMAS: dict[type[Message], tuple[MessageType, Schema]] = {
+    Ping: (MessageType.PING, (("seq", UINT), ("target", NODE_ID))),
+    IndirectPing: (
+        MessageType.INDIRECT_PING,
+        (("seq", UINT), ("target", NODE_ID), ("target_address", ADDRESS), ("want_nack", FLAG)),
+    ),
+    Ack: (MessageType.ACK, (("seq", UINT),)),
+    Nack: (MessageType.NACK, (("seq", UINT),)),
+    Suspect: (
+        MessageType.SUSPECT,
+        (("node", NODE_ID), ("incarnation", UINT), ("accuser", NODE_ID), ("accuser_incarnation", UINT)),
+    ),
+    Alive: (
+        MessageType.ALIVE,
+        (
+            ("node", NODE_ID),
+            ("incarnation", UINT),
+            ("address", ADDRESS),
+            ("region", REGION),
+            ("api_address", API_ADDRESS),
+        ),
+    ),
+    Dead: (
+        MessageType.DEAD,
+        (("node", NODE_ID), ("incarnation", UINT), ("accuser", NODE_ID), ("accuser_incarnation", UINT)),
+    ),
+    PushPull: (MessageType.PUSH_PULL, (("members", MEMBERS), ("is_reply", FLAG))),
+}
+_BY_TAG: dict[int, tuple[type[Message], Schema]] = {
+    int(tag): (cls, schema) for cls, (tag, schema) in _SCHEMAS.items()
+}
+
+
+def encode_message(message: Message) -> bytes:
+    """One message as a msgpack array; a batch is these arrays concatenated under one array header."""
+    tag, schema = _SCHEMAS[type(message)]
+    return msgpack.packb([int(tag), *_encode_fields(message, schema)])
+
+
+def decode_message(item: Any) -> Message | None:
+    """One unpacked message, or None for a tag from a newer protocol (skipped, not an error)."""
+    if type(item) is not list or not item or type(item[0]) is not int:
+        raise MalformedMessage(f"a message must be [tag, fields...], got {item!r:.40}")
+    entry = _BY_TAG.get(item[0])
+    if entry is None:
+        return None
+    cls, schema = entry
+    return _decode_fields(cls, schema, item[1:])

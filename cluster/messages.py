@@ -1,0 +1,148 @@
+"""Wire messages of the SWIM core: small immutable values, one class per message type.
+
+These are the only things members say to each other. codec.py turns them into msgpack and back, envelope.py
+wraps a batch of them in an authenticated datagram or stream. Constructors do not validate: values built here
+come from our own code, and values from the wire are checked field by field in codec.py before they are built.
+
+Membership messages (`Alive`, `Suspect`, `Dead`) are ordered by incarnation: a member's incarnation only
+grows, and only the member itself raises it (to refute a suspicion). A graceful leave is a `Dead` whose
+accuser is the node itself, as in memberlist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import final
+
+# (host, port) of a member's gossip endpoint: UDP for packets and TCP for streams on the same port. The host
+# is an IP literal (v4 or v6); the shell resolves names before it hands addresses to the core.
+Address = tuple[str, int]
+
+# Field limits, in UTF-8 bytes. memberlist caps node metadata at 512 B; node id + region + API address stay
+# under that, so an `Alive` plus the envelope always fits one 1400-byte datagram.
+NODE_ID_BYTES_MAX = 128
+REGION_BYTES_MAX = 64
+API_ADDRESS_BYTES_MAX = 256
+HOST_BYTES_MAX = 255
+
+
+class MessageType(IntEnum):
+    """Wire tags. ONLY APPEND TO THIS LIST: nodes skip tags they do not know; a tag never changes meaning."""
+
+    PING = 1
+    INDIRECT_PING = 2
+    ACK = 3
+    NACK = 4
+    SUSPECT = 5
+    ALIVE = 6
+    DEAD = 7
+    PUSH_PULL = 8
+
+
+class MemberState(IntEnum):
+    """A member's state as this node sees it. Wire values in push-pull: ONLY APPEND TO THIS LIST."""
+
+    ALIVE = 0
+    SUSPECT = 1
+    DEAD = 2
+    LEFT = 3
+
+    @property
+    def is_live(self) -> bool:
+        """Alive or suspect: still a member (a suspicion may yet be refuted), so it keeps its keys."""
+        return self is MemberState.ALIVE or self is MemberState.SUSPECT
+
+
+class Message:
+    """Base of the wire messages. Don't subclass outside this module: codec.py has one schema per class."""
+
+    __slots__ = ()
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberInfo:
+    """What the cluster knows about one member: a push-pull entry and the public view of the table."""
+
+    node: str
+    address: Address
+    region: str
+    api_address: str
+    incarnation: int
+    state: MemberState
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ping(Message):
+    """Are you alive? `target` names the node meant, so a reused address never acks for someone else."""
+
+    seq: int
+    target: str
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IndirectPing(Message):
+    """Ping `target` for me and relay its ack; with `want_nack`, say so if it stays silent (Lifeguard)."""
+
+    seq: int
+    target: str
+    target_address: Address
+    want_nack: bool
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ack(Message):
+    seq: int
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Nack(Message):
+    """A relay got no ack from the target in time: the requester itself is probably fine."""
+
+    seq: int
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Suspect(Message):
+    """`accuser` suspects `node`; `accuser_incarnation` dates the accusation (see membership.py)."""
+
+    node: str
+    incarnation: int
+    accuser: str
+    accuser_incarnation: int
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Alive(Message):
+    node: str
+    incarnation: int
+    address: Address
+    region: str
+    api_address: str
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Dead(Message):
+    """`node` failed, or left gracefully when `accuser == node`."""
+
+    node: str
+    incarnation: int
+    accuser: str
+    accuser_incarnation: int
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PushPull(Message):
+    """The sender's whole member table. A request (`is_reply=False`) is answered with the receiver's table."""
+
+    members: tuple[MemberInfo, ...]
+    is_reply: bool

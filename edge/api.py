@@ -1,0 +1,312 @@
+"""The node's HTTP API: a plain ASGI app, served by hypercorn under Trio (`edge.http_server`).
+
+Routes:
+    POST   /api/v1/jobs            submit a job (201 new, 200 duplicate idempotent_key)
+    GET    /api/v1/jobs/{job_id}   the job, its attempts, response and webhook deliveries
+    DELETE /api/v1/jobs/{job_id}   cancel a queued job
+    GET    /api/v1/queues          the account's queues with their limits and where each came from
+    GET    /healthz /readyz        liveness, readiness
+    GET    /metrics                Prometheus text
+
+No web framework: the surface is small, and owning the body reading lets the API refuse an oversize body after
+reading at most the limit. Every error is RFC 9457 problem+json (`edge.problems`). API keys are compared in
+constant time (`Config.account_by_key`) and never logged; job request headers are shown by name only, since they
+usually carry the caller's credentials for the target.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from edge.config import AccountConfig, Config
+from edge.jobs import derived_idempotent_key, origin_of, queue_key, validate_job
+from edge.metrics import NodeMetrics
+from edge.problems import PROBLEM_CONTENT_TYPE, Problem
+from edge.queues import QueueManager
+from edge.records import JobRecord
+from edge.runtime import Runtime
+from edge.ssrf import forbidden_reason
+from edge.store import Store, StoreError
+
+log = logging.getLogger("ezthrottle.api")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_JOB_PATH = re.compile(r"^/api/v1/jobs/([A-Za-z0-9_\-]{1,128})$")
+_JSON = b"application/json"
+
+
+class JobApi:
+    """The ASGI application of one node."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        runtime: Runtime,
+        store: Store,
+        manager: QueueManager,
+        metrics: NodeMetrics,
+        is_ready: Callable[[], bool],
+    ) -> None:
+        self._config = config
+        self._runtime = runtime
+        self._store = store
+        self._manager = manager
+        self._metrics = metrics
+        self._is_ready = is_ready
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            status, body, content_type, headers = await self._route(scope, receive)
+        except Problem as problem:
+            if problem.status in (413, 429):
+                self._metrics.jobs_refused.labels(str(problem.status)).inc()
+            status, body, content_type = problem.status, problem.body(scope.get("path")), PROBLEM_CONTENT_TYPE
+            headers = problem.headers
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", content_type),
+                    (b"content-length", str(len(body)).encode()),
+                    *((k.lower().encode(), v.encode()) for k, v in headers.items()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _route(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes, dict[str, str]]:
+        method, path = scope["method"], scope["path"]
+        if path == "/healthz" and method == "GET":
+            return 200, b'{"status":"ok"}', _JSON, {}
+        if path == "/readyz" and method == "GET":
+            if not self._is_ready():
+                raise Problem(503, "Not ready", "the node is starting or stopping", headers={"Retry-After": "1"})
+            return 200, b'{"status":"ready"}', _JSON, {}
+        if path == "/metrics" and method == "GET":
+            return 200, self._metrics.render(), b"text/plain; version=0.0.4; charset=utf-8", {}
+        if path == "/api/v1/jobs":
+            _allow(method, "POST")
+            return await self._submit(scope, receive)
+        if match := _JOB_PATH.match(path):
+            _allow(method, "GET", "DELETE")
+            account = self._authenticate(scope)
+            if method == "GET":
+                return 200, _dump(self._view(await self._owned_job(account, match[1]))), _JSON, {}
+            return await self._cancel(account, match[1])
+        if path == "/api/v1/queues":
+            _allow(method, "GET")
+            account = self._authenticate(scope)
+            prefix = "free|" if account.plan == "free" else f"{account.id}|"
+            queues = self._manager.queues_with_prefix(prefix)
+            return 200, _dump({"account_id": account.id, "queues": queues}), _JSON, {}
+        raise Problem(404, "Not found", f"no route for {path}")
+
+    # -- jobs ------------------------------------------------------------------------------------------------
+
+    async def _submit(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes, dict[str, str]]:
+        # Read the body before judging the request: hypercorn drops the whole HTTP/2 connection (every other
+        # stream on it included) when a client keeps sending a body the app has already answered.
+        raw = await _read_body(scope, receive, self._config.server.body_bytes_max)
+        account = self._authenticate(scope)
+        content_type = _header(scope, b"content-type").split(";")[0].strip().lower()
+        if content_type != "application/json" and not content_type.endswith("+json"):
+            raise Problem(415, "Unsupported media type", "send the job as application/json")
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise Problem(400, "Malformed JSON", f"the body is not valid JSON ({exc})", kind="malformed-json") from None
+        job = validate_job(data)
+        _refuse_private(job, allow=self._config.security.allow_private_targets)
+        if self._manager.backlog(account.id) >= self._config.server.account_backlog_max:
+            retry_after = str(self._config.server.backlog_retry_after_s)
+            raise Problem(
+                429,
+                "Backlog full",
+                f"this account already has {self._config.server.account_backlog_max} unfinished jobs",
+                kind="backlog-full",
+                headers={"Retry-After": retry_after},
+            )
+        record = self._new_record(account, job)
+        try:
+            stored, created = await self._manager.submit(record)
+        except StoreError:
+            log.exception("job store failed; the job was not accepted")
+            raise Problem(
+                503, "Store unavailable", "the job could not be made durable; it was not accepted",
+                kind="store-unavailable", headers={"Retry-After": "5"},
+            ) from None
+        (self._metrics.jobs_accepted if created else self._metrics.jobs_duplicate).inc()
+        body = {"job_id": stored.job_id, "status": stored.status, "idempotent_key": stored.idempotent_key}
+        return (201 if created else 200), _dump(body), _JSON, {"Location": f"/api/v1/jobs/{stored.job_id}"}
+
+    def _new_record(self, account: AccountConfig, job: dict[str, Any]) -> JobRecord:
+        wall_ms = self._runtime.wall_ms()
+        deadline_ms = job["deadline_ms"] or int(self._config.defaults.job_deadline_s * 1000)
+        idempotent_key = job["idempotent_key"] or derived_idempotent_key(account.id, job)
+        job["idempotent_key"] = idempotent_key
+        origin_queue = self._manager.account_queue_enabled(origin_of(job["url"]))
+        return JobRecord(
+            job_id=f"job_{wall_ms}_{self._runtime.rng.randrange(10**12):012d}",
+            account_id=account.id,
+            idempotent_key=idempotent_key,
+            queue_key=queue_key(account_id=account.id, plan=account.plan, job=job, account_queue=origin_queue),
+            spec=job,
+            created_at_ms=wall_ms,
+            updated_at_ms=wall_ms,
+            deadline_at_ms=max(wall_ms, job["retry_at"] or 0) + deadline_ms,
+        )
+
+    async def _owned_job(self, account: AccountConfig, job_id: str) -> JobRecord:
+        """The job if this account owns it; 404 otherwise (never 403: that would confirm the id exists)."""
+        record = self._manager.live_job(job_id) or await self._store.get_job(job_id)
+        if record is None or record.account_id != account.id:
+            raise Problem(404, "Job not found", f"no job {job_id} for this account", kind="job-not-found")
+        return record
+
+    async def _cancel(self, account: AccountConfig, job_id: str) -> tuple[int, bytes, bytes, dict[str, str]]:
+        record = await self._owned_job(account, job_id)
+        cancelled = await self._manager.cancel(job_id)
+        if cancelled is None:
+            raise Problem(
+                409,
+                "Job not cancellable",
+                f"job {job_id} is {record.status}; only queued jobs can be cancelled",
+                kind="not-cancellable",
+                extra={"job_status": record.status},
+            )
+        return 200, _dump(self._view(cancelled)), _JSON, {}
+
+    def _view(self, record: JobRecord) -> dict[str, Any]:
+        spec = record.spec
+        return {
+            "job_id": record.job_id,
+            "status": record.status,
+            "idempotent_key": record.idempotent_key,
+            "request": {
+                "url": spec["url"],
+                "method": spec["method"],
+                "header_names": sorted(spec["headers"]),
+                "body_bytes": len(spec["body"].encode()) if spec["body"] is not None else 0,
+            },
+            "queue_key": record.queue_key,
+            "metadata": spec.get("metadata") or {},
+            "created_at_ms": record.created_at_ms,
+            "updated_at_ms": record.updated_at_ms,
+            "deadline_at_ms": record.deadline_at_ms,
+            "next_attempt_at_ms": record.next_attempt_at_ms,
+            "finished_at_ms": record.finished_at_ms,
+            "retries_used": record.retries_used,
+            "attempts": [a.to_wire() for a in record.attempts],
+            "response": record.response,
+            "error": record.error,
+            "webhooks": {
+                "outcome": record.webhook_outcome,
+                "quorum": spec.get("webhook_quorum"),
+                "deliveries": [d.to_wire() for d in record.deliveries],
+            },
+        }
+
+    def _authenticate(self, scope: Scope) -> AccountConfig:
+        scheme, _, token = _header(scope, b"authorization").partition(" ")
+        account = self._config.account_by_key(token.strip()) if scheme.lower() == "bearer" else None
+        if account is None:
+            raise Problem(
+                401,
+                "Unauthorized",
+                "send a known account key as 'Authorization: Bearer <key>'",
+                kind="unauthorized",
+                headers={"WWW-Authenticate": 'Bearer realm="ezthrottle"'},
+            )
+        return account
+
+
+def _refuse_private(job: dict[str, Any], *, allow: bool) -> None:
+    """Refuse at intake the targets the SSRF guard can judge without DNS; names are checked at connect time."""
+    if allow:
+        return
+    urls = [("url", job["url"])] + [(f"webhooks[{i}].url", h["url"]) for i, h in enumerate(job["webhooks"])]
+    for field, url in urls:
+        reason = static_refusal(url)
+        if reason:
+            raise Problem(
+                422,
+                "Target refused",
+                f"{field}: {reason} (set security.allow_private_targets to allow it)",
+                kind="target-refused",
+                field=field,
+            )
+
+
+def static_refusal(url: str) -> str | None:
+    """Why the guard would refuse this URL's host without resolving it: an IP literal or a loopback name."""
+    host = (urlsplit(url).hostname or "").lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return f"{host} is a loopback name"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return forbidden_reason(host)
+
+
+def _allow(method: str, *allowed: str) -> None:
+    if method not in allowed:
+        raise Problem(405, "Method not allowed", f"use {', '.join(allowed)}", headers={"Allow": ", ".join(allowed)})
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return ""
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    declared = _header(scope, b"content-length")
+    too_large = Problem(
+        413, "Body too large", f"the request body is over {limit} bytes", kind="body-too-large"
+    )
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Problem(400, "Client disconnected", "the body did not arrive", kind="client-disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def _dump(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()

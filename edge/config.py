@@ -1,0 +1,692 @@
+"""Node configuration: frozen settings from a TOML file, environment variables and command-line overrides.
+
+Precedence is file < environment < overrides. Scalars are overridden one at a time with
+`EZTHROTTLE_<SECTION>_<KEY>` (the value is read as a TOML value when it parses as one, else as a string);
+`EZTHROTTLE_ACCOUNTS` / `EZTHROTTLE_TARGETS` replace those sections whole with JSON, because tables do not
+fit in one variable any other way.
+
+Validation lives in the dataclasses (`__post_init__`), not in the loader, so every value is checked the same
+way whatever its source, including a `Config` built directly in code. Unknown keys and unknown `EZTHROTTLE_`
+variables are errors: a typo must not silently fall back to a default. A `ConfigError` names where the value
+came from (the file or the variable), the dotted key, and what is wrong.
+
+Plain API keys never stay in memory: an account keeps only the SHA-256 digest of its key. Relative paths
+(`data_dir`, `certfile`, `keyfile`) are relative to the working directory, like any command-line path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import hmac
+import ipaddress
+import itertools
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+PLANS = ("free", "starter", "growth", "pro", "enterprise")
+IDENTIFIER_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_HOSTNAME_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOSTNAME_PATTERN = re.compile(rf"{_HOSTNAME_LABEL}(\.{_HOSTNAME_LABEL})*")
+KEY_CHARS_MIN = 16  # API keys are meant to be random tokens; 16 characters is the floor, not a recommendation
+WEBHOOK_SECRET_CHARS_MIN = 16  # the hosted service's minimum for webhook secrets
+SCHEDULE_STEPS_MAX = 64
+
+ENV_PREFIX = "EZTHROTTLE_"
+ENV_CONFIG_PATH = "EZTHROTTLE_CONFIG"  # read by the CLI, not here
+ENV_ACCOUNTS = "EZTHROTTLE_ACCOUNTS"
+ENV_TARGETS = "EZTHROTTLE_TARGETS"
+DEFAULTS_SOURCE = "<defaults>"
+OVERRIDE_SOURCE = "override"
+
+KeyPath = tuple[str | int, ...]
+Parser = Callable[[Any], Any]
+
+
+class ConfigError(Exception):
+    """A configuration value that cannot be used: `source` (file or variable), dotted `key`, `problem`."""
+
+    def __init__(self, source: str, key: str | None, problem: str) -> None:
+        super().__init__(f"{source}: {key}: {problem}" if key else f"{source}: {problem}")
+        self.source = source
+        self.key = key
+        self.problem = problem
+
+
+class _Invalid(ValueError):
+    """A validation failure at `path`; the loader turns it into a ConfigError naming the value's source.
+
+    `also` lists the other keys a cross-field rule involves, so the error can blame whichever source set last.
+    """
+
+    def __init__(self, problem: str, path: KeyPath = (), also: tuple[KeyPath, ...] = ()) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.path = path
+        self.also = also
+
+    def under(self, prefix: KeyPath) -> _Invalid:
+        return _Invalid(self.problem, prefix + self.path, tuple(prefix + path for path in self.also))
+
+
+def _shown(value: Any, *, secret: bool) -> str:
+    """How a rejected value appears in an error: secrets only by length, long values cut short."""
+    if secret:
+        return f"{len(value)} characters" if isinstance(value, str | bytes) else type(value).__name__
+    text = repr(str(value)) if isinstance(value, Path) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# Parsers: take a raw value (TOML, JSON, env or Python), return it normalised, or raise _Invalid saying what
+# the value must be. The "(got ...)" part is added by the caller, which knows whether the value is secret.
+
+
+def _number(minimum: float, *, inclusive: bool = True) -> Parser:
+    requirement = f"must be a number {'>=' if inclusive else '>'} {minimum:g}"
+
+    def parse(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise _Invalid(requirement)
+        if value < minimum or (value == minimum and not inclusive):
+            raise _Invalid(requirement)
+        return float(value)
+
+    return parse
+
+
+def _integer(minimum: int) -> Parser:
+    requirement = f"must be an integer >= {minimum}"
+
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise _Invalid(requirement)
+        return value
+
+    return parse
+
+
+def _optional(parse: Parser) -> Parser:
+    return lambda value: None if value is None else parse(value)
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid("must be true or false")
+    return value
+
+
+def _identifier(value: Any) -> str:
+    if not isinstance(value, str) or not IDENTIFIER_PATTERN.fullmatch(value):
+        raise _Invalid("must be 1-64 characters from A-Z a-z 0-9 _ . -")
+    return value
+
+
+def _choice(options: tuple[str, ...]) -> Parser:
+    def parse(value: Any) -> str:
+        if value not in options:
+            raise _Invalid(f"must be one of {', '.join(options)}")
+        return str(value)
+
+    return parse
+
+
+def _path(value: Any) -> Path:
+    if not isinstance(value, str | Path) or not str(value):
+        raise _Invalid("must be a non-empty path")
+    return Path(value)
+
+
+def _webhook_secret(value: Any) -> str:
+    if not isinstance(value, str) or len(value) < WEBHOOK_SECRET_CHARS_MIN:
+        raise _Invalid(f"must be a string of at least {WEBHOOK_SECRET_CHARS_MIN} characters")
+    return value
+
+
+def _key_sha256(value: Any) -> bytes:
+    """32 digest bytes, from bytes or from the 64 hex digits a config file can hold."""
+    if isinstance(value, bytes) and len(value) == hashlib.sha256().digest_size:
+        return value
+    if isinstance(value, str) and re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        return bytes.fromhex(value)
+    raise _Invalid("must be a SHA-256 digest: 64 hex digits")
+
+
+def split_listen(text: str) -> tuple[str, int]:
+    """("::1", 8080) from "[::1]:8080", ("127.0.0.1", 0) from "127.0.0.1:0"; ValueError if not host:port."""
+    if text.startswith("["):
+        host, separator, port = text[1:].partition("]:")
+        if not separator:
+            raise ValueError(text)
+        ipaddress.IPv6Address(host)
+    else:
+        host, separator, port = text.rpartition(":")
+        if not separator or not HOSTNAME_PATTERN.fullmatch(host):
+            raise ValueError(text)
+    if not (port.isascii() and port.isdigit() and len(port) <= 5 and int(port) <= 65535):
+        raise ValueError(text)
+    return host, int(port)
+
+
+def _listen(value: Any) -> str:
+    try:
+        split_listen(value if isinstance(value, str) else "")
+    except ValueError:
+        raise _Invalid('must be "host:port", an IPv6 host in brackets ("[::1]:8080")') from None
+    return str(value)
+
+
+def _schedule(value: Any) -> tuple[float, ...]:
+    requirement = f"must be a list of 1-{SCHEDULE_STEPS_MAX} non-decreasing numbers of seconds >= 0"
+    if not isinstance(value, list | tuple) or not 1 <= len(value) <= SCHEDULE_STEPS_MAX:
+        raise _Invalid(requirement)
+    steps = tuple(_number(0)(step) for step in value)
+    if any(later < earlier for earlier, later in itertools.pairwise(steps)):
+        raise _Invalid(requirement)
+    return steps
+
+
+def _http_url(text: str) -> httpx.URL:
+    """`text` parsed by httpx (the parser that makes the requests), or ValueError when it is not http(s)."""
+    try:
+        parsed = httpx.URL(text)
+    except httpx.InvalidURL as exc:
+        raise ValueError(str(exc)) from None
+    if parsed.scheme not in ("http", "https") or not parsed.raw_host:
+        raise ValueError("not an http(s) URL with a host")
+    if parsed.port is not None and parsed.port > 65535:
+        raise ValueError("port out of range")
+    return parsed
+
+
+def _canonical_origin(parsed: httpx.URL) -> str:
+    host = parsed.raw_host.decode("ascii")
+    bracketed = f"[{host}]" if ":" in host else host
+    default_port = 443 if parsed.scheme == "https" else 80  # httpx keeps it when the scheme is upper-case
+    port = "" if parsed.port in (None, default_port) else f":{parsed.port}"
+    return f"{parsed.scheme}://{bracketed}{port}"
+
+
+def _origin_of(url: str) -> str:
+    """The canonical origin of an http(s) URL ("https://api.stripe.com"); ValueError if it has none.
+
+    Lower-case host, IDNA-encoded, default port dropped: the form `[targets]` keys are stored in.
+    """
+    return _canonical_origin(_http_url(url))
+
+
+def _origin(value: Any) -> str:
+    requirement = "must be an origin scheme://host[:port] with scheme http or https and no path"
+    if not isinstance(value, str):
+        raise _Invalid(requirement)
+    try:
+        parsed = _http_url(value)
+    except ValueError:
+        raise _Invalid(requirement) from None
+    if parsed.raw_path != b"/" or parsed.fragment or parsed.userinfo:
+        raise _Invalid(requirement)
+    return _canonical_origin(parsed)
+
+
+def _setting(default: Any, parse: Parser, *, secret: bool = False, text: bool = False) -> Any:
+    """A validated field. `secret` keeps it out of repr and errors; `text` keeps env values verbatim."""
+    return field(default=default, repr=not secret, metadata={"parse": parse, "secret": secret, "text": text})
+
+
+_REQUIRED: Any = dataclasses.MISSING
+
+
+class _Validated:
+    """Base of the config dataclasses: parse and normalise every field, then apply cross-field rules."""
+
+    __slots__ = ()
+
+    def __post_init__(self) -> None:
+        for spec in dataclasses.fields(self):
+            parse = spec.metadata.get("parse")
+            if parse is None:
+                continue
+            value = getattr(self, spec.name)
+            try:
+                normalised = parse(value)
+            except _Invalid as exc:
+                shown = _shown(value, secret=spec.metadata["secret"])
+                raise _Invalid(f"{exc.problem} (got {shown})", (spec.name,)) from None
+            object.__setattr__(self, spec.name, normalised)
+        self._check()
+
+    def _check(self) -> None:
+        """Rules that involve more than one field; none unless a section overrides this."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig(_Validated):
+    listen: str = _setting("127.0.0.1:8080", _listen, text=True)
+    data_dir: Path = _setting(Path("./.ezthrottle"), _path, text=True)  # noqa: RUF009 (a Field)
+    certfile: Path | None = _setting(None, _optional(_path), text=True)  # noqa: RUF009 (a Field)
+    keyfile: Path | None = _setting(None, _optional(_path), text=True)  # noqa: RUF009 (a Field)
+    body_bytes_max: int = _setting(1_048_576, _integer(1))  # 1 MiB: the hosted proxy's 413 threshold
+    account_backlog_max: int = _setting(100_000, _integer(1))  # unfinished jobs per account before 429
+    backlog_retry_after_s: int = _setting(5, _integer(1))  # Retry-After takes whole seconds
+    node_id: str | None = _setting(None, _optional(_identifier), text=True)
+
+    @property
+    def listen_host(self) -> str:
+        return split_listen(self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return split_listen(self.listen)[1]
+
+    def _check(self) -> None:
+        if self.certfile is not None and self.keyfile is None:
+            raise _Invalid("required when certfile is set (TLS needs both)", ("keyfile",), (("certfile",),))
+        if self.keyfile is not None and self.certfile is None:
+            raise _Invalid("required when keyfile is set (TLS needs both)", ("certfile",), (("keyfile",),))
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig(_Validated):
+    allow_private_targets: bool = _setting(False, _boolean)  # see edge/ssrf.py
+
+
+@dataclass(frozen=True, slots=True)
+class DefaultsConfig(_Validated):
+    """What a target gets unless its own `[targets."<origin>"]` table says otherwise."""
+
+    rps: float = _setting(2.0, _number(0.5))  # the hosted service's default pacing and minimum rate
+    max_concurrent: int = _setting(2, _integer(1))
+    account_queue: bool = _setting(True, _boolean)
+    job_deadline_s: float = _setting(86_400, _number(0, inclusive=False))
+    max_retries: int = _setting(3, _integer(0))
+    connect_timeout_s: float = _setting(10, _number(0, inclusive=False))
+    read_timeout_s: float = _setting(30, _number(0, inclusive=False))
+    total_timeout_s: float = _setting(60, _number(0, inclusive=False))
+    backoff_base_s: float = _setting(0.5, _number(0, inclusive=False))
+    backoff_cap_s: float = _setting(60, _number(0, inclusive=False))
+
+    def _check(self) -> None:
+        if self.backoff_base_s > self.backoff_cap_s:
+            raise _Invalid(
+                f"must not exceed backoff_cap_s ({self.backoff_base_s:g} > {self.backoff_cap_s:g})",
+                ("backoff_base_s",),
+                (("backoff_cap_s",),),
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class HttpClientConfig(_Validated):
+    max_connections: int = _setting(200, _integer(1))
+    max_keepalive_connections: int = _setting(100, _integer(0))
+    keepalive_expiry_s: float = _setting(30, _number(0))
+
+    def _check(self) -> None:
+        if self.max_keepalive_connections > self.max_connections:
+            raise _Invalid(
+                f"must not exceed max_connections ({self.max_keepalive_connections} > "
+                f"{self.max_connections})",
+                ("max_keepalive_connections",),
+                (("max_connections",),),
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class WebhooksConfig(_Validated):
+    """Delivery retries: the delays in `schedule_s` (from the first attempt), then every `repeat_every_s`."""
+
+    schedule_s: tuple[float, ...] = _setting((0, 60, 300, 900, 3600), _schedule)  # the hosted service's
+    repeat_every_s: float = _setting(3600, _number(0, inclusive=False))
+    give_up_after_s: float = _setting(86_400, _number(0, inclusive=False))
+    timeout_s: float = _setting(10, _number(0, inclusive=False))
+    concurrency: int = _setting(32, _integer(1))
+
+
+@dataclass(frozen=True, slots=True)
+class JobsConfig(_Validated):
+    retention_s: float = _setting(604_800, _number(0, inclusive=False))  # finished jobs are kept 7 days
+    purge_interval_s: float = _setting(3600, _number(0, inclusive=False))
+
+
+@dataclass(frozen=True, slots=True)
+class AccountConfig(_Validated):
+    """One account. Only the SHA-256 digest of its API key is kept (see `Config.account_by_key`)."""
+
+    id: str = _setting(_REQUIRED, _identifier)
+    key_sha256: bytes = _setting(_REQUIRED, _key_sha256, secret=True)
+    plan: str = _setting("pro", _choice(PLANS))
+    webhook_secret: str | None = _setting(None, _optional(_webhook_secret), secret=True)
+    webhook_secret_secondary: str | None = _setting(None, _optional(_webhook_secret), secret=True)
+
+    def _check(self) -> None:
+        if self.webhook_secret_secondary is not None and self.webhook_secret is None:
+            raise _Invalid(
+                "needs webhook_secret as well", ("webhook_secret_secondary",), (("webhook_secret",),)
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class TargetConfig(_Validated):
+    """Limits for one upstream origin; None means "use [defaults]"."""
+
+    origin: str = _setting(_REQUIRED, _origin)
+    rps: float | None = _setting(None, _optional(_number(0.5)))
+    max_concurrent: int | None = _setting(None, _optional(_integer(1)))
+    account_queue: bool | None = _setting(None, _optional(_boolean))
+    connect_timeout_s: float | None = _setting(None, _optional(_number(0, inclusive=False)))
+    read_timeout_s: float | None = _setting(None, _optional(_number(0, inclusive=False)))
+    total_timeout_s: float | None = _setting(None, _optional(_number(0, inclusive=False)))
+
+
+SECTIONS: dict[str, type[_Validated]] = {
+    "server": ServerConfig,
+    "security": SecurityConfig,
+    "defaults": DefaultsConfig,
+    "http_client": HttpClientConfig,
+    "webhooks": WebhooksConfig,
+    "jobs": JobsConfig,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Config(_Validated):
+    server: ServerConfig = field(default_factory=ServerConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    defaults: DefaultsConfig = field(default_factory=DefaultsConfig)
+    http_client: HttpClientConfig = field(default_factory=HttpClientConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
+    accounts: tuple[AccountConfig, ...] = ()
+    targets: tuple[TargetConfig, ...] = ()
+    source: str = DEFAULTS_SOURCE
+    _targets_by_origin: dict[str, TargetConfig] = field(init=False, repr=False, compare=False)
+
+    def _check(self) -> None:
+        ids: dict[str, int] = {}
+        digests: dict[bytes, int] = {}
+        for index, account in enumerate(self.accounts):
+            if account.id in ids:
+                raise _Invalid(f"duplicate account id {account.id!r} (also accounts[{ids[account.id]}])",
+                               ("accounts", index, "id"))
+            if account.key_sha256 in digests:
+                raise _Invalid(f"same key as accounts[{digests[account.key_sha256]}]; keys must be unique",
+                               ("accounts", index))
+            ids[account.id] = index
+            digests[account.key_sha256] = index
+        by_origin: dict[str, TargetConfig] = {}
+        for target in self.targets:
+            if target.origin in by_origin:
+                raise _Invalid(f"origin {target.origin} is configured twice", ("targets", target.origin))
+            by_origin[target.origin] = target
+        object.__setattr__(self, "_targets_by_origin", by_origin)
+
+    def account_by_key(self, presented: str) -> AccountConfig | None:
+        """The account whose API key is `presented`, or None.
+
+        Only digests are stored, so a memory dump or a leaked config does not give out keys. A fast unsalted
+        hash is enough because API keys are random tokens, not passwords: there is no dictionary to try.
+        Comparing digests in constant time, visiting every account with no early exit, means the response time
+        says nothing about how close a guess came; and even a timing leak on digests would not help, since an
+        attacker cannot steer which digest prefix a guess produces.
+        """
+        digest = hashlib.sha256(presented.encode()).digest()
+        found: AccountConfig | None = None
+        for account in self.accounts:
+            if hmac.compare_digest(account.key_sha256, digest):
+                found = account
+        return found
+
+    def target_for(self, origin: str) -> TargetConfig | None:
+        """The `[targets]` entry for an origin (or any URL on it), in whatever case or port spelling."""
+        try:
+            return self._targets_by_origin.get(_origin_of(origin))
+        except ValueError:
+            return None
+
+    def describe(self) -> str:
+        """A summary for the startup log. Secrets and key digests show only as set/unset, never a value."""
+        lines = [f"configuration: {self.source}"]
+        lines += [f"  [{name}] {_describe_fields(getattr(self, name))}" for name in SECTIONS]
+        lines.append(f"  accounts: {len(self.accounts)}")
+        lines += [f"    {account.id}: {_describe_fields(account, skip='id')}" for account in self.accounts]
+        lines.append(f"  targets: {len(self.targets)}")
+        lines += [f"    {target.origin}: {_describe_fields(target, skip='origin')}"
+                  for target in self.targets]
+        return "\n".join(lines)
+
+
+def _describe_fields(section: Any, skip: str = "") -> str:
+    parts = []
+    for spec in dataclasses.fields(section):
+        if spec.name == skip:
+            continue
+        value = getattr(section, spec.name)
+        if value is None:
+            shown = "unset"
+        elif spec.metadata.get("secret"):
+            shown = "set"
+        elif isinstance(value, tuple):
+            shown = "[" + ", ".join(f"{step:g}" for step in value) + "]"
+        elif isinstance(value, bool):
+            shown = str(value).lower()
+        elif isinstance(value, float):
+            shown = f"{value:g}"
+        else:
+            shown = str(value)
+        parts.append(f"{spec.name}={shown}")
+    return " ".join(parts)
+
+
+# Loading: merge raw values from the layers, remembering who set what, then build (and so validate) once.
+
+SCALAR_SETTINGS: dict[str, KeyPath] = {
+    f"{section}.{spec.name}": (section, spec.name)
+    for section, cls in SECTIONS.items()
+    for spec in dataclasses.fields(cls)
+}
+ENV_SETTINGS: dict[str, KeyPath] = {
+    ENV_PREFIX + dotted.replace(".", "_").upper(): path for dotted, path in SCALAR_SETTINGS.items()
+}
+_TEXT_SETTINGS = frozenset(
+    (section, spec.name)
+    for section, cls in SECTIONS.items()
+    for spec in dataclasses.fields(cls)
+    if spec.metadata.get("text")
+)
+_SOURCE_RANK_FILE, _SOURCE_RANK_ENV, _SOURCE_RANK_OVERRIDE = 0, 1, 2
+
+
+def _dotted(path: KeyPath) -> str:
+    """accounts[1].plan, server.listen, targets."https://api.stripe.com".rps: TOML's own spelling."""
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            name = part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else json.dumps(part)
+            text += f".{name}" if text else name
+    return text
+
+
+def _unknown(name: str, known: Iterable[str], noun: str = "key") -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"unknown {noun}" + (f" (did you mean {close[0]}?)" if close else "")
+
+
+def _table(value: Any, path: KeyPath) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Invalid(f"must be a table (got {_shown(value, secret=False)})", path)
+    return value
+
+
+def _build(cls: type[_Validated], table: Any, path: KeyPath, **fixed: Any) -> Any:
+    """`cls` from a raw table; `fixed` fields come from elsewhere (a target's origin is its table's name)."""
+    names = [spec.name for spec in dataclasses.fields(cls) if spec.name not in fixed]
+    for key in _table(table, path):
+        if key not in names:
+            raise _Invalid(_unknown(key, names), (*path, key))
+    try:
+        return cls(**table, **fixed)
+    except _Invalid as exc:
+        raise (_Invalid(exc.problem) if exc.path[:1] and exc.path[0] in fixed else exc).under(path) from None
+
+
+def _build_account(table: Any, path: KeyPath) -> AccountConfig:
+    """An account from a table holding either `key` (hashed here, then dropped) or `key_sha256`."""
+    table = dict(_table(table, path))
+    key = table.pop("key", None)
+    if (key is None) == (table.get("key_sha256") is None):
+        raise _Invalid("needs exactly one of key or key_sha256", path)
+    if key is None:
+        return _build(AccountConfig, table, path)
+    if not isinstance(key, str) or len(key) < KEY_CHARS_MIN:
+        shown = _shown(key, secret=True)
+        raise _Invalid(f"must be a string of at least {KEY_CHARS_MIN} characters (got {shown})",
+                       (*path, "key"))
+    return _build(AccountConfig, table, path, key_sha256=hashlib.sha256(key.encode()).digest())
+
+
+class _Layers:
+    """Raw values merged from file, environment and overrides, with the source of each."""
+
+    def __init__(self, file_source: str) -> None:
+        self.file_source = file_source
+        self.sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+        self.accounts: Any = []
+        self.targets: Any = {}
+        self.sources: dict[KeyPath, tuple[int, str]] = {}
+
+    def apply_document(self, document: Mapping[str, Any]) -> None:
+        """The top level of a config file."""
+        for name, value in document.items():
+            if name in SECTIONS:
+                for key, item in _table(value, (name,)).items():
+                    self.sections[name][key] = item
+            elif name == "accounts":
+                self.accounts = value
+            elif name == "targets":
+                self.targets = value
+            else:
+                raise _Invalid(_unknown(name, [*SECTIONS, "accounts", "targets"]), (name,))
+
+    def set(self, path: KeyPath, value: Any, source: str, rank: int) -> None:
+        if path == ("accounts",):
+            self.accounts = value
+        elif path == ("targets",):
+            self.targets = value
+        else:
+            section, key = path
+            self.sections[str(section)][str(key)] = value
+        self.sources[path] = (rank, source)
+
+    def source_of(self, error: _Invalid) -> str:
+        """Who set the value an error is about; for a rule across keys, whichever source set one last."""
+        best = (_SOURCE_RANK_FILE, self.file_source)
+        for path in (error.path, *error.also):
+            for depth in range(len(path), 0, -1):
+                if path[:depth] in self.sources:
+                    best = max(best, self.sources[path[:depth]])
+                    break
+        return best[1]
+
+    def build(self) -> Config:
+        accounts = self.accounts
+        if not isinstance(accounts, list):
+            shown = _shown(accounts, secret=False)
+            raise _Invalid(f"must be an array of tables (got {shown})", ("accounts",))
+        return Config(
+            **{name: _build(cls, self.sections[name], (name,)) for name, cls in SECTIONS.items()},
+            accounts=tuple(
+                _build_account(table, ("accounts", index)) for index, table in enumerate(accounts)
+            ),
+            targets=tuple(
+                _build(TargetConfig, table, ("targets", origin), origin=origin)
+                for origin, table in _table(self.targets, ("targets",)).items()
+            ),
+            source=self.file_source,
+        )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(str(path), None, f"cannot read ({exc.strerror or exc})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), None, f"invalid TOML ({exc})") from None
+
+
+def _env_value(text: str) -> Any:
+    """`text` as a TOML value (true, 25, 2.5, [0, 60], "quoted") when it is exactly one, else as is."""
+    try:
+        parsed = tomllib.loads(f"value = {text}")
+    except tomllib.TOMLDecodeError:
+        return text
+    return parsed["value"] if list(parsed) == ["value"] else text
+
+
+def _env_json(name: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(name, None, f"invalid JSON ({exc})") from None
+
+
+def _apply_env(layers: _Layers, env: Mapping[str, str]) -> None:
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_PATH:
+            continue
+        text = env[name]
+        if name in ENV_SETTINGS:
+            path = ENV_SETTINGS[name]
+            value = _env_value(text)
+            if path in _TEXT_SETTINGS and not isinstance(value, str):
+                value = text  # EZTHROTTLE_SERVER_NODE_ID=7 means the id "7"
+            layers.set(path, value, name, _SOURCE_RANK_ENV)
+        elif name == ENV_ACCOUNTS:
+            layers.set(("accounts",), _env_json(name, text), name, _SOURCE_RANK_ENV)
+        elif name == ENV_TARGETS:
+            layers.set(("targets",), _env_json(name, text), name, _SOURCE_RANK_ENV)
+        else:
+            known = [*ENV_SETTINGS, ENV_ACCOUNTS, ENV_TARGETS]
+            raise ConfigError(name, None, _unknown(name, known, "variable"))
+
+
+def load_config(
+    path: Path | None, *, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> Config:
+    """The node's configuration: defaults < the TOML file at `path` < `env` (os.environ) < `overrides`.
+
+    `overrides` maps dotted keys to values, e.g. {"server.listen": "127.0.0.1:0"} from command-line flags.
+    Raises ConfigError naming the file or variable, the key and the problem.
+    """
+    layers = _Layers(DEFAULTS_SOURCE if path is None else str(path))
+    try:
+        if path is not None:
+            layers.apply_document(_read_toml(path))
+        _apply_env(layers, os.environ if env is None else env)
+        for dotted, value in (overrides or {}).items():
+            if dotted not in SCALAR_SETTINGS:
+                raise ConfigError(OVERRIDE_SOURCE, dotted, _unknown(dotted, SCALAR_SETTINGS))
+            layers.set(SCALAR_SETTINGS[dotted], value, OVERRIDE_SOURCE, _SOURCE_RANK_OVERRIDE)
+        return layers.build()
+    except _Invalid as exc:
+        raise ConfigError(layers.source_of(exc), _dotted(exc.path), exc.problem) from None
+
+
+def with_dev_account(config: Config, *, account_id: str, key: str) -> Config:
+    """`config` plus one account (the CLI's development mode), validated like any configured account."""
+    try:
+        account = _build_account({"id": account_id, "key": key}, ("accounts", len(config.accounts)))
+        return dataclasses.replace(config, accounts=(*config.accounts, account))
+    except _Invalid as exc:
+        raise ConfigError("development account", _dotted(exc.path), exc.problem) from None

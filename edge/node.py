@@ -1,0 +1,129 @@
+"""One EZThrottle Edge node: the nursery that holds the store, the queues, the deliverer and the HTTP server.
+
+Start-up order matters for "nothing accepted is lost": the store opens first, then the queue manager resumes every
+unfinished job and the deliverer every pending webhook, and only then does the HTTP server start accepting jobs.
+Shut-down runs the other way round: the server stops accepting, then the queue and delivery tasks are cancelled
+(anything in flight stays durable as queued or pending and resumes on the next start), then the store closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from functools import partial
+
+import httpx
+import trio
+
+from edge.api import JobApi
+from edge.config import Config
+from edge.executor import Executor
+from edge.http_server import serve_asgi
+from edge.metrics import NodeMetrics
+from edge.queues import QueueManager
+from edge.runtime import Runtime
+from edge.ssrf import guarded_transport
+from edge.store import Store, open_sqlite_store
+from edge.webhooks import WebhookDeliverer
+
+log = logging.getLogger("ezthrottle.node")
+
+STORE_FILENAME = "jobs.sqlite3"
+
+
+@dataclass
+class Node:
+    """A running node, as its starter sees it (tests read its parts; `stop()` shuts it down gracefully)."""
+
+    config: Config
+    bound: list[str]
+    manager: QueueManager
+    deliverer: WebhookDeliverer
+    store: Store
+    metrics: NodeMetrics
+    _stop: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.bound[0]}"
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+@contextlib.asynccontextmanager
+async def open_store(config: Config) -> AsyncIterator[Store]:
+    async with open_sqlite_store(config.server.data_dir / STORE_FILENAME) as store:
+        yield store
+
+
+def build_client(config: Config, runtime: Runtime) -> httpx.AsyncClient:
+    """The one outbound client of the node (jobs and webhooks), behind the SSRF guard unless injected."""
+    settings = config.http_client
+    transport = runtime.transport or guarded_transport(
+        allow_private=config.security.allow_private_targets,
+        resolver=runtime.resolver,
+        max_connections=settings.max_connections,
+        max_keepalive_connections=settings.max_keepalive_connections,
+        keepalive_expiry_s=settings.keepalive_expiry_s,
+    )
+    return httpx.AsyncClient(transport=transport, follow_redirects=False, trust_env=False)
+
+
+async def run_node(
+    config: Config,
+    runtime: Runtime,
+    *,
+    store: Store | None = None,
+    task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a node until `Node.stop()` is called or the task is cancelled."""
+    async with contextlib.AsyncExitStack() as stack:
+        if store is None:
+            store = await stack.enter_async_context(open_store(config))
+        client = await stack.enter_async_context(build_client(config, runtime))
+        metrics = NodeMetrics()
+        deliverer = WebhookDeliverer(config=config, runtime=runtime, store=store, client=client, metrics=metrics)
+        executor = Executor(client, runtime, allow_private_targets=config.security.allow_private_targets)
+        manager = QueueManager(
+            config=config, runtime=runtime, store=store, executor=executor, webhooks=deliverer, metrics=metrics
+        )
+        ready = False
+        app = JobApi(
+            config=config, runtime=runtime, store=store, manager=manager, metrics=metrics, is_ready=lambda: ready
+        )
+        stop = trio.Event()
+        async with trio.open_nursery() as services:
+            await services.start(manager.run)
+            await services.start(deliverer.run)
+            services.start_soon(_purge_finished, config, runtime, store)
+            async with trio.open_nursery() as http:
+                bound = await http.start(
+                    partial(
+                        serve_asgi,
+                        app,
+                        bind=config.server.listen,
+                        certfile=config.server.certfile,
+                        keyfile=config.server.keyfile,
+                        shutdown_trigger=stop.wait,
+                    )
+                )
+                ready = True
+                log.info("listening on %s", ", ".join(bound))
+                task_status.started(Node(config, bound, manager, deliverer, store, metrics, stop))
+                await stop.wait()
+                ready = False
+            # hypercorn has stopped accepting and drained its requests: stop queues and deliveries.
+            services.cancel_scope.cancel()
+
+
+async def _purge_finished(config: Config, runtime: Runtime, store: Store) -> None:
+    """Delete finished jobs once their retention has passed."""
+    while True:
+        cutoff_ms = runtime.wall_ms() - int(config.jobs.retention_s * 1000)
+        purged = await store.purge_finished(cutoff_ms)
+        if purged:
+            log.info("purged %d finished jobs older than the retention", purged)
+        await trio.sleep(config.jobs.purge_interval_s)

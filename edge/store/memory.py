@@ -1,0 +1,154 @@
+"""In-memory store: the same contract as SQLite, with no threads and no I/O, for the simulator and unit tests.
+
+The data lives in a `MemoryStoreData`, separate from the store view that serves calls, so that a simulated
+crash can drop a node (its view closes with it) and restart it over the same data:
+
+    data = MemoryStoreData()
+    async with open_memory_store(data) as store:    # the node before the crash
+        ...
+    async with open_memory_store(data) as store:    # the node after the restart sees every acknowledged write
+        ...
+
+A write is "durable" as soon as it is in `data`, which is the memory-store analogue of a committed SQLite
+transaction. One open view at a time is the intended use; nothing enforces it. Every operation is its own
+transaction, so `statistics().commits == statistics().operations`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection, Iterable
+from contextlib import asynccontextmanager
+from typing import final
+
+import trio
+
+from edge.records import TERMINAL_STATUSES, JobRecord
+from edge.store.base import UNFINISHED_STATUSES, EncodedJob, Store, StoreError, StoreStatistics
+
+
+@final
+class MemoryStoreData:
+    """Everything a memory store keeps; outlives the store views opened over it."""
+
+    __slots__ = ("job_id_by_idempotency", "jobs")
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, EncodedJob] = {}
+        self.job_id_by_idempotency: dict[tuple[str, str], str] = {}
+
+
+def _oldest_first(jobs: Iterable[EncodedJob]) -> list[JobRecord]:
+    return [job.decode() for job in sorted(jobs, key=lambda job: (job.created_at_ms, job.job_id))]
+
+
+def _is_purgeable(job: EncodedJob, finished_before_ms: int) -> bool:
+    return (
+        job.status in TERMINAL_STATUSES
+        and job.finished_at_ms is not None
+        and job.finished_at_ms < finished_before_ms
+        and job.webhook_outcome != "pending"
+    )
+
+
+@final
+class MemoryStore:
+    """A view over `MemoryStoreData`; build it with `open_memory_store`."""
+
+    __slots__ = ("_closed", "_commits", "_data")
+
+    def __init__(self, data: MemoryStoreData) -> None:
+        self._data = data
+        self._closed = False
+        self._commits = 0
+
+    async def _begin(self) -> MemoryStoreData:
+        """Fail if closed, yield to the scheduler like any store call, and count one transaction."""
+        if self._closed:
+            raise StoreError("store closed")
+        await trio.lowlevel.checkpoint()
+        self._commits += 1
+        return self._data
+
+    async def insert_job(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        job = EncodedJob.of(record)
+        data = await self._begin()
+        existing_id = data.job_id_by_idempotency.get(job.idempotency)
+        if existing_id is not None:
+            return data.jobs[existing_id].decode(), False
+        if job.job_id in data.jobs:
+            raise StoreError(f"job_id {job.job_id!r} already exists under another idempotent_key")
+        self._put(data, job)
+        return job.decode(), True
+
+    async def save_job(self, record: JobRecord) -> None:
+        job = EncodedJob.of(record)
+        data = await self._begin()
+        owner_id = data.job_id_by_idempotency.get(job.idempotency)
+        if owner_id is not None and owner_id != job.job_id:
+            raise StoreError(f"idempotent_key {job.idempotent_key!r} belongs to job {owner_id!r}")
+        previous = data.jobs.get(job.job_id)
+        if previous is not None:
+            del data.job_id_by_idempotency[previous.idempotency]
+        self._put(data, job)
+
+    @staticmethod
+    def _put(data: MemoryStoreData, job: EncodedJob) -> None:
+        data.jobs[job.job_id] = job
+        data.job_id_by_idempotency[job.idempotency] = job.job_id
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        data = await self._begin()
+        job = data.jobs.get(job_id)
+        return None if job is None else job.decode()
+
+    async def unfinished_jobs(self) -> list[JobRecord]:
+        data = await self._begin()
+        return _oldest_first(job for job in data.jobs.values() if job.status in UNFINISHED_STATUSES)
+
+    async def jobs_with_pending_deliveries(self) -> list[JobRecord]:
+        data = await self._begin()
+        return _oldest_first(job for job in data.jobs.values() if job.webhook_outcome == "pending")
+
+    async def purge_finished(self, finished_before_ms: int) -> int:
+        data = await self._begin()
+        doomed = [job.job_id for job in data.jobs.values() if _is_purgeable(job, finished_before_ms)]
+        return self._delete(data, doomed)
+
+    async def count_unfinished(self, account_id: str) -> int:
+        data = await self._begin()
+        return sum(
+            1
+            for job in data.jobs.values()
+            if job.account_id == account_id and job.status in UNFINISHED_STATUSES
+        )
+
+    async def delete_jobs(self, job_ids: Collection[str]) -> int:
+        doomed = list(job_ids)
+        data = await self._begin()
+        return self._delete(data, doomed)
+
+    @staticmethod
+    def _delete(data: MemoryStoreData, job_ids: Iterable[str]) -> int:
+        deleted = 0
+        for job_id in job_ids:
+            job = data.jobs.pop(job_id, None)
+            if job is not None:
+                del data.job_id_by_idempotency[job.idempotency]
+                deleted += 1
+        return deleted
+
+    def statistics(self) -> StoreStatistics:
+        return StoreStatistics(commits=self._commits, operations=self._commits)
+
+    def _close(self) -> None:
+        self._closed = True
+
+
+@asynccontextmanager
+async def open_memory_store(data: MemoryStoreData | None = None) -> AsyncIterator[Store]:
+    """Open a store view over `data` (fresh data when None); pass the same data again to "restart"."""
+    store = MemoryStore(MemoryStoreData() if data is None else data)
+    try:
+        yield store
+    finally:
+        store._close()

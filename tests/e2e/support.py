@@ -1,0 +1,194 @@
+"""Real peers for end-to-end tests: a rate-limited upstream and a webhook receiver, both real HTTP servers.
+
+They are ASGI apps served by the project's own `serve_asgi` on 127.0.0.1, so a node under test talks to them over
+real sockets exactly as it would talk to Stripe or to a customer's webhook endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from edge.config import Config, load_config
+from edge.node import Node, run_node
+from edge.runtime import Runtime
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def respond(send: Send, status: int, body: bytes = b"", headers: list[tuple[str, str]] | None = None) -> None:
+    raw = [(k.lower().encode(), v.encode()) for k, v in (headers or [])]
+    raw.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def header(scope: Scope, name: str) -> str:
+    wanted = name.lower().encode()
+    return next((v.decode() for k, v in scope["headers"] if k == wanted), "")
+
+
+@dataclass
+class Arrival:
+    at: float
+    credential: str
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    status: int
+
+
+@dataclass
+class RateLimitedUpstream:
+    """A provider that enforces `limit_rps` per credential (a fixed-window-free, interval-based limit).
+
+    `style` chooses how it tells clients to slow down:
+      - "retry-after": 429 with `Retry-After` (seconds), like most APIs;
+      - "plain": 429 with no headers at all, like Stripe;
+      - "github": 403/429 plus x-ratelimit-remaining/x-ratelimit-reset (unix seconds);
+      - "openai": 429 plus x-ratelimit-remaining-requests/x-ratelimit-reset-requests as a duration ("1s").
+    `steer_rps`, when set, is sent back as X-EZTHROTTLE-RPS on every response.
+    """
+
+    limit_rps: float = 5.0
+    style: str = "retry-after"
+    steer_rps: float | None = None
+    fail_first: int = 0  # answer the first N requests with `fail_status`
+    fail_status: int = 503
+    delay_s: float = 0.0
+    arrivals: list[Arrival] = field(default_factory=list)
+    _next_allowed: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> list[Arrival]:
+        return [a for a in self.arrivals if a.status < 300]
+
+    def accepted_times(self, credential: str | None = None) -> list[float]:
+        return [a.at for a in self.accepted if credential is None or a.credential == credential]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        body = await read_body(receive)
+        now = trio.current_time()
+        credential = header(scope, "authorization") or header(scope, "x-api-key") or "-"
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        status, extra = self._decide(now, credential)
+        self.arrivals.append(Arrival(now, credential, scope["method"], scope["path"], headers, body, status))
+        if self.delay_s:
+            await trio.sleep(self.delay_s)
+        if self.steer_rps is not None:
+            extra.append(("X-EZTHROTTLE-RPS", str(self.steer_rps)))
+        payload = json.dumps({"ok": status < 300, "path": scope["path"]}).encode()
+        await respond(send, status, payload, [("content-type", "application/json"), *extra])
+
+    def _decide(self, now: float, credential: str) -> tuple[int, list[tuple[str, str]]]:
+        if len(self.arrivals) < self.fail_first:
+            return self.fail_status, []
+        interval = 1.0 / self.limit_rps
+        allowed_at = self._next_allowed.get(credential, 0.0)
+        if now + 1e-3 >= allowed_at:
+            self._next_allowed[credential] = max(now, allowed_at) + interval
+            return 200, []
+        wait = allowed_at - now
+        if self.style == "plain":
+            return 429, []
+        if self.style == "github":
+            reset = math.ceil(_wall_now() + wait)
+            return 403, [("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", str(reset))]
+        if self.style == "openai":
+            return 429, [("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-reset-requests", f"{wait:.3f}s")]
+        return 429, [("Retry-After", str(max(1, math.ceil(wait))))]
+
+
+def _wall_now() -> float:
+    return Runtime.real().wall_clock()
+
+
+@dataclass
+class WebhookSink:
+    """Records every webhook POST; answers `status` (a sequence lets a test fail the first tries)."""
+
+    statuses: list[int] = field(default_factory=list)
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    arrived: trio.Event = field(default_factory=trio.Event)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        body = await read_body(receive)
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        self.received.append((headers, body))
+        self.arrived.set()
+        status = self.statuses.pop(0) if self.statuses else 200
+        await respond(send, status, b"{}", [("content-type", "application/json")])
+
+    def payloads(self) -> list[dict[str, Any]]:
+        return [json.loads(body) for _headers, body in self.received]
+
+
+async def serve(nursery: trio.Nursery, app: Any) -> str:
+    """Serve an ASGI app on an ephemeral loopback port; return its base URL."""
+    from edge.http_server import serve_asgi
+
+    bound = await nursery.start(lambda task_status: serve_asgi(app, bind="127.0.0.1:0", task_status=task_status))
+    return f"http://{bound[0]}"
+
+
+ACCOUNT_KEY = "ck_test_acme_0123456789"
+OTHER_KEY = "ck_test_other_0123456789"
+WEBHOOK_SECRET = "whsec_test_0123456789abcdef"
+
+
+def write_config(tmp_path: Path, extra: str = "", *, allow_private: bool = True) -> Path:
+    path = tmp_path / "ezthrottle.toml"
+    path.write_text(
+        f"""
+[server]
+listen = "127.0.0.1:0"
+data_dir = "{tmp_path / "data"}"
+
+[security]
+allow_private_targets = {str(allow_private).lower()}
+
+[[accounts]]
+id = "acme"
+key = "{ACCOUNT_KEY}"
+plan = "pro"
+webhook_secret = "{WEBHOOK_SECRET}"
+
+[[accounts]]
+id = "other"
+key = "{OTHER_KEY}"
+plan = "pro"
+{extra}
+"""
+    )
+    return path
+
+
+async def start_node(nursery: trio.Nursery, tmp_path: Path, extra: str = "", **kwargs: Any) -> Node:
+    config: Config = load_config(write_config(tmp_path, extra, **kwargs), env={})
+    return await nursery.start(run_node, config, Runtime.real())
+
+
+def auth(key: str = ACCOUNT_KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}

@@ -1,0 +1,244 @@
+"""The job API end to end: a real node, a real upstream and a real webhook receiver on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from ezthrottle.webhook_utils import verify_webhook_signature
+
+from tests.e2e.support import (
+    ACCOUNT_KEY,
+    OTHER_KEY,
+    WEBHOOK_SECRET,
+    RateLimitedUpstream,
+    WebhookSink,
+    auth,
+    serve,
+    start_node,
+)
+
+FAST_WEBHOOKS = """
+[webhooks]
+schedule_s = [0, 0.2, 0.2]
+repeat_every_s = 0.2
+give_up_after_s = 5
+"""
+
+
+async def wait_for_status(client: httpx.AsyncClient, job_id: str, *, statuses: set[str], timeout_s: float = 10):
+    with trio.fail_after(timeout_s):
+        while True:
+            doc = (await client.get(f"/api/v1/jobs/{job_id}", headers=auth())).json()
+            if doc["status"] in statuses:
+                return doc
+            await trio.sleep(0.05)
+
+
+async def test_job_runs_and_signed_webhook_verifies_with_the_public_sdk(nursery: trio.Nursery, tmp_path: Path):
+    upstream, sink = RateLimitedUpstream(limit_rps=100), WebhookSink()
+    up, hook = await serve(nursery, upstream), await serve(nursery, sink)
+    node = await start_node(nursery, tmp_path, FAST_WEBHOOKS)
+    async with httpx.AsyncClient(base_url=node.base_url) as client:
+        job = {
+            "url": f"{up}/v1/charges",
+            "method": "post",
+            "headers": {"Authorization": "Bearer sk_live_provider", "Content-Type": "application/json"},
+            "body": json.dumps({"amount": 42}),
+            "metadata": {"order": "42"},
+            "webhooks": [{"url": f"{hook}/hook"}],
+            "idempotent_key": "order-42",
+            "send_idempotency_key": True,
+        }
+        created = await client.post("/api/v1/jobs", json=job, headers=auth())
+        assert created.status_code == 201, created.text
+        body = created.json()
+        assert body["status"] == "queued" and body["idempotent_key"] == "order-42"
+        assert created.headers["location"] == f"/api/v1/jobs/{body['job_id']}"
+
+        doc = await wait_for_status(client, body["job_id"], statuses={"success", "failed"})
+        assert doc["status"] == "success"
+        assert doc["response"]["status_code"] == 200
+        assert len(doc["attempts"]) == 1 and doc["attempts"][0]["status_code"] == 200
+        assert doc["request"]["header_names"] == ["Authorization", "Content-Type"]  # names only, never values
+        arrival = upstream.arrivals[0]
+        assert arrival.method == "POST" and json.loads(arrival.body) == {"amount": 42}
+        assert arrival.headers["idempotency-key"] == "order-42"
+
+        with trio.fail_after(5):
+            await sink.arrived.wait()
+        headers, raw = sink.received[0]
+        verified, reason = verify_webhook_signature(raw, headers["x-ezthrottle-signature"], WEBHOOK_SECRET)
+        assert verified, reason
+        assert not verify_webhook_signature(raw + b" ", headers["x-ezthrottle-signature"], WEBHOOK_SECRET)[0]
+        payload = json.loads(raw)
+        assert payload["job_id"] == body["job_id"] and payload["status"] == "success"
+        assert payload["metadata"] == {"order": "42"} and payload["response"]["status_code"] == 200
+
+        doc = await wait_for_status(client, body["job_id"], statuses={"success"})
+        with trio.fail_after(5):
+            while doc["webhooks"]["outcome"] != "delivered":
+                await trio.sleep(0.05)
+                doc = (await client.get(f"/api/v1/jobs/{body['job_id']}", headers=auth())).json()
+        assert doc["webhooks"]["deliveries"][0]["state"] == "delivered"
+
+
+async def test_idempotent_resubmission_returns_the_same_job(nursery: trio.Nursery, tmp_path: Path):
+    node = await start_node(nursery, tmp_path)
+    async with httpx.AsyncClient(base_url=node.base_url) as client:
+        job = {"url": "http://127.0.0.1:9/x", "retry_at": 4_000_000_000_000, "idempotent_key": "k-1"}
+        first = await client.post("/api/v1/jobs", json=job, headers=auth())
+        again = await client.post("/api/v1/jobs", json=job, headers=auth())
+        assert (first.status_code, again.status_code) == (201, 200)
+        assert first.json()["job_id"] == again.json()["job_id"]
+
+        # Without a key, identical (url, method, body) is the same job; a different body is a new one.
+        plain = {"url": "http://127.0.0.1:9/y", "method": "POST", "body": "a", "retry_at": 4_000_000_000_000}
+        one = await client.post("/api/v1/jobs", json=plain, headers=auth())
+        two = await client.post("/api/v1/jobs", json=plain, headers=auth())
+        three = await client.post("/api/v1/jobs", json={**plain, "body": "b"}, headers=auth())
+        assert (one.status_code, two.status_code, three.status_code) == (201, 200, 201)
+        assert one.json()["job_id"] == two.json()["job_id"] != three.json()["job_id"]
+
+        # The same key under another account is another account's job.
+        other = await client.post("/api/v1/jobs", json=job, headers=auth(OTHER_KEY))
+        assert other.status_code == 201 and other.json()["job_id"] != first.json()["job_id"]
+
+
+async def test_error_paths_are_problem_json(nursery: trio.Nursery, tmp_path: Path):
+    node = await start_node(nursery, tmp_path)
+    async with httpx.AsyncClient(base_url=node.base_url) as client:
+        job = {"url": "http://127.0.0.1:9/x", "retry_at": 4_000_000_000_000}
+
+        async def expect(response: httpx.Response, status: int, field: str | None = None) -> dict:
+            assert response.status_code == status, response.text
+            assert response.headers["content-type"] == "application/problem+json"
+            doc = response.json()
+            assert doc["status"] == status and doc["title"]
+            if field:
+                assert doc["field"] == field
+            return doc
+
+        await expect(await client.post("/api/v1/jobs", json=job), 401)
+        unauthorized = await client.post("/api/v1/jobs", json=job, headers=auth("ck_wrong_key_0000000000"))
+        await expect(unauthorized, 401)
+        assert ACCOUNT_KEY not in unauthorized.text
+        await expect(await client.post("/api/v1/jobs", content=b"url=x", headers=auth()), 415)
+        await expect(
+            await client.post(
+                "/api/v1/jobs", content=b"{", headers={**auth(), "content-type": "application/json"}
+            ),
+            400,
+        )
+        big = {**job, "body": "x" * (1024 * 1024 + 10)}
+        await expect(await client.post("/api/v1/jobs", json=big, headers=auth()), 413)
+        await expect(await client.post("/api/v1/jobs", json={"method": "GET"}, headers=auth()), 422, "url")
+        await expect(
+            await client.post("/api/v1/jobs", json={**job, "method": "BREW"}, headers=auth()), 422, "method"
+        )
+        bad_hook = {**job, "webhooks": [{"url": "ftp://x"}]}
+        await expect(await client.post("/api/v1/jobs", json=bad_hook, headers=auth()), 422, "webhooks[0].url")
+        bad_fallback = {**job, "fallback_job": {"url": "https://a.example", "trigger": {"type": "on_sunday"}}}
+        await expect(
+            await client.post("/api/v1/jobs", json=bad_fallback, headers=auth()), 422, "fallback_job.trigger.type"
+        )
+        bad_nested = {**job, "on_success": {"url": "https://a.example", "retry_policy": {"max_retries": -1}}}
+        await expect(
+            await client.post("/api/v1/jobs", json=bad_nested, headers=auth()),
+            422,
+            "on_success.retry_policy.max_retries",
+        )
+        framing = {**job, "headers": {"Content-Length": "5"}}
+        await expect(await client.post("/api/v1/jobs", json=framing, headers=auth()), 422, "headers.Content-Length")
+
+        created = await client.post("/api/v1/jobs", json=job, headers=auth())
+        job_id = created.json()["job_id"]
+        await expect(await client.get(f"/api/v1/jobs/{job_id}", headers=auth(OTHER_KEY)), 404)
+        await expect(await client.delete(f"/api/v1/jobs/{job_id}", headers=auth(OTHER_KEY)), 404)
+        await expect(await client.get("/api/v1/jobs/job_nope", headers=auth()), 404)
+        await expect(await client.put("/api/v1/jobs", headers=auth()), 405)
+
+
+async def test_nested_jobs_are_stored_and_camel_case_is_accepted(nursery: trio.Nursery, tmp_path: Path):
+    node = await start_node(nursery, tmp_path)
+    async with httpx.AsyncClient(base_url=node.base_url) as client:
+        job = {
+            "url": "https://api.example.com/a",
+            "retryAt": 4_000_000_000_000,
+            "retryPolicy": {"maxRetries": 5, "retryCodes": [503, 429]},
+            "webhooks": [{"url": "https://hooks.example.com/h", "hasQuorumVote": False}],
+            "fallback_job": {
+                "url": "https://api.example.com/b",
+                "trigger": {"type": "on_timeout", "timeout_ms": 500},
+                "fallback_job": {"url": "https://api.example.com/c", "trigger": {"type": "on_error", "codes": [500]}},
+            },
+            "on_success": {"url": "https://api.example.com/done"},
+            "on_failure": {"url": "https://api.example.com/failed"},
+        }
+        created = await client.post("/api/v1/jobs", json=job, headers=auth())
+        assert created.status_code == 201, created.text
+        record = await node.store.get_job(created.json()["job_id"])
+        assert record is not None
+        assert record.spec["retry_policy"]["max_retries"] == 5
+        assert record.spec["retry_policy"]["retry_codes"] == [429, 503]
+        assert record.spec["webhooks"][0]["has_quorum_vote"] is False
+        assert record.spec["fallback_job"]["trigger"] == {"type": "on_timeout", "timeout_ms": 500}
+        assert record.spec["fallback_job"]["fallback_job"]["url"] == "https://api.example.com/c"
+        assert record.spec["on_success"]["url"] == "https://api.example.com/done"
+
+
+async def test_cancel_a_queued_job(nursery: trio.Nursery, tmp_path: Path):
+    node = await start_node(nursery, tmp_path)
+    async with httpx.AsyncClient(base_url=node.base_url) as client:
+        created = await client.post(
+            "/api/v1/jobs", json={"url": "http://127.0.0.1:9/x", "retry_at": 4_000_000_000_000}, headers=auth()
+        )
+        job_id = created.json()["job_id"]
+        cancelled = await client.delete(f"/api/v1/jobs/{job_id}", headers=auth())
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        again = await client.delete(f"/api/v1/jobs/{job_id}", headers=auth())
+        assert again.status_code == 409
+        stored = await node.store.get_job(job_id)
+        assert stored is not None and stored.status == "cancelled"
+
+
+@pytest.mark.parametrize("allow_private", [False, True])
+async def test_ssrf_guard_refuses_loopback_unless_allowed(
+    nursery: trio.Nursery, tmp_path: Path, allow_private: bool
+):
+    upstream = RateLimitedUpstream(limit_rps=100)
+    up = await serve(nursery, upstream)
+    node = await start_node(nursery, tmp_path, allow_private=allow_private)
+    async with httpx.AsyncClient(base_url=node.base_url) as client:
+        response = await client.post("/api/v1/jobs", json={"url": f"{up}/x"}, headers=auth())
+        if not allow_private:
+            assert response.status_code == 422
+            assert response.json()["field"] == "url" and "loopback" in response.json()["detail"]
+            for target in ("http://[::1]/", "http://169.254.169.254/latest", "http://[::ffff:127.0.0.1]/",
+                           "http://10.0.0.1/", "http://localhost:8080/"):
+                refused = await client.post("/api/v1/jobs", json={"url": target}, headers=auth())
+                assert refused.status_code == 422, target
+            assert upstream.arrivals == []
+            return
+        assert response.status_code == 201
+        doc = await wait_for_status(client, response.json()["job_id"], statuses={"success", "failed"})
+        assert doc["status"] == "success" and len(upstream.arrivals) == 1
+
+
+async def test_health_readiness_and_metrics(nursery: trio.Nursery, tmp_path: Path):
+    upstream = RateLimitedUpstream(limit_rps=100)
+    up = await serve(nursery, upstream)
+    node = await start_node(nursery, tmp_path)
+    async with httpx.AsyncClient(base_url=node.base_url) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/readyz")).status_code == 200
+        created = await client.post("/api/v1/jobs", json={"url": f"{up}/m"}, headers=auth())
+        await wait_for_status(client, created.json()["job_id"], statuses={"success"})
+        metrics = (await client.get("/metrics")).text
+        assert "ezthrottle_jobs_accepted_total 1.0" in metrics
+        assert 'ezthrottle_jobs_finished_total{status="success"} 1.0' in metrics
+        assert "ezthrottle_upstream_latency_seconds_count 1.0" in metrics
+        assert ACCOUNT_KEY not in metrics
