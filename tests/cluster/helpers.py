@@ -6,6 +6,7 @@ forges authenticated packets from a member that is not a SwimNode at all, to fee
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from random import Random
@@ -20,8 +21,8 @@ KEYRING = Keyring(KEY)
 
 
 def address_of(name: str) -> Address:
-    """A stable loopback address per name: 127.0.0.1 and a port from the name's digits."""
-    return ("127.0.0.1", 21000 + int("".join(ch for ch in name if ch.isdigit()) or "0") * 10 + len(name))
+    """A stable loopback address per name: 127.0.0.1 and a port derived from the name."""
+    return ("127.0.0.1", 20000 + zlib.crc32(name.encode()) % 40000)
 
 
 def alive(name: str, incarnation: int = 1, *, region: str = "r", api_address: str = "") -> Alive:
@@ -94,6 +95,8 @@ class Wire:
         self.nodes: dict[str, SwimNode] = {}
         self.events: dict[str, list[MemberEvent]] = {}
         self.delivered: list[Delivery] = []
+        self.undelivered: list[Delivery] = []  # to addresses with no node behind them (crashed, or a Peer)
+        self.inspect_keyring = KEYRING  # opens what the nodes send, for the delivery log
         self._names: dict[Address, str] = {}
         self._rng = Random(seed)
 
@@ -140,14 +143,26 @@ class Wire:
         self.nodes[name].tick(now)
         return self.flush(now, drop)
 
+    def run_until(self, until: float, drop: Dropper = never, *, ticks_max: int = 10_000) -> float:
+        """Tick nodes in deadline order up to `until`, delivering instantly; returns the last time ticked."""
+        now = 0.0
+        for _ in range(ticks_max):
+            name, deadline = min(((n, node.next_deadline()) for n, node in self.nodes.items()), key=lambda x: x[1])
+            if deadline > until:
+                return now
+            now = deadline
+            self.tick(name, now, drop)
+        raise AssertionError(f"more than {ticks_max} ticks before {until}")
+
     def _perform(self, source: str, action: object, now: float, drop: Dropper) -> None:
         if isinstance(action, MemberEvent):
             self.events[source].append(action)
         elif isinstance(action, SendPacket):
             destination = self._names.get(action.address)
+            messages = inspect(action.data, keyring=self.inspect_keyring)
             if destination is None or destination not in self.nodes:
+                self.undelivered.append(Delivery(source, destination or str(action.address), messages))
                 return
-            messages = inspect(action.data)
             if drop(source, destination, messages):
                 return
             self.delivered.append(Delivery(source, destination, messages))

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import json
 import math
+import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from edge.config import Config, load_config
+from edge.http_server import serve_asgi
 from edge.node import Node, run_node
 from edge.runtime import Runtime
 
@@ -112,15 +116,11 @@ class RateLimitedUpstream:
         if self.style == "plain":
             return 429, []
         if self.style == "github":
-            reset = math.ceil(_wall_now() + wait)
+            reset = math.ceil(time.time() + wait)
             return 403, [("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", str(reset))]
         if self.style == "openai":
             return 429, [("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-reset-requests", f"{wait:.3f}s")]
         return 429, [("Retry-After", str(max(1, math.ceil(wait))))]
-
-
-def _wall_now() -> float:
-    return Runtime.real().wall_clock()
 
 
 @dataclass
@@ -147,9 +147,7 @@ class WebhookSink:
 
 async def serve(nursery: trio.Nursery, app: Any) -> str:
     """Serve an ASGI app on an ephemeral loopback port; return its base URL."""
-    from edge.http_server import serve_asgi
-
-    bound = await nursery.start(lambda task_status: serve_asgi(app, bind="127.0.0.1:0", task_status=task_status))
+    bound = await nursery.start(partial(serve_asgi, app, bind="127.0.0.1:0"))
     return f"http://{bound[0]}"
 
 
@@ -188,6 +186,13 @@ plan = "pro"
 async def start_node(nursery: trio.Nursery, tmp_path: Path, extra: str = "", **kwargs: Any) -> Node:
     config: Config = load_config(write_config(tmp_path, extra, **kwargs), env={})
     return await nursery.start(run_node, config, Runtime.real())
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (for servers in child processes, which must be told a port)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def auth(key: str = ACCOUNT_KEY) -> dict[str, str]:

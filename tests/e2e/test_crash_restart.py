@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -13,15 +12,9 @@ import httpx
 import pytest
 import trio
 
-from tests.e2e.support import RateLimitedUpstream, auth, serve, write_config
+from tests.e2e.support import RateLimitedUpstream, auth, free_port, serve, write_config
 
 MAX_RETRIES = 2
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 async def start_process(config: Path, log: Path, port: int) -> subprocess.Popen:

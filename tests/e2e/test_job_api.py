@@ -242,3 +242,43 @@ async def test_health_readiness_and_metrics(nursery: trio.Nursery, tmp_path: Pat
         assert 'ezthrottle_jobs_finished_total{status="success"} 1.0' in metrics
         assert "ezthrottle_upstream_latency_seconds_count 1.0" in metrics
         assert ACCOUNT_KEY not in metrics
+
+
+async def test_jobs_over_h2c_and_idle_queues_release_their_tasks(nursery: trio.Nursery, tmp_path: Path):
+    upstream = RateLimitedUpstream(limit_rps=1000)
+    up = await serve(nursery, upstream)
+    node = await start_node(nursery, tmp_path, f'[targets."{up}"]\nrps = 100\nmax_concurrent = 4\n')
+    async with httpx.AsyncClient(base_url=node.base_url, http1=False, http2=True) as client:
+        responses = []
+        async with trio.open_nursery() as submitters:
+            for i in range(20):
+
+                async def submit(i: int = i) -> None:
+                    job = {"url": f"{up}/h2/{i}", "headers": {"X-Api-Key": f"k{i % 4}"}}
+                    responses.append(await client.post("/api/v1/jobs", json=job, headers=auth()))
+
+                submitters.start_soon(submit)
+        assert {r.http_version for r in responses} == {"HTTP/2"}
+        assert [r.status_code for r in responses] == [201] * 20
+        with trio.fail_after(10):
+            while len(upstream.accepted) < 20 or node.manager.statistics()["active_queues"]:
+                await trio.sleep(0.05)
+    stats = node.manager.statistics()
+    assert stats == {"queues": 4, "active_queues": 0, "jobs": 0}  # four keys stay registered, with no task
+
+
+async def test_finished_jobs_are_purged_after_retention(nursery: trio.Nursery, tmp_path: Path):
+    up = await serve(nursery, RateLimitedUpstream(limit_rps=1000))
+    node = await start_node(nursery, tmp_path, "[jobs]\nretention_s = 0.3\npurge_interval_s = 0.1\n")
+    async with httpx.AsyncClient(base_url=node.base_url) as client:
+        created = await client.post("/api/v1/jobs", json={"url": up}, headers=auth())
+        job_id = created.json()["job_id"]
+        queued = await client.post(
+            "/api/v1/jobs", json={"url": f"{up}/later", "retry_at": 4_000_000_000_000}, headers=auth()
+        )
+        await wait_for_status(client, job_id, statuses={"success"})
+        with trio.fail_after(5):
+            while (await client.get(f"/api/v1/jobs/{job_id}", headers=auth())).status_code != 404:
+                await trio.sleep(0.05)
+        still = await client.get(f"/api/v1/jobs/{queued.json()['job_id']}", headers=auth())
+        assert still.status_code == 200 and still.json()["status"] == "queued"  # unfinished jobs are never purged
