@@ -143,15 +143,28 @@ class Wire:
         self.nodes[name].tick(now)
         return self.flush(now, drop)
 
-    def run_until(self, until: float, drop: Dropper = never, *, ticks_max: int = 10_000) -> float:
-        """Tick nodes in deadline order up to `until`, delivering instantly; returns the last time ticked."""
+    def run_until(
+        self,
+        until: float,
+        drop: Dropper = never,
+        *,
+        stop: Callable[[], bool] | None = None,
+        ticks_max: int = 10_000,
+    ) -> float:
+        """Tick nodes in deadline order up to `until`, delivering instantly; returns the last time ticked.
+
+        With `stop`, returns as soon as it holds after a tick, before that tick's output is delivered.
+        """
         now = 0.0
         for _ in range(ticks_max):
             name, deadline = min(((n, node.next_deadline()) for n, node in self.nodes.items()), key=lambda x: x[1])
             if deadline > until:
                 return now
             now = deadline
-            self.tick(name, now, drop)
+            self.nodes[name].tick(now)
+            if stop is not None and stop():
+                return now
+            self.flush(now, drop)
         raise AssertionError(f"more than {ticks_max} ticks before {until}")
 
     def _perform(self, source: str, action: object, now: float, drop: Dropper) -> None:

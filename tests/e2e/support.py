@@ -156,14 +156,14 @@ OTHER_KEY = "ck_test_other_0123456789"
 WEBHOOK_SECRET = "whsec_test_0123456789abcdef"
 
 
-def write_config(tmp_path: Path, extra: str = "", *, allow_private: bool = True) -> Path:
+def write_config(tmp_path: Path, extra: str = "", *, allow_private: bool = True, server_extra: str = "") -> Path:
     path = tmp_path / "ezthrottle.toml"
     path.write_text(
         f"""
 [server]
 listen = "127.0.0.1:0"
 data_dir = "{tmp_path / "data"}"
-
+{server_extra}
 [security]
 allow_private_targets = {str(allow_private).lower()}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -10,6 +11,10 @@ import pytest
 import trio
 from ezthrottle.webhook_utils import verify_webhook_signature
 
+from edge.config import load_config
+from edge.node import run_node
+from edge.runtime import Runtime
+from edge.store import open_memory_store
 from tests.e2e.support import (
     ACCOUNT_KEY,
     OTHER_KEY,
@@ -19,6 +24,7 @@ from tests.e2e.support import (
     auth,
     serve,
     start_node,
+    write_config,
 )
 
 FAST_WEBHOOKS = """
@@ -282,3 +288,34 @@ async def test_finished_jobs_are_purged_after_retention(nursery: trio.Nursery, t
                 await trio.sleep(0.05)
         still = await client.get(f"/api/v1/jobs/{queued.json()['job_id']}", headers=auth())
         assert still.status_code == 200 and still.json()["status"] == "queued"  # unfinished jobs are never purged
+
+
+async def test_account_backlog_limit_refuses_with_retry_after(nursery: trio.Nursery, tmp_path: Path):
+    node = await start_node(nursery, tmp_path, server_extra="account_backlog_max = 3\nbacklog_retry_after_s = 7\n")
+    async with httpx.AsyncClient(base_url=node.base_url) as client:
+        later = 4_000_000_000_000
+        for i in range(3):
+            ok = await client.post("/api/v1/jobs", json={"url": f"http://127.0.0.1:9/{i}", "retry_at": later},
+                                   headers=auth())
+            assert ok.status_code == 201
+        refused = await client.post("/api/v1/jobs", json={"url": "http://127.0.0.1:9/x", "retry_at": later},
+                                    headers=auth())
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "7"
+        assert refused.json()["status"] == 429
+        # Other accounts are not affected, and a duplicate of an accepted job is not new work.
+        other = await client.post("/api/v1/jobs", json={"url": "http://127.0.0.1:9/x", "retry_at": later},
+                                  headers=auth(OTHER_KEY))
+        assert other.status_code == 201
+
+
+async def test_a_node_runs_on_the_in_memory_store(nursery: trio.Nursery, tmp_path: Path):
+    """The simulator's seam: the same node code with the store swapped for the in-memory one."""
+    up = await serve(nursery, RateLimitedUpstream(limit_rps=1000))
+    config = load_config(write_config(tmp_path), env={})
+    async with open_memory_store() as store:
+        node = await nursery.start(partial(run_node, config, Runtime.real(), store=store))
+        async with httpx.AsyncClient(base_url=node.base_url) as client:
+            created = await client.post("/api/v1/jobs", json={"url": up}, headers=auth())
+            await wait_for_status(client, created.json()["job_id"], statuses={"success"})
+        assert not (tmp_path / "data" / "jobs.sqlite3").exists()
+        node.stop()

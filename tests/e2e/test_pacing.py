@@ -131,3 +131,16 @@ async def test_other_4xx_is_final_and_connection_errors_retry(nursery: trio.Nurs
     assert not_found["status"] == "failed" and len(not_found["attempts"]) == 1
     assert unreachable["status"] == "failed" and len(unreachable["attempts"]) == 2
     assert unreachable["attempts"][0]["error"] and unreachable["response"] is None
+
+
+async def test_attempt_timeouts_are_per_target_and_retried(nursery: trio.Nursery, tmp_path: Path):
+    upstream = RateLimitedUpstream(limit_rps=1000, delay_s=2.0)
+    up = await serve(nursery, upstream)
+    target = f'[targets."{up}"]\ntotal_timeout_s = 0.3\n[defaults]\nbackoff_base_s = 0.05\nbackoff_cap_s = 0.1\n'
+    node = await start_node(nursery, tmp_path, target)
+    async with httpx.AsyncClient(base_url=node.base_url) as client:
+        ids = await submit_all(client, [{"url": f"{up}/slow", "retry_policy": {"max_retries": 1}}])
+        (doc,) = await wait_all_finished(client, ids, timeout_s=10)
+    assert doc["status"] == "failed" and len(doc["attempts"]) == 2
+    assert all("timeout" in attempt["error"] for attempt in doc["attempts"])
+    assert all(attempt["duration_ms"] < 1500 for attempt in doc["attempts"])
