@@ -34,11 +34,13 @@ from edge.jobs import origin_of
 from edge.metrics import NodeMetrics
 from edge.records import Attempt, JobRecord, JobStatus
 from edge.runtime import Runtime
-from edge.store import Store
+from edge.store import Store, StoreError
 from edge.webhooks import WebhookDeliverer
 from scheduler import QueueLimits, ReadyQueue, decide_retry, parse_limit_headers
 
 log = logging.getLogger("ezthrottle.queues")
+
+STORE_RETRY_S = 5.0  # how long a job waits after the store failed to save its outcome
 
 
 class KeyQueue:
@@ -254,6 +256,12 @@ class QueueManager:
             record.status = "running"
             result = await self._send(record, queue.origin)
             await self._settle(live, result)
+        except StoreError:
+            # The outcome could not be made durable (disk full, I/O error). Keep the job and try again later:
+            # the store still holds its previous state, so at worst the attempt is repeated (at-least-once).
+            log.exception("could not save job %s; it will run again in %ss", record.job_id, STORE_RETRY_S)
+            record.status = "queued"
+            self._push(queue, record.job_id, trio.current_time() + STORE_RETRY_S)
         finally:
             queue.in_flight -= 1
             self._metrics.in_flight.dec()

@@ -27,7 +27,7 @@ from edge.records import Delivery, JobRecord
 from edge.runtime import Runtime
 from edge.signing import sign_webhook
 from edge.ssrf import TargetRefused, check_url
-from edge.store import Store
+from edge.store import Store, StoreError
 
 log = logging.getLogger("ezthrottle.webhooks")
 
@@ -131,7 +131,12 @@ class WebhookDeliverer:
             delivery.last_status, delivery.last_error = None, _describe_error(exc)
             accepted = False
         self._advance(record, delivery, accepted)
-        await self._store.save_job(record)
+        try:
+            await self._store.save_job(record)
+        except StoreError:
+            # Not durable: try the save again with the next delivery of this record; a restart before then
+            # redelivers from the stored state (at-least-once).
+            log.exception("could not save the webhook state of job %s", record.job_id)
         if delivery.state == "pending":
             self._schedule_one(record, index)
 

@@ -1,0 +1,63 @@
+"""Rendezvous ownership: stable, even, and minimal movement when membership changes."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from cluster import Rendezvous
+
+NODES = [f"node-{index}" for index in range(10)]
+KEYS = [f"user-{index}:api-key-{index % 7}" for index in range(100_000)]
+PINNED = ["node-3", "node-8", "node-7", "node-9"]
+
+
+def owners(members: list[str], keys: list[str]) -> list[str | None]:
+    ring = Rendezvous(members)
+    return [ring.owner(key) for key in keys]
+
+
+def test_keys_spread_evenly_over_ten_nodes() -> None:
+    counts = Counter(owners(NODES, KEYS))
+    assert set(counts) == set(NODES)
+    mean = len(KEYS) / len(NODES)
+    # Binomial(100,000, 1/10): sd ~ 95 keys, so 10 nodes stay within ~3.5 sd = 3.3% of the mean.
+    assert max(counts.values()) / mean < 1.04
+    assert min(counts.values()) / mean > 0.96
+
+
+def test_when_one_of_n_leaves_only_its_keys_move_and_they_spread_over_the_rest() -> None:
+    keys = KEYS[:30_000]
+    before = owners(NODES, keys)
+    leaver = NODES[3]
+    after = owners([node for node in NODES if node != leaver], keys)
+    moved = [(old, new) for old, new in zip(before, after, strict=True) if old != new]
+    assert all(old == leaver for old, _new in moved)  # nobody else's keys move
+    assert abs(len(moved) / len(keys) - 1 / len(NODES)) < 0.01  # ~1/N of all keys
+    receivers = Counter(new for _old, new in moved)
+    assert len(receivers) == len(NODES) - 1
+    assert max(receivers.values()) / (len(moved) / len(receivers)) < 1.2  # no single heir takes them all
+
+
+def test_a_joining_node_takes_about_one_in_n_plus_one_keys_from_everyone() -> None:
+    keys = KEYS[:30_000]
+    before = owners(NODES, keys)
+    after = owners([*NODES, "node-new"], keys)
+    moved = [(old, new) for old, new in zip(before, after, strict=True) if old != new]
+    assert all(new == "node-new" for _old, new in moved)
+    assert abs(len(moved) / len(keys) - 1 / 11) < 0.01
+    assert len({old for old, _new in moved}) == len(NODES)
+
+
+def test_the_owner_depends_only_on_the_member_set_and_is_stable_across_processes() -> None:
+    shuffled = list(reversed(NODES)) + NODES[:2]  # order and duplicates do not matter
+    assert owners(shuffled, KEYS[:1000]) == owners(NODES, KEYS[:1000])
+    ring = Rendezvous(NODES)
+    assert ring.owner("user-1:api-key-1") == ring.owner(b"user-1:api-key-1")
+    # Pinned values: BLAKE2b, not Python's per-process salted hash(), so every node agrees on these forever.
+    assert [ring.owner(f"pinned-{index}") for index in range(4)] == PINNED
+    assert ring.members == sorted(NODES)
+
+
+def test_no_members_no_owner() -> None:
+    assert Rendezvous([]).owner("any") is None
+    assert Rendezvous(["solo"]).owner("any") == "solo"
