@@ -98,7 +98,7 @@ async def run_node(
         async with trio.open_nursery() as services:
             await services.start(manager.run)
             await services.start(deliverer.run)
-            services.start_soon(_purge_finished, config, runtime, store)
+            services.start_soon(_housekeeping, config, runtime, store, manager)
             async with trio.open_nursery() as http:
                 bound = await http.start(
                     partial(
@@ -119,11 +119,12 @@ async def run_node(
             services.cancel_scope.cancel()
 
 
-async def _purge_finished(config: Config, runtime: Runtime, store: Store) -> None:
-    """Delete finished jobs once their retention has passed."""
+async def _housekeeping(config: Config, runtime: Runtime, store: Store, manager: QueueManager) -> None:
+    """Delete finished jobs once their retention has passed, and forget queue keys idle as long."""
     while True:
         cutoff_ms = runtime.wall_ms() - int(config.jobs.retention_s * 1000)
         purged = await store.purge_finished(cutoff_ms)
-        if purged:
-            log.info("purged %d finished jobs older than the retention", purged)
+        forgotten = manager.forget_idle(config.jobs.retention_s)
+        if purged or forgotten:
+            log.info("purged %d finished jobs and %d idle queue keys past the retention", purged, forgotten)
         await trio.sleep(config.jobs.purge_interval_s)

@@ -46,7 +46,7 @@ STORE_RETRY_S = 5.0  # how long a job waits after the store failed to save its o
 class KeyQueue:
     """The state of one queue key; see the module docstring for its life cycle."""
 
-    __slots__ = ("in_flight", "key", "limits", "origin", "ready", "running", "wakeup")
+    __slots__ = ("idle_since", "in_flight", "key", "limits", "origin", "ready", "running", "wakeup")
 
     def __init__(self, key: str, origin: str, limits: QueueLimits) -> None:
         self.key = key
@@ -56,6 +56,7 @@ class KeyQueue:
         self.in_flight = 0
         self.running = False
         self.wakeup: trio.Event | None = None
+        self.idle_since = 0.0
 
     @property
     def depth(self) -> int:
@@ -163,6 +164,15 @@ class QueueManager:
         """Queues whose key starts with `prefix` (an account's: "acme|"; the shared free ones: "free|")."""
         return [self._describe(q) for key, q in self._queues.items() if key.startswith(prefix)]
 
+    def forget_idle(self, idle_for_s: float) -> int:
+        """Drop keys idle for `idle_for_s` (and the limits they learned), so distinct keys cannot grow memory
+        without bound. Returns how many were dropped."""
+        cutoff = trio.current_time() - idle_for_s
+        stale = [key for key, q in self._queues.items() if not q.running and q.idle_since <= cutoff]
+        for key in stale:
+            del self._queues[key]
+        return len(stale)
+
     def statistics(self) -> dict[str, int]:
         return {
             "queues": len(self._queues),
@@ -225,6 +235,7 @@ class QueueManager:
                     # arrives later starts a fresh task instead of waking this finished one.
                     queue.ready = None
                     queue.running = False
+                    queue.idle_since = now
                     self._metrics.active_queues.dec()
                     return
                 wake_at = float("inf")

@@ -277,7 +277,7 @@ async def test_finished_jobs_are_purged_after_retention(nursery: trio.Nursery, t
     up = await serve(nursery, RateLimitedUpstream(limit_rps=1000))
     node = await start_node(nursery, tmp_path, "[jobs]\nretention_s = 0.3\npurge_interval_s = 0.1\n")
     async with httpx.AsyncClient(base_url=node.base_url) as client:
-        created = await client.post("/api/v1/jobs", json={"url": up}, headers=auth())
+        created = await client.post("/api/v1/jobs", json={"url": up, "headers": {"X-Api-Key": "k"}}, headers=auth())
         job_id = created.json()["job_id"]
         queued = await client.post(
             "/api/v1/jobs", json={"url": f"{up}/later", "retry_at": 4_000_000_000_000}, headers=auth()
@@ -288,6 +288,10 @@ async def test_finished_jobs_are_purged_after_retention(nursery: trio.Nursery, t
                 await trio.sleep(0.05)
         still = await client.get(f"/api/v1/jobs/{queued.json()['job_id']}", headers=auth())
         assert still.status_code == 200 and still.json()["status"] == "queued"  # unfinished jobs are never purged
+        with trio.fail_after(5):
+            while len(node.manager.queues_with_prefix("acme|")) != 1:  # the idle key is forgotten too
+                await trio.sleep(0.05)
+        assert node.manager.queues_with_prefix("acme|")[0]["depth"] == 1
 
 
 async def test_account_backlog_limit_refuses_with_retry_after(nursery: trio.Nursery, tmp_path: Path):
