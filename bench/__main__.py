@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import platform
 import subprocess
@@ -12,13 +13,18 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench import intake, scheduler_ops
+from bench import execution, intake, job_api_target, memory, scheduler_ops
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 # Each returns {"title", "about", "targets", "commands", "rows"}; rows are dicts of preformatted cells.
+# Optional: "checks" (name -> value, what the benchmark verified) and "notes" (paragraphs on method).
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
-    "intake": intake.run,
+    "intake": functools.partial(
+        intake.run, job_api_target.FACTORY, verify=job_api_target.verify_durability
+    ),
     "scheduler_ops": scheduler_ops.run,
+    "execution": execution.run,
+    "memory": memory.run,
 }
 
 
@@ -26,7 +32,7 @@ def main() -> None:
     sections = [_machine()]
     for name, benchmark in BENCHMARKS.items():
         print(f"running {name} ...", file=sys.stderr, flush=True)
-        sections.append(_section(benchmark()))
+        sections.append(render_section(benchmark()))
     RESULTS.write_text("\n\n".join(["# Benchmark results", *sections]) + "\n")
     print(f"wrote {RESULTS}", file=sys.stderr)
 
@@ -46,7 +52,8 @@ def _machine() -> str:
     )
 
 
-def _section(result: dict[str, Any]) -> str:
+def render_section(result: dict[str, Any]) -> str:
+    """One benchmark's part of RESULTS.md (also what each `python -m bench.<name>` prints)."""
     rows: list[dict[str, str]] = result["rows"]
     columns = list(rows[0])
     table = [
@@ -56,6 +63,8 @@ def _section(result: dict[str, Any]) -> str:
     ]
     targets = ", ".join(f"{name} = `{factory}`" for name, factory in result["targets"].items())
     commands = [f"    {command}" for command in result["commands"]]
+    checks = [f"- {name}: {value}" for name, value in result.get("checks", {}).items()]
+    notes = [line for note in result.get("notes", []) for line in (note, "")]
     return "\n".join(
         [
             f"## {result['title']}",
@@ -66,6 +75,8 @@ def _section(result: dict[str, Any]) -> str:
             "",
             *table,
             "",
+            *(["Checks:", "", *checks, ""] if checks else []),
+            *notes,
             "Commands:",
             "",
             *commands,

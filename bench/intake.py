@@ -2,7 +2,8 @@
 
 The baseline is the cheapest possible intake endpoint served by the same `serve_asgi` setup, so the ratio says
 what the job API itself costs. The candidate (the real job API) is an import path "module:factory" returning a
-`bench.common.BenchTarget`; it is measured in the same run, alternating with the baseline.
+`bench.common.BenchTarget`; it is measured in the same run, alternating with the baseline. `python -m bench.intake`
+measures the node's job API (`bench.job_api_target`) and checks afterwards that every 201 it sent is durable.
 """
 
 from __future__ import annotations
@@ -76,8 +77,15 @@ def baseline_target() -> BenchTarget:
     )
 
 
-def run(candidate_app_factory: str | None = None) -> dict[str, Any]:
-    """Measure POST /api/v1/jobs over h2c (h2load) and HTTP/1.1 (wrk), candidate against baseline."""
+def run(
+    candidate_app_factory: str | None = None,
+    verify: Callable[[ServedTarget], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Measure POST /api/v1/jobs over h2c (h2load) and HTTP/1.1 (wrk), candidate against baseline.
+
+    `verify`, when given, inspects the still-running candidate after the last round (say, that every job it
+    acknowledged is durable); its findings are returned under "checks" and shown below the table.
+    """
     factories = {"baseline": BASELINE_FACTORY}
     if candidate_app_factory is not None:
         factories["candidate"] = candidate_app_factory
@@ -105,10 +113,25 @@ def run(candidate_app_factory: str | None = None) -> dict[str, Any]:
             )
             rows += summarize(runs, baseline="baseline", label=label)
             commands += [results[0].command for results in runs.values()]
+        checks = verify(targets["candidate"]) if verify is not None and "candidate" in targets else {}
     return {
         "title": "Job intake (POST /api/v1/jobs)",
         "about": __doc__.strip().splitlines()[0],
         "targets": factories,
         "commands": commands,
         "rows": rows,
+        "checks": checks,
     }
+
+
+def main() -> None:
+    """`python -m bench.intake`: the node's job API against the baseline, printed as its RESULTS.md section."""
+    # Imported here, not at the top: both modules import this one.
+    from bench import job_api_target
+    from bench.__main__ import render_section
+
+    print(render_section(run(job_api_target.FACTORY, verify=job_api_target.verify_durability)))
+
+
+if __name__ == "__main__":
+    main()

@@ -175,9 +175,7 @@ _SCHEMAS: dict[type[Message], tuple[MessageType, Schema]] = {
     ),
     PushPull: (MessageType.PUSH_PULL, (("members", MEMBERS), ("is_reply", FLAG))),
 }
-_BY_TAG: dict[int, tuple[type[Message], Schema]] = {
-    int(tag): (cls, schema) for cls, (tag, schema) in _SCHEMAS.items()
-}
+_BY_TAG: dict[int, tuple[type[Message], Schema]] = {int(tag): (cls, schema) for cls, (tag, schema) in _SCHEMAS.items()}
 
 
 def encode_message(message: Message) -> bytes:

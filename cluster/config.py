@@ -73,16 +73,9 @@ class SwimConfig:
         if min(durations) <= 0:
             raise ValueError("every duration must be positive")
         if self.probe_timeout >= self.probe_interval:
-            raise ValueError(
-                "probe_timeout must be shorter than probe_interval (the rest is the indirect window)"
-            )
-        if (
-            min(self.indirect_checks, self.gossip_nodes, self.retransmit_mult, self.awareness_max_multiplier)
-            < 1
-        ):
-            raise ValueError(
-                "indirect_checks, gossip_nodes, retransmit_mult, awareness_max_multiplier must be >= 1"
-            )
+            raise ValueError("probe_timeout must be shorter than probe_interval (the rest is the indirect window)")
+        if min(self.indirect_checks, self.gossip_nodes, self.retransmit_mult, self.awareness_max_multiplier) < 1:
+            raise ValueError("indirect_checks, gossip_nodes, retransmit_mult, awareness_max_multiplier must be >= 1")
         if self.suspicion_mult < 1 or self.suspicion_max_timeout_mult < 1:
             raise ValueError("suspicion multipliers must be >= 1")
         if self.packet_bytes_max < 512 or self.stream_bytes_max < self.packet_bytes_max:

@@ -34,9 +34,7 @@ class Keyring:
         keys = tuple(dict.fromkeys((primary, *others)))  # primary first, duplicates dropped
         for key in keys:
             if not KEY_BYTES_MIN <= len(key) <= KEY_BYTES_MAX:
-                raise ValueError(
-                    f"cluster keys must be {KEY_BYTES_MIN}..{KEY_BYTES_MAX} bytes, got {len(key)}"
-                )
+                raise ValueError(f"cluster keys must be {KEY_BYTES_MIN}..{KEY_BYTES_MAX} bytes, got {len(key)}")
         self._keys = keys
 
     def __repr__(self) -> str:

@@ -32,7 +32,7 @@ never an instant death: a partitioned peer may be wrong.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, final
 
@@ -91,6 +91,9 @@ class IndexedSet:
 
     def __getitem__(self, index: int) -> str:
         return self._items[index]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
 
     def add(self, item: str) -> None:
         if item not in self._positions:

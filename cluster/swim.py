@@ -202,9 +202,7 @@ class SwimNode:
     def join(self, seeds: Iterable[Address]) -> None:
         """Push-pull with every seed. The shell retries with backoff until `members()` shows someone else."""
         if not self._envelope.may_talk:
-            raise InsecureClusterError(
-                "no cluster keyring: refusing to join unless started with the insecure flag"
-            )
+            raise InsecureClusterError("no cluster keyring: refusing to join unless started with the insecure flag")
         for seed in seeds:
             if seed != self._membership.local.address:
                 self._open_push_pull(seed)
@@ -259,9 +257,7 @@ class SwimNode:
         for message in opened.messages:
             if isinstance(message, PushPull):
                 if not message.is_reply:
-                    reply = self._seal_push_pull(
-                        is_reply=True
-                    )  # our view before the merge, as memberlist does
+                    reply = self._seal_push_pull(is_reply=True)  # our view before the merge, as memberlist does
                 self._membership.merge(message.members, opened.sender, now)
         return reply
 
@@ -280,16 +276,12 @@ class SwimNode:
             self._next_push_pull_at = now + push_pull_interval(
                 self._config.push_pull_interval, self._membership.live_count
             )
-            peers = self._membership.live_peers.sample(self._rng, 1)
-            if peers:
-                self._open_push_pull(self._membership.members[peers[0]].address)
+            self._push_pull_with(self._membership.live_peers.sample(self._rng, 1))
         if not leaving and now >= self._next_reconnect_at:
             self._next_reconnect_at = now + self._config.reconnect_interval
             members = self._membership.members
-            fallen = self._membership.fallen_peers
-            dead = [fallen[i] for i in range(len(fallen)) if members[fallen[i]].state is MemberState.DEAD]
-            if dead:
-                self._open_push_pull(members[self._rng.choice(dead)].address)
+            dead = [node for node in self._membership.fallen_peers if members[node].state is MemberState.DEAD]
+            self._push_pull_with(self._rng.sample(dead, min(1, len(dead))))
 
     def next_deadline(self) -> float:
         """When `tick` next has work to do."""
@@ -355,13 +347,9 @@ class SwimNode:
             self._probe_failed(probe, now)
         elif not probe.indirect_sent and now >= probe.ack_deadline:
             probe.indirect_sent = True
-            relays = self._membership.live_peers.sample(
-                self._rng, self._config.indirect_checks, exclude=probe.target
-            )
+            relays = self._membership.live_peers.sample(self._rng, self._config.indirect_checks, exclude=probe.target)
             probe.nacks_expected = len(relays)
-            request = IndirectPing(
-                seq=probe.seq, target=probe.target, target_address=probe.address, want_nack=True
-            )
+            request = IndirectPing(seq=probe.seq, target=probe.target, target_address=probe.address, want_nack=True)
             for relay in relays:
                 self._send(self._membership.members[relay].address, [request])
 
@@ -430,11 +418,7 @@ class SwimNode:
         live = membership.live_peers
         fallen = membership.fallen_peers
         window = self._config.gossip_to_the_dead_time
-        recently_fallen = [
-            fallen[i]
-            for i in range(len(fallen))
-            if now - membership.members[fallen[i]].state_changed_at <= window
-        ]
+        recently_fallen = [node for node in fallen if now - membership.members[node].state_changed_at <= window]
         pool = len(live) + len(recently_fallen)
         for index in self._rng.sample(range(pool), min(self._config.gossip_nodes, pool)):
             node = live[index] if index < len(live) else recently_fallen[index - len(live)]
@@ -453,6 +437,10 @@ class SwimNode:
         self._stats["packets_sent"] += 1
         self._stats["packet_bytes_sent"] += len(data)
         self._outbox.append(SendPacket(address, data))
+
+    def _push_pull_with(self, nodes: list[str]) -> None:
+        for node in nodes:
+            self._open_push_pull(self._membership.members[node].address)
 
     def _open_push_pull(self, address: Address) -> None:
         self._stats["streams_opened"] += 1

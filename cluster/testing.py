@@ -89,16 +89,12 @@ class SimCluster:
         self._addresses: dict[str, Address] = {}  # every node ever added
         self._names: dict[Address, str] = {}
         self._boots: dict[str, int] = {}
-        self._timers: dict[
-            str, tuple[float, int]
-        ] = {}  # the one live timer per running node: (time, sequence)
+        self._timers: dict[str, tuple[float, int]] = {}  # the one live timer per running node: (time, sequence)
         self._groups: dict[str, int] = {}
 
     def __repr__(self) -> str:
         running, known = len(self._nodes), len(self._addresses)
-        return (
-            f"<SimCluster t={self.now:.3f}: {running} running of {known} | {len(self._queue)} events pending>"
-        )
+        return f"<SimCluster t={self.now:.3f}: {running} running of {known} | {len(self._queue)} events pending>"
 
     # --- topology and faults ---
 
@@ -109,13 +105,13 @@ class SimCluster:
     def node(self, name: str) -> SwimNode:
         return self._nodes[name]
 
-    def add_node(self, *, join: bool = True) -> str:
-        """Start a new node; unless `join=False` it joins through the first node."""
+    def add_node(self) -> str:
+        """Start a new node; it joins through the first node."""
         name = f"n{len(self._addresses):03d}"
         address = ("127.0.0.1", 20000 + len(self._addresses))
         self._addresses[name] = address
         self._names[address] = name
-        self._boot(name, join=join)
+        self._boot(name)
         return name
 
     def crash(self, name: str) -> None:
@@ -127,7 +123,7 @@ class SimCluster:
         """Start a crashed node again on its address: fresh state, a higher epoch, incarnation 1, a join."""
         if name in self._nodes:
             raise ValueError(f"{name} is running")
-        self._boot(name, join=True)
+        self._boot(name)
 
     def leave(self, name: str) -> None:
         self._nodes[name].leave(self.now)
@@ -182,9 +178,7 @@ class SimCluster:
     def run_for(self, duration: float) -> None:
         self.run_until(self.now + duration)
 
-    def run_until_true(
-        self, condition: Callable[[], bool], *, timeout: float, step: float = 0.1
-    ) -> float | None:
+    def run_until_true(self, condition: Callable[[], bool], *, timeout: float, step: float = 0.1) -> float | None:
         """Run in `step`s until `condition()` holds: the virtual time it first held, None after `timeout`."""
         deadline = self.now + timeout
         while not condition():
@@ -208,7 +202,7 @@ class SimCluster:
 
     # --- plumbing ---
 
-    def _boot(self, name: str, *, join: bool) -> None:
+    def _boot(self, name: str) -> None:
         boots = self._boots.get(name, 0) + 1
         self._boots[name] = boots
         node = SwimNode(
@@ -227,7 +221,7 @@ class SimCluster:
         self.packet_bytes_sent.setdefault(name, 0)
         self.stream_bytes_sent.setdefault(name, 0)
         seed = next(iter(self._addresses))
-        if join and seed != name:
+        if seed != name:
             node.join([self._addresses[seed]])
         self._after(name)
 
@@ -263,9 +257,7 @@ class SimCluster:
                     )
             elif type(action) is MemberEvent:
                 member = action.member
-                self.trace.append(
-                    TraceEntry(self.now, name, action.kind.value, member.node, member.incarnation)
-                )
+                self.trace.append(TraceEntry(self.now, name, action.kind.value, member.node, member.incarnation))
         at = max(node.next_deadline(), self.now)
         current = self._timers.get(name)
         if current is None or at < current[0]:

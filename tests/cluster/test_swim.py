@@ -7,7 +7,7 @@ from random import Random
 
 import pytest
 
-from cluster import InsecureClusterError, MemberState, SwimConfig, SwimNode
+from cluster import InsecureClusterError, MemberState, SendPacket, SwimConfig, SwimNode
 from cluster.codec import MalformedMessage
 from cluster.messages import Ack, Dead, IndirectPing, Message, Nack, Ping, PushPull, Suspect
 
@@ -250,3 +250,15 @@ def test_timers_are_idempotent_and_the_deadline_moves_forward() -> None:
     a.tick(deadline)
     assert a.next_deadline() > deadline
     assert repr(a).startswith("<SwimNode a: 2 live, 0 dead, 0 left | health 0 |")
+
+
+def test_queued_updates_are_packed_into_datagrams_of_at_most_1400_bytes() -> None:
+    wire = cluster("a", "b")
+    a, peer = wire.nodes["a"], Peer("x")
+    for batch in range(10):
+        peer.send(a, *(alive(f"m{batch}-{index}") for index in range(10)), now=0.0)
+    a.drain_actions()
+    a.tick(a.next_deadline())
+    sizes = [len(action.data) for action in a.drain_actions() if isinstance(action, SendPacket)]
+    assert sizes and max(sizes) <= SwimConfig.lan().packet_bytes_max
+    assert max(sizes) > 1200  # filled, not one update per datagram
