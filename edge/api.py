@@ -5,6 +5,8 @@ Routes:
     GET    /api/v1/jobs/{job_id}   the job, its attempts, response and webhook deliveries
     DELETE /api/v1/jobs/{job_id}   cancel a queued job
     GET    /api/v1/queues          the account's queues with their limits and where each came from
+    GET    /api/v1/cluster         members and this node's view of ownership
+    POST   /internal/v1/...        node-to-node calls (edge.internal), authenticated with the cluster keyring
     GET    /healthz /readyz        liveness, readiness
     GET    /metrics                Prometheus text
 
@@ -25,6 +27,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from edge.config import AccountConfig, Config
+from edge.internal import AUTH_HEADER, InternalRoutes
+from edge.internal import CONTENT_TYPE as INTERNAL_CONTENT_TYPE
+from edge.internal import PREFIX as INTERNAL_PREFIX
 from edge.jobs import derived_idempotent_key, origin_of, queue_key, validate_job
 from edge.metrics import NodeMetrics
 from edge.problems import PROBLEM_CONTENT_TYPE, Problem
@@ -32,7 +37,8 @@ from edge.queues import QueueManager
 from edge.records import JobRecord
 from edge.runtime import Runtime
 from edge.ssrf import forbidden_reason
-from edge.store import Store, StoreError
+from edge.routing import JobRouter
+from edge.store import StoreError
 
 log = logging.getLogger("ezthrottle.api")
 
@@ -42,6 +48,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _JOB_PATH = re.compile(r"^/api/v1/jobs/([A-Za-z0-9_\-]{1,128})$")
 _JSON = b"application/json"
+INTERNAL_BODY_BYTES_MAX = 64 * 1024 * 1024  # a hand-off batch of queued jobs
 DRAIN_BYTES_MAX = 16 * 1024 * 1024  # how much of an oversize body is read and discarded to deliver a clean 413
 
 
@@ -53,17 +60,21 @@ class JobApi:
         *,
         config: Config,
         runtime: Runtime,
-        store: Store,
         manager: QueueManager,
+        router: JobRouter,
         metrics: NodeMetrics,
         is_ready: Callable[[], bool],
+        internal: InternalRoutes | None = None,
+        cluster_status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._config = config
         self._runtime = runtime
-        self._store = store
         self._manager = manager
+        self._router = router
         self._metrics = metrics
         self._is_ready = is_ready
+        self._internal = internal
+        self._cluster_status = cluster_status
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -101,6 +112,15 @@ class JobApi:
             return 200, b'{"status":"ready"}', _JSON, {}
         if path == "/metrics" and method == "GET":
             return 200, self._metrics.render(), b"text/plain; version=0.0.4; charset=utf-8", {}
+        if path.startswith(INTERNAL_PREFIX) and self._internal is not None:
+            raw = await _read_body(scope, receive, INTERNAL_BODY_BYTES_MAX)
+            reply = await self._internal.handle(method, path, _header(scope, AUTH_HEADER.lower().encode()), raw)
+            return 200, reply, INTERNAL_CONTENT_TYPE.encode(), {}
+        if path == "/api/v1/cluster":
+            _allow(method, "GET")
+            self._authenticate(scope)
+            status = self._cluster_status() if self._cluster_status else {"enabled": False}
+            return 200, _dump(status), _JSON, {}
         if path == "/api/v1/jobs":
             _allow(method, "POST")
             return await self._submit(scope, receive)
@@ -114,7 +134,7 @@ class JobApi:
             _allow(method, "GET")
             account = self._authenticate(scope)
             prefix = "free|" if account.plan == "free" else f"{account.id}|"
-            queues = self._manager.queues_with_prefix(prefix)
+            queues = await self._router.queues(prefix)
             return 200, _dump({"account_id": account.id, "queues": queues}), _JSON, {}
         raise Problem(404, "Not found", f"no route for {path}")
 
@@ -145,7 +165,7 @@ class JobApi:
             )
         record = self._new_record(account, job)
         try:
-            stored, created = await self._manager.submit(record)
+            stored, created = await self._router.submit(record)
         except StoreError:
             log.exception("job store failed; the job was not accepted")
             raise Problem(
@@ -175,14 +195,14 @@ class JobApi:
 
     async def _owned_job(self, account: AccountConfig, job_id: str) -> JobRecord:
         """The job if this account owns it; 404 otherwise (never 403: that would confirm the id exists)."""
-        record = self._manager.live_job(job_id) or await self._store.get_job(job_id)
+        record = await self._router.find(job_id)
         if record is None or record.account_id != account.id:
             raise Problem(404, "Job not found", f"no job {job_id} for this account", kind="job-not-found")
         return record
 
     async def _cancel(self, account: AccountConfig, job_id: str) -> tuple[int, bytes, bytes, dict[str, str]]:
         record = await self._owned_job(account, job_id)
-        cancelled = await self._manager.cancel(job_id)
+        cancelled = await self._router.cancel(job_id)
         if cancelled is None:
             raise Problem(
                 409,

@@ -23,6 +23,7 @@ from edge.executor import Executor
 from edge.http_server import serve_asgi
 from edge.metrics import NodeMetrics
 from edge.queues import QueueManager
+from edge.routing import JobRouter
 from edge.runtime import Runtime
 from edge.ssrf import guarded_transport
 from edge.store import Store, open_sqlite_store
@@ -90,9 +91,10 @@ async def run_node(
         manager = QueueManager(
             config=config, runtime=runtime, store=store, executor=executor, webhooks=deliverer, metrics=metrics
         )
+        router = JobRouter(manager=manager, store=store)
         ready = False
         app = JobApi(
-            config=config, runtime=runtime, store=store, manager=manager, metrics=metrics, is_ready=lambda: ready
+            config=config, runtime=runtime, manager=manager, router=router, metrics=metrics, is_ready=lambda: ready
         )
         stop = trio.Event()
         async with trio.open_nursery() as services:

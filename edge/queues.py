@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,8 +89,10 @@ class QueueManager:
         executor: Executor,
         webhooks: WebhookDeliverer,
         metrics: NodeMetrics,
+        owns: Callable[[str], bool] = lambda key: True,
     ) -> None:
         self._config = config
+        self._owns = owns
         self._runtime = runtime
         self._store = store
         self._executor = executor
@@ -163,6 +166,47 @@ class QueueManager:
     def queues_with_prefix(self, prefix: str) -> list[dict[str, Any]]:
         """Queues whose key starts with `prefix` (an account's: "acme|"; the shared free ones: "free|")."""
         return [self._describe(q) for key, q in self._queues.items() if key.startswith(prefix)]
+
+    # -- cluster hand-off -----------------------------------------------------------------------------------------
+
+    def ownership_changed(self) -> None:
+        """Wake every queue task so that keys now owned elsewhere stop dispatching and owned ones resume."""
+        for queue in self._queues.values():
+            queue.wake()
+
+    def detach(self, is_foreign: Callable[[str], bool]) -> list[JobRecord]:
+        """Take the waiting jobs of foreign keys out of their queues (in-flight ones finish here first)."""
+        detached = []
+        for queue in self._queues.values():
+            if queue.ready is None or not len(queue.ready) or not is_foreign(queue.key):
+                continue
+            while (job_id := queue.ready.pop_ready(float("inf"))) is not None:
+                live = self._jobs.pop(job_id)
+                self._metrics.queue_depth.dec()
+                self._backlog[live.record.account_id] -= 1
+                detached.append(live.record)
+            queue.wake()
+        return detached
+
+    def reattach(self, records: Collection[JobRecord]) -> None:
+        """Put detached jobs back (their transfer failed); they wait until a later hand-off succeeds."""
+        for record in records:
+            self._enqueue(record)
+
+    async def accept_handoff(self, records: Collection[JobRecord]) -> int:
+        """Make jobs handed over by another node durable here and queue them; returns how many were new."""
+        accepted = 0
+
+        async def accept(record: JobRecord) -> None:
+            nonlocal accepted
+            record.status = "queued"
+            _stored, created = await self.submit(record)
+            accepted += created
+
+        async with trio.open_nursery() as nursery:
+            for record in records:
+                nursery.start_soon(accept, record)
+        return accepted
 
     def forget_idle(self, idle_for_s: float) -> int:
         """Drop keys idle for `idle_for_s` (and the limits they learned), so distinct keys cannot grow memory
@@ -238,8 +282,8 @@ class QueueManager:
                     queue.idle_since = now
                     self._metrics.active_queues.dec()
                     return
-                wake_at = float("inf")
-                if len(ready) and queue.in_flight < queue.limits.max_concurrent:
+                wake_at = float("inf")  # until woken: a new job, an attempt done, or an ownership change
+                if len(ready) and queue.in_flight < queue.limits.max_concurrent and self._owns(queue.key):
                     pace_at = queue.limits.ready_at(now)
                     head_at = ready.next_eligible_at()
                     assert head_at is not None
