@@ -12,6 +12,8 @@ General layout (one mechanism per module; none of them imports trio, time, socke
 - ownership: `Rendezvous`, the owner of each queue key over the live members
 - testing: `SimCluster`, many nodes on a simulated network and virtual time (imported on its own, as
   `cluster.testing`, so production code never loads it)
+- shell (a subpackage, imported on its own as `cluster.shell`, because it is the Trio part): `ClusterMember`
+  runs a SwimNode on a transport (UDP + TCP sockets, or the simulator's) and answers who owns which key
 """
 
 from .actions import Action as Action
