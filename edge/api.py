@@ -35,9 +35,9 @@ from edge.metrics import NodeMetrics
 from edge.problems import PROBLEM_CONTENT_TYPE, Problem
 from edge.queues import QueueManager
 from edge.records import JobRecord
+from edge.routing import JobRouter
 from edge.runtime import Runtime
 from edge.ssrf import forbidden_reason
-from edge.routing import JobRouter
 from edge.store import StoreError
 
 log = logging.getLogger("ezthrottle.api")

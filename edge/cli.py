@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import secrets
@@ -73,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not config.accounts:
         config = _with_dev_account(config)
+    if config.cluster.region is None and os.environ.get("FLY_REGION"):
+        # On Fly.io every machine knows its region; members advertise it for region-aware routing.
+        cluster = dataclasses.replace(config.cluster, region=os.environ["FLY_REGION"])
+        config = dataclasses.replace(config, cluster=cluster)
     logging.getLogger("ezthrottle").info("starting: %s", config.describe())
     trio.run(_serve, config)
     return 0

@@ -2,15 +2,16 @@
 
 Precedence is file < environment < overrides. Scalars are overridden one at a time with
 `EZTHROTTLE_<SECTION>_<KEY>` (the value is read as a TOML value when it parses as one, else as a string);
-`EZTHROTTLE_ACCOUNTS` / `EZTHROTTLE_TARGETS` replace those sections whole with JSON, because tables do not
-fit in one variable any other way.
+`EZTHROTTLE_ACCOUNTS` / `EZTHROTTLE_TARGETS` / `EZTHROTTLE_PROTECT` replace those sections whole with JSON,
+because tables do not fit in one variable any other way.
 
 Validation lives in the dataclasses (`__post_init__`), not in the loader, so every value is checked the same
 way whatever its source, including a `Config` built directly in code. Unknown keys and unknown `EZTHROTTLE_`
 variables are errors: a typo must not silently fall back to a default. A `ConfigError` names where the value
 came from (the file or the variable), the dotted key, and what is wrong.
 
-Plain API keys never stay in memory: an account keeps only the SHA-256 digest of its key. Relative paths
+Plain API keys never stay in memory: an account, like a protected listener's customer key, keeps only the
+SHA-256 digest of its key. Relative paths
 (`data_dir`, `certfile`, `keyfile`) are relative to the working directory, like any command-line path.
 """
 
@@ -30,22 +31,28 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
+from scheduler import AimdPolicy, KeyPolicy, SchedulerPolicy, Tier, TierPolicy
+
 PLANS = ("free", "starter", "growth", "pro", "enterprise")
+TIERS = tuple(tier.value for tier in Tier)
+BEARER_KEY_HEADER = "authorization"  # as a protected listener's key_header: the Authorization Bearer token
 IDENTIFIER_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _HOSTNAME_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 HOSTNAME_PATTERN = re.compile(rf"{_HOSTNAME_LABEL}(\.{_HOSTNAME_LABEL})*")
 KEY_CHARS_MIN = 16  # API keys are meant to be random tokens; 16 characters is the floor, not a recommendation
 WEBHOOK_SECRET_CHARS_MIN = 16  # the hosted service's minimum for webhook secrets
 SCHEDULE_STEPS_MAX = 64
+_HEADER_NAME_PATTERN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}")
 
 ENV_PREFIX = "EZTHROTTLE_"
 ENV_CONFIG_PATH = "EZTHROTTLE_CONFIG"  # read by the CLI, not here
 ENV_ACCOUNTS = "EZTHROTTLE_ACCOUNTS"
 ENV_TARGETS = "EZTHROTTLE_TARGETS"
+ENV_PROTECT = "EZTHROTTLE_PROTECT"
 DEFAULTS_SOURCE = "<defaults>"
 OVERRIDE_SOURCE = "override"
 
@@ -115,6 +122,19 @@ def _integer(minimum: int) -> Parser:
     return parse
 
 
+def _fraction(*, one_allowed: bool = False) -> Parser:
+    requirement = f"must be a number in (0, 1{']' if one_allowed else ')'}"
+
+    def parse(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise _Invalid(requirement)
+        if not (0 < value < 1 or (one_allowed and value == 1)):
+            raise _Invalid(requirement)
+        return float(value)
+
+    return parse
+
+
 def _optional(parse: Parser) -> Parser:
     return lambda value: None if value is None else parse(value)
 
@@ -138,6 +158,13 @@ def _choice(options: tuple[str, ...]) -> Parser:
         return str(value)
 
     return parse
+
+
+def _header_name(value: Any) -> str:
+    """A header name as HTTP/1.1 and HTTP/2 both deliver it: lower case."""
+    if not isinstance(value, str) or not _HEADER_NAME_PATTERN.fullmatch(value):
+        raise _Invalid("must be an HTTP header name (1-64 token characters)")
+    return value.lower()
 
 
 def _path(value: Any) -> Path:
@@ -193,6 +220,30 @@ def _schedule(value: Any) -> tuple[float, ...]:
     if any(later < earlier for earlier, later in itertools.pairwise(steps)):
         raise _Invalid(requirement)
     return steps
+
+
+def _host_ports(value: Any) -> tuple[str, ...]:
+    requirement = "must be a list of host:port strings (names, IPv4, or [IPv6])"
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise _Invalid(requirement)
+    return tuple(v.strip() for v in value)
+
+
+def _cluster_keys(value: Any) -> tuple[bytes, ...]:
+    """Cluster keys as hex strings, primary first; kept as bytes (16..64 bytes each: HMAC-SHA256 keys)."""
+    requirement = "must be a list of hex strings of 32 to 128 hex digits (16 to 64 bytes), primary first"
+    if not isinstance(value, list | tuple):
+        raise _Invalid(requirement)
+    keys = []
+    for item in value:
+        try:
+            key = bytes.fromhex(item) if isinstance(item, str) else b""
+        except ValueError:
+            raise _Invalid(requirement) from None
+        if not 16 <= len(key) <= 64:
+            raise _Invalid(requirement)
+        keys.append(key)
+    return tuple(keys)
 
 
 def _http_url(text: str) -> httpx.URL:
@@ -386,6 +437,157 @@ class TargetConfig(_Validated):
     total_timeout_s: float | None = _setting(None, _optional(_number(0, inclusive=False)))
 
 
+_SCHEDULER_DEFAULTS = SchedulerPolicy(capacity=1)  # the scheduler's own defaults are the listener's defaults
+_TIER_DEFAULTS = TierPolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class ProtectKeyConfig(_Validated):
+    """One customer key of a protected listener. Only the SHA-256 digest of the key is kept, as for accounts."""
+
+    key_sha256: bytes = _setting(_REQUIRED, _key_sha256, secret=True)
+    # Names the key in metrics and logs (the key itself never appears); defaults to a digest prefix.
+    id: str | None = _setting(None, _optional(_identifier))
+    tier: str = _setting(Tier.FREE.value, _choice(TIERS))  # a key gets no more than the config gives it
+    weight: float = _setting(1.0, _number(0, inclusive=False))  # share within its tier, relative to other keys
+    rate_per_s: float | None = _setting(None, _optional(_number(0, inclusive=False)))
+    burst: int | None = _setting(None, _optional(_integer(1)))  # default: one second's worth of rate_per_s
+
+    @property
+    def label(self) -> str:
+        return self.id or "key-" + self.key_sha256.hex()[:8]
+
+    def policy(self) -> KeyPolicy:
+        return _key_policy(Tier(self.tier), self.weight, self.rate_per_s, self.burst)
+
+    def _check(self) -> None:
+        if self.burst is not None and self.rate_per_s is None:
+            raise _Invalid("needs rate_per_s as well", ("burst",), (("rate_per_s",),))
+
+
+def _key_policy(tier: Tier, weight: float, rate_per_s: float | None, burst: int | None) -> KeyPolicy:
+    if rate_per_s is not None and burst is None:
+        burst = max(1, math.ceil(rate_per_s))
+    return KeyPolicy(tier=tier, weight=weight, rate_per_s=rate_per_s, burst=burst or 1)
+
+
+@dataclass(frozen=True, slots=True)
+class ProtectConfig(_Validated):
+    """One protected listener: a fair, tiered reverse proxy in front of one operator-run upstream (edge/proxy).
+
+    Scheduler knobs are documented where they act: scheduler/fair.py (SchedulerPolicy) and scheduler/tiers.py.
+    The body and timeout knobs are explained in edge/proxy/body.py and edge/proxy/app.py.
+    """
+
+    listen: str = _setting(_REQUIRED, _listen)
+    upstream: str = _setting(_REQUIRED, _origin)
+    name: str | None = _setting(None, _optional(_identifier))  # metric label; defaults to `listen`
+    max_concurrency: int = _setting(64, _integer(1))  # requests the upstream is sent at once (AIMD's ceiling)
+    key_header: str = _setting("x-api-key", _header_name)  # "authorization" means its Bearer token
+    # Trusted only when set: the operator's own auth layer in front must set (and strip from clients) it.
+    tier_header: str | None = _setting(None, _optional(_header_name))
+    keys: tuple[ProtectKeyConfig, ...] = ()
+    anonymous_rate_per_s: float | None = _setting(None, _optional(_number(0, inclusive=False)))
+    anonymous_burst: int | None = _setting(None, _optional(_integer(1)))
+    fairness: bool = _setting(True, _boolean)  # false: one plain FIFO queue (a benchmark baseline)
+    reserved_share: float = _setting(_TIER_DEFAULTS.reserved_share, _fraction())
+    paid_weight: float = _setting(_TIER_DEFAULTS.paid_weight, _number(0, inclusive=False))
+    free_weight: float = _setting(_TIER_DEFAULTS.free_weight, _number(0, inclusive=False))
+    free_share_min: float = _setting(_TIER_DEFAULTS.free_share_min, _fraction())
+    key_concurrency_share_max: float = _setting(
+        _SCHEDULER_DEFAULTS.key_concurrency_share_max, _fraction(one_allowed=True)
+    )
+    key_queue_length_max: int = _setting(_SCHEDULER_DEFAULTS.key_queue_length_max, _integer(1))
+    queue_length_max: int = _setting(_SCHEDULER_DEFAULTS.queue_length_max, _integer(1))
+    queue_wait_s_max: float = _setting(_SCHEDULER_DEFAULTS.queue_wait_s_max, _number(0, inclusive=False))
+    adaptive_concurrency: bool = _setting(False, _boolean)
+    body_bytes_max: int = _setting(64 * 1024 * 1024, _integer(0))  # 413 beyond; a 50 MB upload passes
+    body_buffer_bytes: int = _setting(64 * 1024, _integer(0))  # read before a slot is taken
+    body_timeout_s: float = _setting(10, _number(0, inclusive=False))
+    body_rate_min_bytes_per_s: float = _setting(16 * 1024, _number(0, inclusive=False))
+    upstream_connect_timeout_s: float = _setting(10, _number(0, inclusive=False))
+    upstream_read_timeout_s: float = _setting(30, _number(0, inclusive=False))
+    upstream_total_timeout_s: float = _setting(60, _number(0, inclusive=False))
+
+    @property
+    def label(self) -> str:
+        return self.name or self.listen
+
+    def scheduler_policy(self) -> SchedulerPolicy:
+        return SchedulerPolicy(
+            capacity=self.max_concurrency,
+            tiers=TierPolicy(
+                reserved_share=self.reserved_share,
+                paid_weight=self.paid_weight,
+                free_weight=self.free_weight,
+                free_share_min=self.free_share_min,
+            ),
+            key_concurrency_share_max=self.key_concurrency_share_max,
+            key_queue_length_max=self.key_queue_length_max,
+            queue_length_max=self.queue_length_max,
+            queue_wait_s_max=self.queue_wait_s_max,
+            aimd=AimdPolicy() if self.adaptive_concurrency else None,
+        )
+
+    def anonymous_policy(self) -> KeyPolicy:
+        """Callers without a known key: free tier, keyed by client address, optionally rate limited."""
+        return _key_policy(Tier.FREE, 1.0, self.anonymous_rate_per_s, self.anonymous_burst)
+
+    def key_by_secret(self, presented: str) -> ProtectKeyConfig | None:
+        """The configured key equal to `presented`, compared as digests in constant time (see `_find_keyed`)."""
+        return _find_keyed(self.keys, presented)
+
+    def _check(self) -> None:
+        if self.key_queue_length_max > self.queue_length_max:
+            raise _Invalid(
+                f"must not exceed queue_length_max ({self.key_queue_length_max} > {self.queue_length_max})",
+                ("key_queue_length_max",),
+                (("queue_length_max",),),
+            )
+        if self.reserved_share + self.free_share_min >= 1:
+            raise _Invalid(
+                f"reserved_share + free_share_min must leave room for paid traffic "
+                f"({self.reserved_share:g} + {self.free_share_min:g} >= 1)",
+                ("reserved_share",),
+                (("free_share_min",),),
+            )
+        if self.anonymous_burst is not None and self.anonymous_rate_per_s is None:
+            raise _Invalid("needs anonymous_rate_per_s as well", ("anonymous_burst",), (("anonymous_rate_per_s",),))
+        ids: dict[str, int] = {}
+        digests: dict[bytes, int] = {}
+        for index, key in enumerate(self.keys):
+            if key.id is not None and key.id in ids:
+                raise _Invalid(f"keys[{index}] has the id {key.id!r} of keys[{ids[key.id]}]", ("keys", index))
+            if key.key_sha256 in digests:
+                raise _Invalid(f"keys[{index}] has the same key as keys[{digests[key.key_sha256]}]", ("keys", index))
+            if key.id is not None:
+                ids[key.id] = index
+            digests[key.key_sha256] = index
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig(_Validated):
+    """Membership and ownership (cluster/). The cluster is on when `bind` is set."""
+
+    bind: str | None = _setting(None, _optional(_listen))  # gossip UDP + push-pull TCP, e.g. "[::]:7946"
+    advertise: str | None = _setting(None, _optional(_listen))  # the gossip address others use, if not bind's
+    api_advertise: str | None = _setting(None, _optional(_listen))  # the job API address others forward to
+    region: str | None = _setting(None, _optional(_identifier), text=True)  # default: $FLY_REGION
+    seeds: tuple[str, ...] = _setting((), _host_ports)  # host:port of members to join; DNS names allowed
+    keys: tuple[bytes, ...] = _setting((), _cluster_keys, secret=True)  # HMAC keys, primary first
+    profile: str = _setting("lan", _choice(("lan", "wan", "local")))  # memberlist's timing presets
+    insecure: bool = _setting(False, _boolean)  # allow a multi-node cluster without keys (development only)
+    forward_deadline_s: float = _setting(10.0, _number(0, inclusive=False))  # to reach a key's owner
+
+    def _check(self) -> None:
+        if self.bind is not None and not self.keys and not self.insecure:
+            raise _Invalid("a cluster needs keys (or insecure = true for development)", ("keys",))
+
+    @property
+    def enabled(self) -> bool:
+        return self.bind is not None
+
+
 SECTIONS: dict[str, type[_Validated]] = {
     "server": ServerConfig,
     "security": SecurityConfig,
@@ -393,6 +595,7 @@ SECTIONS: dict[str, type[_Validated]] = {
     "http_client": HttpClientConfig,
     "webhooks": WebhooksConfig,
     "jobs": JobsConfig,
+    "cluster": ClusterConfig,
 }
 
 
@@ -404,8 +607,10 @@ class Config(_Validated):
     http_client: HttpClientConfig = field(default_factory=HttpClientConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     accounts: tuple[AccountConfig, ...] = ()
     targets: tuple[TargetConfig, ...] = ()
+    protect: tuple[ProtectConfig, ...] = ()
     source: str = DEFAULTS_SOURCE
     _targets_by_origin: dict[str, TargetConfig] = field(init=False, repr=False, compare=False)
 
@@ -427,22 +632,18 @@ class Config(_Validated):
                 raise _Invalid(f"origin {target.origin} is configured twice", ("targets", target.origin))
             by_origin[target.origin] = target
         object.__setattr__(self, "_targets_by_origin", by_origin)
+        labels: dict[str, int] = {}
+        for index, listener in enumerate(self.protect):
+            if listener.label in labels:
+                raise _Invalid(
+                    f"listener {listener.label!r} is also protect[{labels[listener.label]}]; give each a unique name",
+                    ("protect", index, "name"),
+                )
+            labels[listener.label] = index
 
     def account_by_key(self, presented: str) -> AccountConfig | None:
-        """The account whose API key is `presented`, or None.
-
-        Only digests are stored, so a memory dump or a leaked config does not give out keys. A fast unsalted
-        hash is enough because API keys are random tokens, not passwords: there is no dictionary to try.
-        Comparing digests in constant time, visiting every account with no early exit, means the response time
-        says nothing about how close a guess came; and even a timing leak on digests would not help, since an
-        attacker cannot steer which digest prefix a guess produces.
-        """
-        digest = hashlib.sha256(presented.encode()).digest()
-        found: AccountConfig | None = None
-        for account in self.accounts:
-            if hmac.compare_digest(account.key_sha256, digest):
-                found = account
-        return found
+        """The account whose API key is `presented`, or None (see `_find_keyed`)."""
+        return _find_keyed(self.accounts, presented)
 
     def target_for(self, origin: str) -> TargetConfig | None:
         """The `[targets]` entry for an origin (or any URL on it), in whatever case or port spelling."""
@@ -460,7 +661,30 @@ class Config(_Validated):
         lines.append(f"  targets: {len(self.targets)}")
         lines += [f"    {target.origin}: {_describe_fields(target, skip='origin')}"
                   for target in self.targets]
+        lines.append(f"  protect: {len(self.protect)}")
+        lines += [f"    {listener.label}: keys={len(listener.keys)} {_describe_fields(listener, skip='keys')}"
+                  for listener in self.protect]
         return "\n".join(lines)
+
+
+_Keyed = TypeVar("_Keyed", AccountConfig, ProtectKeyConfig)
+
+
+def _find_keyed(candidates: Iterable[_Keyed], presented: str) -> _Keyed | None:
+    """The candidate whose key is `presented`, or None.
+
+    Only digests are stored, so a memory dump or a leaked config does not give out keys. A fast unsalted
+    hash is enough because API keys are random tokens, not passwords: there is no dictionary to try.
+    Comparing digests in constant time, visiting every candidate with no early exit, means the response time
+    says nothing about how close a guess came; and even a timing leak on digests would not help, since an
+    attacker cannot steer which digest prefix a guess produces. The cost is O(candidates), ~0.1 us each.
+    """
+    digest = hashlib.sha256(presented.encode()).digest()
+    found: _Keyed | None = None
+    for candidate in candidates:
+        if hmac.compare_digest(candidate.key_sha256, digest):
+            found = candidate
+    return found
 
 
 def _describe_fields(section: Any, skip: str = "") -> str:
@@ -474,7 +698,7 @@ def _describe_fields(section: Any, skip: str = "") -> str:
         elif spec.metadata.get("secret"):
             shown = "set"
         elif isinstance(value, tuple):
-            shown = "[" + ", ".join(f"{step:g}" for step in value) + "]"
+            shown = "[" + ", ".join(f"{step:g}" if isinstance(step, float | int) else str(step) for step in value) + "]"
         elif isinstance(value, bool):
             shown = str(value).lower()
         elif isinstance(value, float):
@@ -533,25 +757,44 @@ def _build(cls: type[_Validated], table: Any, path: KeyPath, **fixed: Any) -> An
     for key in _table(table, path):
         if key not in names:
             raise _Invalid(_unknown(key, names), (*path, key))
+    for spec in dataclasses.fields(cls):
+        required = spec.default is _REQUIRED and spec.default_factory is dataclasses.MISSING
+        if required and spec.name not in fixed and spec.name not in table:
+            raise _Invalid("required", (*path, spec.name))
     try:
         return cls(**table, **fixed)
     except _Invalid as exc:
         raise (_Invalid(exc.problem) if exc.path[:1] and exc.path[0] in fixed else exc).under(path) from None
 
 
-def _build_account(table: Any, path: KeyPath) -> AccountConfig:
-    """An account from a table holding either `key` (hashed here, then dropped) or `key_sha256`."""
+def _build_keyed(cls: type[_Keyed], table: Any, path: KeyPath) -> _Keyed:
+    """An account or a protected key from a table holding either `key` (hashed here, then dropped) or
+    `key_sha256`."""
     table = dict(_table(table, path))
     key = table.pop("key", None)
     if (key is None) == (table.get("key_sha256") is None):
         raise _Invalid("needs exactly one of key or key_sha256", path)
     if key is None:
-        return _build(AccountConfig, table, path)
+        return _build(cls, table, path)
     if not isinstance(key, str) or len(key) < KEY_CHARS_MIN:
         shown = _shown(key, secret=True)
         raise _Invalid(f"must be a string of at least {KEY_CHARS_MIN} characters (got {shown})",
                        (*path, "key"))
-    return _build(AccountConfig, table, path, key_sha256=hashlib.sha256(key.encode()).digest())
+    return _build(cls, table, path, key_sha256=hashlib.sha256(key.encode()).digest())
+
+
+def _array_of_tables(value: Any, path: KeyPath) -> list[Any]:
+    if not isinstance(value, list):
+        raise _Invalid(f"must be an array of tables (got {_shown(value, secret=False)})", path)
+    return value
+
+
+def _build_protect(table: Any, path: KeyPath) -> ProtectConfig:
+    """A protected listener from its table; its `[[protect.keys]]` are built like accounts."""
+    table = dict(_table(table, path))
+    keys = _array_of_tables(table.pop("keys", []), (*path, "keys"))
+    built = tuple(_build_keyed(ProtectKeyConfig, entry, (*path, "keys", index)) for index, entry in enumerate(keys))
+    return _build(ProtectConfig, table, path, keys=built)
 
 
 class _Layers:
@@ -562,6 +805,7 @@ class _Layers:
         self.sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
         self.accounts: Any = []
         self.targets: Any = {}
+        self.protect: Any = []
         self.sources: dict[KeyPath, tuple[int, str]] = {}
 
     def apply_document(self, document: Mapping[str, Any]) -> None:
@@ -574,14 +818,18 @@ class _Layers:
                 self.accounts = value
             elif name == "targets":
                 self.targets = value
+            elif name == "protect":
+                self.protect = value
             else:
-                raise _Invalid(_unknown(name, [*SECTIONS, "accounts", "targets"]), (name,))
+                raise _Invalid(_unknown(name, [*SECTIONS, "accounts", "targets", "protect"]), (name,))
 
     def set(self, path: KeyPath, value: Any, source: str, rank: int) -> None:
         if path == ("accounts",):
             self.accounts = value
         elif path == ("targets",):
             self.targets = value
+        elif path == ("protect",):
+            self.protect = value
         else:
             section, key = path
             self.sections[str(section)][str(key)] = value
@@ -598,15 +846,14 @@ class _Layers:
         return best[1]
 
     def build(self) -> Config:
-        accounts = self.accounts
-        if not isinstance(accounts, list):
-            shown = _shown(accounts, secret=False)
-            raise _Invalid(f"must be an array of tables (got {shown})", ("accounts",))
+        accounts = _array_of_tables(self.accounts, ("accounts",))
+        protect = _array_of_tables(self.protect, ("protect",))
         return Config(
             **{name: _build(cls, self.sections[name], (name,)) for name, cls in SECTIONS.items()},
             accounts=tuple(
-                _build_account(table, ("accounts", index)) for index, table in enumerate(accounts)
+                _build_keyed(AccountConfig, table, ("accounts", index)) for index, table in enumerate(accounts)
             ),
+            protect=tuple(_build_protect(table, ("protect", index)) for index, table in enumerate(protect)),
             targets=tuple(
                 _build(TargetConfig, table, ("targets", origin), origin=origin)
                 for origin, table in _table(self.targets, ("targets",)).items()
@@ -656,8 +903,10 @@ def _apply_env(layers: _Layers, env: Mapping[str, str]) -> None:
             layers.set(("accounts",), _env_json(name, text), name, _SOURCE_RANK_ENV)
         elif name == ENV_TARGETS:
             layers.set(("targets",), _env_json(name, text), name, _SOURCE_RANK_ENV)
+        elif name == ENV_PROTECT:
+            layers.set(("protect",), _env_json(name, text), name, _SOURCE_RANK_ENV)
         else:
-            known = [*ENV_SETTINGS, ENV_ACCOUNTS, ENV_TARGETS]
+            known = [*ENV_SETTINGS, ENV_ACCOUNTS, ENV_TARGETS, ENV_PROTECT]
             raise ConfigError(name, None, _unknown(name, known, "variable"))
 
 
@@ -686,7 +935,7 @@ def load_config(
 def with_dev_account(config: Config, *, account_id: str, key: str) -> Config:
     """`config` plus one account (the CLI's development mode), validated like any configured account."""
     try:
-        account = _build_account({"id": account_id, "key": key}, ("accounts", len(config.accounts)))
+        account = _build_keyed(AccountConfig, {"id": account_id, "key": key}, ("accounts", len(config.accounts)))
         return dataclasses.replace(config, accounts=(*config.accounts, account))
     except _Invalid as exc:
         raise ConfigError("development account", _dotted(exc.path), exc.problem) from None

@@ -1,4 +1,5 @@
-"""One EZThrottle Edge node: the nursery that holds the store, the queues, the deliverer and the HTTP server.
+"""One EZThrottle Edge node: the nursery that holds the store, the queues, the deliverer, the HTTP server of the
+job API and one inbound proxy per `[[protect]]` section (edge/proxy), all in one process.
 
 Start-up order matters for "nothing accepted is lost": the store opens first, then the queue manager resumes every
 unfinished job and the deliverer every pending webhook, and only then does the HTTP server start accepting jobs.
@@ -18,12 +19,15 @@ import httpx
 import trio
 
 from edge.api import JobApi
+from edge.clustering import describe_cluster, keyring_of, start_membership
 from edge.config import Config
 from edge.executor import Executor
 from edge.http_server import serve_asgi
+from edge.internal import InternalRoutes, PeerClient
 from edge.metrics import NodeMetrics
+from edge.proxy import ProxyMetrics, serve_protected
 from edge.queues import QueueManager
-from edge.routing import JobRouter
+from edge.routing import JobRouter, owns_key
 from edge.runtime import Runtime
 from edge.ssrf import guarded_transport
 from edge.store import Store, open_sqlite_store
@@ -32,6 +36,7 @@ from edge.webhooks import WebhookDeliverer
 log = logging.getLogger("ezthrottle.node")
 
 STORE_FILENAME = "jobs.sqlite3"
+LEAVE_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -45,6 +50,8 @@ class Node:
     store: Store
     metrics: NodeMetrics
     _stop: trio.Event = field(default_factory=trio.Event)
+    # Each protected listener's bound addresses, by its label (`ProtectConfig.label`).
+    protected: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -88,17 +95,45 @@ async def run_node(
         metrics = NodeMetrics()
         deliverer = WebhookDeliverer(config=config, runtime=runtime, store=store, client=client, metrics=metrics)
         executor = Executor(client, runtime, allow_private_targets=config.security.allow_private_targets)
-        manager = QueueManager(
-            config=config, runtime=runtime, store=store, executor=executor, webhooks=deliverer, metrics=metrics
-        )
-        router = JobRouter(manager=manager, store=store)
-        ready = False
-        app = JobApi(
-            config=config, runtime=runtime, manager=manager, router=router, metrics=metrics, is_ready=lambda: ready
-        )
         stop = trio.Event()
         async with trio.open_nursery() as services:
+            membership = await start_membership(services, config, runtime) if config.cluster.enabled else None
+            keyring = keyring_of(config.cluster)
+            peers = None
+            if membership is not None:
+                peers = PeerClient(keyring=keyring, runtime=runtime, timeout_s=config.cluster.forward_deadline_s)
+                stack.push_async_callback(peers.aclose)
+            manager = QueueManager(
+                config=config,
+                runtime=runtime,
+                store=store,
+                executor=executor,
+                webhooks=deliverer,
+                metrics=metrics,
+                owns=partial(owns_key, membership),
+            )
+            router = JobRouter(
+                manager=manager,
+                store=store,
+                membership=membership,
+                peers=peers,
+                forward_deadline_s=config.cluster.forward_deadline_s,
+            )
+            ready = False
+            app = JobApi(
+                config=config,
+                runtime=runtime,
+                manager=manager,
+                router=router,
+                metrics=metrics,
+                is_ready=lambda: ready,
+                internal=InternalRoutes(keyring=keyring, runtime=runtime, manager=manager, store=store)
+                if membership is not None
+                else None,
+                cluster_status=partial(describe_cluster, membership, config, manager) if membership else None,
+            )
             await services.start(manager.run)
+            services.start_soon(router.hand_off_forever)
             await services.start(deliverer.run)
             services.start_soon(_housekeeping, config, runtime, store, manager)
             async with trio.open_nursery() as http:
@@ -112,13 +147,39 @@ async def run_node(
                         shutdown_trigger=stop.wait,
                     )
                 )
+                protected = await _start_protected(http, config, runtime, metrics, stop)
                 ready = True
                 log.info("listening on %s", ", ".join(bound))
-                task_status.started(Node(config, bound, manager, deliverer, store, metrics, stop))
+                task_status.started(Node(config, bound, manager, deliverer, store, metrics, stop, protected))
                 await stop.wait()
                 ready = False
-            # hypercorn has stopped accepting and drained its requests: stop queues and deliveries.
+            # hypercorn has stopped accepting and drained its requests: leave the cluster (so peers take our
+            # keys at once instead of after failure detection), then stop queues and deliveries.
+            if membership is not None:
+                await membership.leave(LEAVE_TIMEOUT_S)
             services.cancel_scope.cancel()
+
+
+async def _start_protected(
+    http: trio.Nursery, config: Config, runtime: Runtime, metrics: NodeMetrics, stop: trio.Event
+) -> dict[str, list[str]]:
+    """Start every protected listener beside the job API, so they drain and stop with it."""
+    if not config.protect:
+        return {}
+    proxy_metrics = ProxyMetrics(metrics.registry)
+    protected: dict[str, list[str]] = {}
+    for listener in config.protect:
+        protected[listener.label] = await http.start(
+            partial(
+                serve_protected,
+                listener,
+                metrics=proxy_metrics,
+                transport=runtime.transport,
+                shutdown_trigger=stop.wait,
+            )
+        )
+        log.info("protecting %s on %s", listener.upstream, ", ".join(protected[listener.label]))
+    return protected
 
 
 async def _housekeeping(config: Config, runtime: Runtime, store: Store, manager: QueueManager) -> None:

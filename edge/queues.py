@@ -217,6 +217,9 @@ class QueueManager:
             del self._queues[key]
         return len(stale)
 
+    def queue_keys(self) -> list[str]:
+        return list(self._queues)
+
     def statistics(self) -> dict[str, int]:
         return {
             "queues": len(self._queues),
