@@ -5,7 +5,7 @@ edge/routing.py. This module only turns `[cluster]` settings into a running `Clu
 
 Why a node waits to join before its queues run: until it has heard from its peers, a node believes it is alone
 and so owns every key, and would run queues that another node runs too. With seeds configured it waits until it
-sees a peer, or `JOIN_WAIT_S` passes (the first node of a new cluster, or every seed down), before the queue
+sees a peer, or `cluster.join_wait_s` passes (the first node of a new cluster, or every seed down), before the queue
 manager resumes its jobs.
 """
 
@@ -26,7 +26,6 @@ from edge.runtime import Runtime
 
 log = logging.getLogger("ezthrottle.cluster")
 
-JOIN_WAIT_S = 10.0
 NODE_ID_FILENAME = "node-id"
 _PROFILES = {"lan": SwimConfig.lan, "wan": SwimConfig.wan, "local": SwimConfig.local}
 
@@ -83,12 +82,12 @@ async def start_membership(nursery: trio.Nursery, config: Config, runtime: Runti
     )
     await nursery.start(member.run)
     if settings.seeds:
-        with trio.move_on_after(JOIN_WAIT_S) as waiting:
+        with trio.move_on_after(settings.join_wait_s) as waiting:
             version = member.version
             while len(member.live_members()) < 2:
                 version = await member.wait_changed(version)
         if waiting.cancelled_caught:
-            log.warning("no cluster peer answered within %ss; running alone until one does", JOIN_WAIT_S)
+            log.warning("no cluster peer answered within %ss; running alone until one does", settings.join_wait_s)
     log.info("cluster member %s: %d live members", member.local.node, len(member.live_members()))
     return member
 

@@ -578,6 +578,7 @@ class ClusterConfig(_Validated):
     profile: str = _setting("lan", _choice(("lan", "wan", "local")))  # memberlist's timing presets
     insecure: bool = _setting(False, _boolean)  # allow a multi-node cluster without keys (development only)
     forward_deadline_s: float = _setting(10.0, _number(0, inclusive=False))  # to reach a key's owner
+    join_wait_s: float = _setting(10.0, _number(0))  # how long queues wait at start for a peer to answer
 
     def _check(self) -> None:
         if self.bind is not None and not self.keys and not self.insecure:

@@ -38,6 +38,7 @@ from edge.store import Store
 log = logging.getLogger("ezthrottle.routing")
 
 HANDOFF_SWEEP_S = 5.0  # how often queues are re-checked for keys owned elsewhere, besides membership changes
+HANDOFF_RETRY_S = 1.0  # the next check after a failed transfer (a new member may not serve its API yet)
 FORWARD_RETRY_S = 0.5  # the longest wait between two forwarding tries while membership has not changed
 
 
@@ -158,14 +159,16 @@ class JobRouter:
         if self._membership is None or self._peers is None:
             return
         version = self._membership.version
+        pause_s = HANDOFF_SWEEP_S
         while True:
-            with trio.move_on_after(HANDOFF_SWEEP_S):
+            with trio.move_on_after(pause_s):
                 version = await self._membership.wait_changed(version)
             self._manager.ownership_changed()
-            await self.hand_off_once()
+            _moved, failed = await self.hand_off_once()
+            pause_s = HANDOFF_RETRY_S if failed else HANDOFF_SWEEP_S
 
-    async def hand_off_once(self) -> int:
-        """One transfer round; returns how many jobs moved."""
+    async def hand_off_once(self) -> tuple[int, int]:
+        """One transfer round; returns how many jobs moved and how many stay because their transfer failed."""
         assert self._membership is not None and self._peers is not None
         by_owner: dict[str, list[JobRecord]] = defaultdict(list)
         addresses: dict[str, str] = {}
@@ -174,15 +177,16 @@ class JobRouter:
             assert owner is not None
             by_owner[owner.node].append(record)
             addresses[owner.node] = owner.api_address
-        moved = 0
+        moved = failed = 0
         for node, records in by_owner.items():
             try:
                 await self._peers.hand_off(addresses[node], records)
             except PeerError as exc:
                 log.warning("hand-off of %d jobs to %s failed (%s); keeping them", len(records), node, exc)
                 self._manager.reattach(records)
+                failed += len(records)
                 continue
             await self._store.delete_jobs([r.job_id for r in records])
             moved += len(records)
             log.info("handed %d queued jobs over to %s", len(records), node)
-        return moved
+        return moved, failed
