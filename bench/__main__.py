@@ -19,9 +19,7 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 # Each returns {"title", "about", "targets", "commands", "rows"}; rows are dicts of preformatted cells.
 # Optional: "checks" (name -> value, what the benchmark verified) and "notes" (paragraphs on method).
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
-    "intake": functools.partial(
-        intake.run, job_api_target.FACTORY, verify=job_api_target.verify_durability
-    ),
+    "intake": functools.partial(intake.run, job_api_target.FACTORY, verify=job_api_target.verify_durability),
     "scheduler_ops": scheduler_ops.run,
     "execution": execution.run,
     "memory": memory.run,

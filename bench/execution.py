@@ -8,8 +8,9 @@ with the same concurrency in the same run, alternating (B C B C B C):
 - candidate: a real node (`run_node`, SQLite store in a temporary data dir) with pacing out of the way
   (`defaults.rps` huge, `defaults.max_concurrent` = `CONCURRENCY`). `JOBS` jobs go in through the HTTP API
   (one queue key: same account, origin and credential), all with the same `retry_at` a few seconds ahead, so
-  submission is over before the first one runs and all start together. Timed from the first attempt's start
-  to the last job's finish, as the node's own records say; every job must have succeeded in one attempt.
+  submission is over before the first one runs and all start together (a round whose submission outlasts
+  the lead is run again with a longer one). Timed from the first attempt's start to the last job's finish, as
+  the node's own records say; every job must have succeeded in one attempt.
   What the node does beyond the loop: scheduling, an attempt record, a durable save of every finished job.
 
 The upstream is a minimal keep-alive HTTP/1.1 server on 127.0.0.1 in its own process (`python -m
@@ -43,7 +44,8 @@ ROUNDS = 3
 # Pacing far above anything one node can reach, so the queue is limited by concurrency alone.
 UNPACED_RPS = 1_000_000
 # Submission (through the node's own HTTP API, in this process) must end before the jobs may start.
-SUBMIT_LEAD_S = 2.0 + JOBS * 0.003
+SUBMIT_LEAD_S = 2.0 + JOBS * 0.004  # submitting took 2.5-3.5 ms per job on the 2-core benchmark machine
+LEAD_DOUBLINGS_MAX = 2
 SUBMITTERS = 16
 FINISH_TIMEOUT_S = 120.0
 IDLE_POLL_S = 0.02
@@ -85,29 +87,47 @@ async def plain_httpx_loop(url: str) -> Completion:
 
 
 async def node_round(node: Node, runtime: Runtime, url: str, round_index: int) -> Completion:
-    """The candidate: submit `JOBS` jobs through the API, let them run together, time them from the records."""
-    start_ms = runtime.wall_ms() + int(SUBMIT_LEAD_S * 1000)
-    jobs = [
-        {"url": url, "method": "GET", "idempotent_key": f"execution-{round_index}-{index}", "retry_at": start_ms}
-        for index in range(JOBS)
-    ]
-    job_ids = await _submit(node.base_url, jobs)
-    if runtime.wall_ms() >= start_ms:
-        raise RuntimeError(f"submitting {JOBS} jobs took over {SUBMIT_LEAD_S:g} s; raise SUBMIT_LEAD_S")
-    with trio.fail_after(SUBMIT_LEAD_S + FINISH_TIMEOUT_S):
-        while node.manager.statistics()["jobs"]:
-            await trio.sleep(IDLE_POLL_S)
-    records = [await node.store.get_job(job_id) for job_id in job_ids]
+    """The candidate: submit `JOBS` jobs through the API, let them run together, time them from the records.
+
+    When submitting outlasts the lead (a slow spell on a shared machine), the jobs that started early shared the
+    CPU with the submission; that try is thrown away once its jobs are done, and the round runs again with
+    twice the lead.
+    """
+    lead_s = SUBMIT_LEAD_S
+    for attempt in range(LEAD_DOUBLINGS_MAX + 1):
+        start_ms = runtime.wall_ms() + int(lead_s * 1000)
+        jobs = [
+            {
+                "url": url,
+                "method": "GET",
+                "idempotent_key": f"execution-{round_index}-{attempt}-{index}",
+                "retry_at": start_ms,
+            }
+            for index in range(JOBS)
+        ]
+        job_ids = await _submit(node.base_url, jobs)
+        submitted_in_time = runtime.wall_ms() < start_ms
+        with trio.fail_after(lead_s + FINISH_TIMEOUT_S):
+            while node.manager.statistics()["jobs"]:
+                await trio.sleep(IDLE_POLL_S)
+        if submitted_in_time:
+            return await _completion_from_records(node, job_ids)
+        lead_s *= 2
+    raise RuntimeError(f"submitting {JOBS} jobs took over {lead_s / 2:g} s, {LEAD_DOUBLINGS_MAX + 1} times")
+
+
+async def _completion_from_records(node: Node, job_ids: list[str]) -> Completion:
+    """From the first attempt's start to the last finish; every job must have succeeded in one attempt."""
     first_start_ms, last_finish_ms = float("inf"), 0.0
-    for record in records:
-        assert record is not None
+    for job_id in job_ids:
+        record = await node.store.get_job(job_id)
+        assert record is not None and record.finished_at_ms is not None, job_id
         statuses = [attempt.status_code for attempt in record.attempts]
         if record.status != "success" or statuses != [200]:
-            raise RuntimeError(f"{record.job_id}: {record.status} after attempts {statuses}: {record.error}")
-        assert record.finished_at_ms is not None
+            raise RuntimeError(f"{job_id}: {record.status} after attempts {statuses}: {record.error}")
         first_start_ms = min(first_start_ms, record.attempts[0].at_ms)
         last_finish_ms = max(last_finish_ms, record.finished_at_ms)
-    return Completion(JOBS, (last_finish_ms - first_start_ms) / 1000)
+    return Completion(len(job_ids), (last_finish_ms - first_start_ms) / 1000)
 
 
 async def _submit(base_url: str, jobs: list[dict[str, Any]]) -> list[str]:
@@ -154,16 +174,17 @@ def run() -> dict[str, Any]:
     upstream = [sys.executable, "-m", "bench.execution", "upstream", str(port)]
     with running_command(upstream, url):
         runs = trio.run(measure, url)
-    baseline_rate = statistics.median(run.per_s for run in runs["plain httpx loop"])
-    node_rate = statistics.median(run.per_s for run in runs["node"])
+    medians = {side: statistics.median(run.per_s for run in results) for side, results in runs.items()}
+    baseline_rate, node_rate = medians["plain httpx loop"], medians["node"]
     ratio = node_rate / baseline_rate
+    goal = f">= {GOAL_RATIO}x: {'met' if ratio >= GOAL_RATIO else 'missed'}"
     rows = [
         {
             "side": side,
-            "completed/s (median)": f"{statistics.median(run.per_s for run in results):.0f}",
-            "vs plain loop": f"{statistics.median(run.per_s for run in results) / baseline_rate:.2f}x",
+            "completed/s (median)": f"{medians[side]:.0f}",
+            "vs plain loop": f"{medians[side] / baseline_rate:.2f}x",
             "runs (completed/s)": ", ".join(f"{run.per_s:.0f}" for run in results),
-            "goal": "-" if side == "plain httpx loop" else f">= {GOAL_RATIO}x: {_met(ratio >= GOAL_RATIO)}",
+            "goal": goal if side == "node" else "-",
         }
         for side, results in runs.items()
     ]
@@ -180,10 +201,6 @@ def run() -> dict[str, Any]:
         ],
         "measurements": {"node_per_s": round(node_rate), "httpx_per_s": round(baseline_rate), "ratio": ratio},
     }
-
-
-def _met(met: bool) -> str:
-    return "met" if met else "missed"
 
 
 async def _answer_every_request(stream: trio.SocketStream) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -267,6 +268,7 @@ def _canonical_origin(parsed: httpx.URL) -> str:
     return f"{parsed.scheme}://{bracketed}{port}"
 
 
+@functools.lru_cache(maxsize=4096)  # called for every job; jobs reuse a few origins
 def _origin_of(url: str) -> str:
     """The canonical origin of an http(s) URL ("https://api.stripe.com"); ValueError if it has none.
 

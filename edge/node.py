@@ -49,6 +49,7 @@ class Node:
     deliverer: WebhookDeliverer
     store: Store
     metrics: NodeMetrics
+    app: JobApi
     _stop: trio.Event = field(default_factory=trio.Event)
     # Each protected listener's bound addresses, by its label (`ProtectConfig.label`).
     protected: dict[str, list[str]] = field(default_factory=dict)
@@ -150,7 +151,7 @@ async def run_node(
                 protected = await _start_protected(http, config, runtime, metrics, stop)
                 ready = True
                 log.info("listening on %s", ", ".join(bound))
-                task_status.started(Node(config, bound, manager, deliverer, store, metrics, stop, protected))
+                task_status.started(Node(config, bound, manager, deliverer, store, metrics, app, stop, protected))
                 await stop.wait()
                 ready = False
             # hypercorn has stopped accepting and drained its requests: leave the cluster (so peers take our

@@ -99,6 +99,7 @@ class QueueManager:
         self._webhooks = webhooks
         self._metrics = metrics
         self._queues: dict[str, KeyQueue] = {}
+        self._active_queues = 0
         self._jobs: dict[str, LiveJob] = {}
         self._backlog: Counter[str] = Counter()
         self._account_queue_learned: dict[str, bool] = {}
@@ -223,7 +224,7 @@ class QueueManager:
     def statistics(self) -> dict[str, int]:
         return {
             "queues": len(self._queues),
-            "active_queues": sum(1 for q in self._queues.values() if q.running),
+            "active_queues": self._active_queues,
             "jobs": len(self._jobs),
         }
 
@@ -268,6 +269,7 @@ class QueueManager:
         else:
             assert self._nursery is not None, "QueueManager.run() must be started first"
             queue.running = True
+            self._active_queues += 1
             self._metrics.active_queues.inc()
             self._nursery.start_soon(self._run_queue, queue, name=f"queue {queue.origin}")
 
@@ -283,6 +285,7 @@ class QueueManager:
                     queue.ready = None
                     queue.running = False
                     queue.idle_since = now
+                    self._active_queues -= 1
                     self._metrics.active_queues.dec()
                     return
                 wake_at = float("inf")  # until woken: a new job, an attempt done, or an ownership change

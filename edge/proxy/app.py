@@ -1,0 +1,248 @@
+"""The ASGI app of one protected listener: identify, read the body's head, wait for a slot, forward, stream back.
+
+Per request, in order (each step's failure is an RFC 9457 problem, `edge.problems`):
+
+1. Only origin-form targets (`/path?query`) are proxied (400 otherwise): an absolute-form request must never
+   turn the listener into an open proxy.
+2. The caller is identified (edge/proxy/callers.py) and the body's head read (edge/proxy/body.py): 408 / 413
+   before any slot is taken.
+3. The gate (edge/proxy/gate.py) admits, queues or refuses: 429 for the key's own rate or queue limit, 503
+   when the upstream is saturated beyond the queue budget or the wait timed out; each with Retry-After, plus
+   the key's RateLimit fields when it has a rate.
+4. The request goes upstream with its method, path, query and end-to-end headers, plus Forwarded and
+   X-Forwarded-For (edge/proxy/headers.py); the body streams after its head. The response streams back as
+   the upstream sends it (raw bytes, never decoded), carrying the key's RateLimit fields when it has a rate.
+   502 when the upstream cannot be reached or breaks the protocol, 504 when it is too slow:
+   `upstream_connect_timeout_s` to connect, `upstream_read_timeout_s` between bytes, and
+   `upstream_total_timeout_s` for the whole exchange, which is the longest any request holds a slot.
+5. The slot is freed with the exchange's outcome: SUCCESS with the upstream's latency (time to response
+   headers, not counting the client's upload), OVERLOADED for a 429, a 503 or a timeout, FAILED otherwise.
+   Adaptive concurrency, when on, learns from exactly these.
+
+A client that leaves is noticed wherever it can be (edge/proxy/body.py): while queued it gives its place back;
+mid-request the exchange is cancelled and the slot freed at once (httpcore drops that upstream connection).
+Once the response has started, a failure can only cut it short: HTTP/1.1 clients see the connection close
+before the body ends.
+
+The upstream is configured by the operator, so the SSRF guard that protects the job API's outbound calls
+(edge/ssrf.py) does not apply to it: loopback and private addresses are exactly where upstreams live.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import httpx
+import trio
+
+from edge.config import ProtectConfig
+from edge.http_server import ASGISend
+from edge.problems import PROBLEM_CONTENT_TYPE, Problem
+from edge.proxy.body import BodyLimits, ClientGone, Receive, RequestBody
+from edge.proxy.callers import Caller, CallerDirectory
+from edge.proxy.gate import Gate, Pass, cancel_when
+from edge.proxy.headers import downstream_response_headers, rate_limit_headers, upstream_request_headers
+from edge.proxy.metrics import ListenerMetrics
+from scheduler import Outcome
+
+_OVERLOAD_STATUSES: Final = frozenset({429, 503})
+
+
+def upstream_transport(protect: ProtectConfig) -> httpx.AsyncHTTPTransport:
+    """The keep-alive pool to the upstream: HTTP/1.1 only (httpcore leaks cancelled HTTP/2 streams, see
+    stack-notes), one connection per slot so the pool never queues behind the scheduler's back."""
+    return httpx.AsyncHTTPTransport(
+        http1=True,
+        http2=False,
+        retries=0,
+        trust_env=False,
+        limits=httpx.Limits(
+            max_connections=protect.max_concurrency, max_keepalive_connections=protect.max_concurrency
+        ),
+    )
+
+
+class _Exchange:
+    """What became of one admitted request, for the problem to answer and the outcome to report."""
+
+    __slots__ = ("done", "failure", "latency_s", "outcome", "started")
+
+    def __init__(self) -> None:
+        self.started = False  # the response start went to the client: no problem can be answered any more
+        self.done = False
+        self.failure: Problem | None = None
+        self.outcome = Outcome.FAILED
+        self.latency_s: float | None = None
+
+
+class ProxyApp:
+    """The ASGI application of one `[[protect]]` listener; `gate.run` must be running beside it."""
+
+    def __init__(
+        self,
+        protect: ProtectConfig,
+        *,
+        gate: Gate,
+        transport: httpx.AsyncBaseTransport,
+        metrics: ListenerMetrics,
+    ) -> None:
+        self.gate = gate
+        self._protect = protect
+        self._transport = transport
+        self._metrics = metrics
+        self._callers = CallerDirectory(protect)
+        self._limits = BodyLimits.of(protect)
+        self._upstream = httpx.URL(protect.upstream)
+        self._timeouts = {
+            "connect": protect.upstream_connect_timeout_s,
+            "read": protect.upstream_read_timeout_s,
+            "write": protect.upstream_read_timeout_s,
+            "pool": protect.upstream_connect_timeout_s,
+        }
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: ASGISend) -> None:
+        if scope["type"] != "http":
+            return  # serve_asgi answers the lifespan protocol for apps without one
+        try:
+            await self._proxy(scope, receive, send)
+        except ClientGone:
+            self._metrics.on_client_failure("disconnected")
+        except Problem as problem:
+            if problem.kind in ("body-timeout", "body-too-large"):
+                self._metrics.on_client_failure(problem.kind)
+            await _send_problem(send, problem, scope["path"])
+
+    async def _proxy(self, scope: dict[str, Any], receive: Receive, send: ASGISend) -> None:
+        url = self._upstream_url(scope)
+        caller = self._callers.identify(scope)
+        body = RequestBody(receive, self._limits)
+        await body.read_head(_declared_length(scope["headers"]))
+        try:
+            hold = await self.gate.enter(caller, gone=body.wait_gone)
+        except Problem:
+            await body.drain()
+            raise
+        exchange = _Exchange()
+        try:
+            await self._exchange(scope, url, body, hold, exchange, send)
+        finally:
+            self.gate.leave(hold, exchange.outcome, latency_s=exchange.latency_s)
+        if exchange.failure is not None:
+            raise exchange.failure
+        if not exchange.done and body.gone:
+            raise ClientGone
+
+    def _upstream_url(self, scope: dict[str, Any]) -> httpx.URL:
+        """The upstream URL for the request target exactly as received (percent-encoding untouched)."""
+        raw_path: bytes = scope["raw_path"]
+        query: bytes = scope["query_string"]
+        try:
+            if not raw_path.startswith(b"/"):
+                raise ValueError("not origin-form")
+            return self._upstream.copy_with(raw_path=raw_path + (b"?" + query if query else b""))
+        except (ValueError, httpx.InvalidURL):  # UnicodeDecodeError is a ValueError
+            raise Problem(
+                400, "Bad request target", "only origin-form targets (/path?query) of printable ASCII are proxied"
+            ) from None
+
+    async def _exchange(
+        self,
+        scope: dict[str, Any],
+        url: httpx.URL,
+        body: RequestBody,
+        hold: Pass,
+        exchange: _Exchange,
+        send: ASGISend,
+    ) -> None:
+        request = httpx.Request(
+            scope["method"],
+            url,
+            headers=upstream_request_headers(
+                scope["headers"], client_host=(scope.get("client") or (None,))[0], scheme=scope["scheme"]
+            ),
+            content=body.whole() if body.complete else body,
+            extensions={"timeout": self._timeouts},
+        )
+        total_s = self._protect.upstream_total_timeout_s
+        with trio.move_on_after(total_s) as total:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cancel_when, body.wait_gone, nursery.cancel_scope)
+                await self._forward(request, body, hold.caller, exchange, send)
+                nursery.cancel_scope.cancel()
+        if total.cancelled_caught and not exchange.done:
+            exchange.outcome = Outcome.OVERLOADED
+            self._metrics.on_upstream_failure("timeout")
+            if not exchange.started:
+                exchange.failure = _upstream_timeout(f"the upstream did not answer within {total_s:g} s")
+
+    async def _forward(
+        self, request: httpx.Request, body: RequestBody, caller: Caller, exchange: _Exchange, send: ASGISend
+    ) -> None:
+        """One upstream exchange; every failure is recorded in `exchange`, only cancellation propagates."""
+        sent_at = trio.current_time()
+        try:
+            response = await self._transport.handle_async_request(request)
+        except Problem as problem:  # the client's body was too slow or too large while streaming up
+            exchange.failure = problem
+            return
+        except ClientGone:
+            return
+        except httpx.TimeoutException:
+            exchange.outcome = Outcome.OVERLOADED
+            exchange.failure = _upstream_timeout("the upstream did not answer in time")
+            self._metrics.on_upstream_failure("timeout")
+            return
+        except httpx.TransportError as error:
+            kind = "connect" if isinstance(error, httpx.ConnectError) else "protocol"
+            exchange.failure = Problem(
+                502, "Bad gateway", f"the upstream failed ({type(error).__name__})", kind="upstream-failed"
+            )
+            self._metrics.on_upstream_failure(kind)
+            return
+        try:
+            exchange.latency_s = trio.current_time() - max(sent_at, body.finished_at)
+            headers = downstream_response_headers(response.headers.raw)
+            rate_limit = self.gate.rate_limit_status(caller)
+            if rate_limit is not None:
+                headers += rate_limit_headers(rate_limit)
+            exchange.started = True
+            await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+            async for chunk in response.aiter_raw():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            # Settled before the last send: hypercorn reports the finished exchange as a disconnect, which
+            # cancels this task at once.
+            exchange.done = True
+            exchange.outcome = Outcome.OVERLOADED if response.status_code in _OVERLOAD_STATUSES else Outcome.SUCCESS
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except httpx.TimeoutException:
+            exchange.outcome = Outcome.OVERLOADED
+            self._metrics.on_upstream_failure("timeout")
+        except httpx.TransportError:
+            self._metrics.on_upstream_failure("protocol")
+        finally:
+            await response.aclose()
+
+
+def _upstream_timeout(detail: str) -> Problem:
+    return Problem(504, "Gateway timeout", detail, kind="upstream-timeout")
+
+
+def _declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The Content-Length the client declared (h11 has validated it; over HTTP/2 it is checked here)."""
+    for name, value in headers:
+        if name == b"content-length":
+            if not value.isdigit():
+                raise Problem(400, "Bad content length", "Content-Length must be a number of bytes")
+            return int(value)
+    return None
+
+
+async def _send_problem(send: ASGISend, problem: Problem, instance: str) -> None:
+    body = problem.body(instance)
+    headers = [
+        (b"content-type", PROBLEM_CONTENT_TYPE),
+        (b"content-length", str(len(body)).encode()),
+        *((name.lower().encode(), value.encode()) for name, value in problem.headers.items()),
+    ]
+    await send({"type": "http.response.start", "status": problem.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,51 @@
+"""Run one protected listener: its upstream pool, its gate's timer task and its HTTP server, in one nursery."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+import trio
+
+from edge.config import ProtectConfig
+from edge.http_server import serve_asgi
+from edge.proxy.app import ProxyApp, upstream_transport
+from edge.proxy.gate import Gate
+from edge.proxy.metrics import ProxyMetrics
+
+
+@asynccontextmanager
+async def open_proxy(
+    protect: ProtectConfig, *, metrics: ProxyMetrics, transport: httpx.AsyncBaseTransport | None = None
+) -> AsyncIterator[ProxyApp]:
+    """A ready `ProxyApp` with its gate's timer running; the upstream pool is closed on exit.
+
+    `transport` replaces the real upstream pool (the simulator's network); the caller keeps ownership of it.
+    """
+    listener_metrics = metrics.listener(protect.label)
+    gate = Gate(protect.scheduler_policy(), fairness=protect.fairness, metrics=listener_metrics)
+    async with contextlib.AsyncExitStack() as stack:
+        if transport is None:
+            transport = await stack.enter_async_context(upstream_transport(protect))
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        await nursery.start(gate.run)
+        yield ProxyApp(protect, gate=gate, transport=transport, metrics=listener_metrics)
+        nursery.cancel_scope.cancel()
+
+
+async def serve_protected(
+    protect: ProtectConfig,
+    *,
+    metrics: ProxyMetrics,
+    transport: httpx.AsyncBaseTransport | None = None,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve one `[[protect]]` listener until `shutdown_trigger` returns (then drain) or until cancelled.
+
+    Reports the bound "host:port" strings, like `serve_asgi`.
+    """
+    async with open_proxy(protect, metrics=metrics, transport=transport) as app:
+        await serve_asgi(app, bind=protect.listen, shutdown_trigger=shutdown_trigger, task_status=task_status)
