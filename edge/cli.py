@@ -51,6 +51,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, metavar="DIR", help="where the SQLite job store lives (default ./.ezthrottle)"
     )
     serve.add_argument(
+        "--join",
+        metavar="HOST:PORT,...",
+        help="cluster members to join (gossip addresses; DNS names such as <app>.internal resolve to every "
+        "member); sets cluster.seeds",
+    )
+    serve.add_argument(
+        "--cluster-bind",
+        metavar="HOST:PORT",
+        help="gossip address (UDP and TCP) of this node; turns the cluster on; sets cluster.bind",
+    )
+    serve.add_argument(
+        "--insecure-cluster",
+        action="store_true",
+        help="allow a cluster without [cluster] keys: gossip and forwarding unauthenticated (development only)",
+    )
+    serve.add_argument(
         "--log-level",
         default="INFO",
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -67,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         overrides["server.listen"] = args.listen
     if args.data_dir:
         overrides["server.data_dir"] = str(args.data_dir)
+    if args.join:
+        overrides["cluster.seeds"] = [seed.strip() for seed in args.join.split(",") if seed.strip()]
+    if args.cluster_bind:
+        overrides["cluster.bind"] = args.cluster_bind
+    if args.insecure_cluster:
+        overrides["cluster.insecure"] = True
     try:
         config = load_config(args.config, overrides=overrides)
     except ConfigError as exc:

@@ -28,7 +28,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_serve_help_explains_every_option():
     result = run_cli("serve", "--help")
     assert result.returncode == 0
-    for option in ("--config", "--listen", "--data-dir", "--log-level", "EZTHROTTLE_"):
+    for option in ("--config", "--listen", "--data-dir", "--join", "--cluster-bind", "--insecure-cluster",
+                   "--log-level", "EZTHROTTLE_"):
         assert option in result.stdout
 
 
@@ -39,6 +40,11 @@ def test_a_bad_config_fails_at_start_naming_file_key_and_problem(tmp_path: Path)
     assert result.returncode == 2
     assert str(bad) in result.stderr and "accounts[0].plan" in result.stderr and "gold" in result.stderr
     assert "ck_test_acme" not in result.stderr
+
+
+def test_a_cluster_without_keys_needs_the_insecure_flag(tmp_path: Path):
+    result = run_cli("serve", "--cluster-bind", "127.0.0.1:0", "--join", "127.0.0.1:7946", "--data-dir", str(tmp_path))
+    assert result.returncode == 2 and "cluster.keys" in result.stderr
 
 
 async def test_serve_with_no_config_prints_a_working_dev_key(tmp_path: Path):
