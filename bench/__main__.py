@@ -13,7 +13,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench import execution, intake, job_api_target, memory, scheduler_ops
+from bench import execution, forwarding, gossip, intake, job_api_target, memory, scheduler_ops
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 # Each returns {"title", "about", "targets", "commands", "rows"}; rows are dicts of preformatted cells.
@@ -23,6 +23,8 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "scheduler_ops": scheduler_ops.run,
     "execution": execution.run,
     "memory": memory.run,
+    "forwarding": forwarding.run,
+    "gossip": gossip.run,
 }
 
 

@@ -143,6 +143,7 @@ def run_h2load(
     h2load = _tool("h2load")
     body_file = _write(scratch / "body", target.body)
     log_file = scratch / "h2load.log"
+    log_file.unlink(missing_ok=True)  # h2load appends: a reused file would mix earlier runs into the percentiles
     argv = [h2load, "-D", str(duration_s), f"--warm-up-time={warm_up_s}", "-t", "1"]
     argv += ["-c", str(clients), "-m", str(streams), "-d", str(body_file), f"--log-file={log_file}"]
     for name, value in target.headers:

@@ -69,13 +69,16 @@ def bench_headers() -> dict[str, str]:
 class UniqueJobIntake:
     """The served app: a node in the lifespan, its job API with a fresh idempotent key per request."""
 
-    __slots__ = ("_api", "_created", "_keys", "_runtime", "_store_file")
+    __slots__ = ("_api", "_created", "_keys", "_runtime", "_settings", "_store_file")
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Mapping[str, Any] | None = None, first_key: int = 0) -> None:
+        """`settings` are config overrides (a clustered node's, say); keys are numbered from `first_key`, so
+        several nodes fed the same body still create distinct jobs."""
         self._runtime = Runtime.real()
+        self._settings = dict(settings or {})
         self._api: JobApi | None = None
         self._store_file: Path | None = None
-        self._keys = itertools.count()
+        self._keys = itertools.count(first_key)
         self._created = 0
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: ASGIReceive, send: ASGISend) -> None:
@@ -131,7 +134,7 @@ class UniqueJobIntake:
             tempfile.TemporaryDirectory(prefix="bench-job-api-") as data_dir,
             trio.open_signal_receiver(signal.SIGTERM) as terminations,
         ):
-            config = bench_config(Path(data_dir), {"server.account_backlog_max": INTAKE_BACKLOG_MAX})
+            config = bench_config(Path(data_dir), {"server.account_backlog_max": INTAKE_BACKLOG_MAX, **self._settings})
             async with trio.open_nursery() as nursery:
                 node: Node = await nursery.start(run_node, config, self._runtime)
                 self._store_file = Path(data_dir) / STORE_FILENAME

@@ -23,11 +23,13 @@ httpcore is pinned.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import h2.errors
+import h2.exceptions
 import httpcore
 import httpx
 import msgpack
@@ -57,8 +59,10 @@ def _reset_cancelled_streams() -> None:
     async def response_closed(self: AsyncHTTP2Connection, stream_id: int) -> None:
         stream = self._h2_state.streams.get(stream_id)
         if stream is not None and not stream.closed:
-            # Local state only: the RST_STREAM frame leaves with the connection's next write.
-            self._h2_state.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+            # Local state only: the RST_STREAM frame leaves with the connection's next write. A connection that
+            # is itself closing refuses the reset, and then there is nothing left to free.
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self._h2_state.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
         await original(self, stream_id)
 
     response_closed._ezthrottle_resets = True  # type: ignore[attr-defined]
