@@ -20,6 +20,7 @@ import trio
 
 from cluster import Keyring, SwimConfig
 from cluster.shell import ClusterMember
+from cluster.shell.transport import open_socket_transport
 from edge.config import ClusterConfig, Config, split_listen
 from edge.queues import QueueManager
 from edge.runtime import Runtime
@@ -79,6 +80,7 @@ async def start_membership(nursery: trio.Nursery, config: Config, runtime: Runti
         insecure=settings.insecure,
         seeds=settings.seeds,
         runtime=runtime,
+        transport_factory=runtime.cluster_transport or open_socket_transport,
     )
     await nursery.start(member.run)
     if settings.seeds:

@@ -86,9 +86,14 @@ async def run_node(
     runtime: Runtime,
     *,
     store: Store | None = None,
+    serve_http: bool = True,
     task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run a node until `Node.stop()` is called or the task is cancelled."""
+    """Run a node until `Node.stop()` is called or the task is cancelled.
+
+    With `serve_http=False` no socket is opened: the caller serves `Node.app` itself (the simulator mounts it on
+    its simulated HTTP network), and `Node.bound` is the address the config says the API is reached at.
+    """
     async with contextlib.AsyncExitStack() as stack:
         if store is None:
             store = await stack.enter_async_context(open_store(config))
@@ -138,17 +143,19 @@ async def run_node(
             await services.start(deliverer.run)
             services.start_soon(_housekeeping, config, runtime, store, manager)
             async with trio.open_nursery() as http:
-                bound = await http.start(
-                    partial(
-                        serve_asgi,
-                        app,
-                        bind=config.server.listen,
-                        certfile=config.server.certfile,
-                        keyfile=config.server.keyfile,
-                        shutdown_trigger=stop.wait,
+                bound, protected = [config.cluster.api_advertise or config.server.listen], {}
+                if serve_http:
+                    bound = await http.start(
+                        partial(
+                            serve_asgi,
+                            app,
+                            bind=config.server.listen,
+                            certfile=config.server.certfile,
+                            keyfile=config.server.keyfile,
+                            shutdown_trigger=stop.wait,
+                        )
                     )
-                )
-                protected = await _start_protected(http, config, runtime, metrics, stop)
+                    protected = await _start_protected(http, config, runtime, metrics, stop)
                 ready = True
                 log.info("listening on %s", ", ".join(bound))
                 task_status.started(Node(config, bound, manager, deliverer, store, metrics, app, stop, protected))

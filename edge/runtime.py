@@ -13,9 +13,13 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 import trio
+
+if TYPE_CHECKING:
+    from cluster.shell.transport import TransportFactory
 
 # An async resolver: host -> list of IP address strings (v4 and v6). Raises OSError when the name does not resolve.
 Resolver = Callable[[str], Awaitable[list[str]]]
@@ -37,13 +41,15 @@ class Runtime:
     - `wall_clock`: unix time in seconds (float). Job timestamps, `retry_at`, HTTP dates, webhook signatures.
     - `rng`: the only source of randomness (jitter, ids).
     - `resolver`: DNS for the SSRF guard.
-    - `transport`: the httpx transport for outbound calls (jobs and webhooks); None means real sockets.
+    - `transport`: the httpx transport for outbound calls (jobs, webhooks, other nodes); None means real sockets.
+    - `cluster_transport`: how the cluster member opens its gossip transport; None means real UDP and TCP.
     """
 
     wall_clock: Callable[[], float]
     rng: random.Random
     resolver: Resolver
     transport: httpx.AsyncBaseTransport | None = None
+    cluster_transport: TransportFactory | None = None
 
     @classmethod
     def real(cls) -> Runtime:

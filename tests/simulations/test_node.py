@@ -1,8 +1,8 @@
 """One real node (edge.node.run_node) on virtual time: jobs reach it, upstreams and webhook receivers through
 SimulatedHttp, with the in-memory store.
 
-The one real socket left is the job API's hypercorn listener, which run_node always binds (127.0.0.1:0); it stays
-idle, since every request reaches `Node.app` through SimulatedHttp. Removing it needs a seam in edge/node.py.
+No real socket: run_node(serve_http=False) opens no listener, and every request reaches `Node.app` through
+SimulatedHttp.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def jobs_through_one_node(config: Config, seed: int) -> tuple[list[float], int, 
         http.mount("hooks.sim:80", receiver)
         runtime = simulated_runtime(simulation, "node-1", transport=http)
         async with open_memory_store(MemoryStoreData()) as store, trio.open_nursery() as nursery:
-            node: Node = await nursery.start(partial(run_node, config, runtime, store=store))
+            node: Node = await nursery.start(partial(run_node, config, runtime, store=store, serve_http=False))
             http.mount("node-1.sim:80", node.app)
             async with httpx.AsyncClient(transport=http, base_url="http://node-1.sim") as client:
                 for index in range(JOBS):  # distinct bodies: identical jobs would share one idempotency key
