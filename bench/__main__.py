@@ -13,7 +13,17 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench import execution, forwarding, gossip, intake, job_api_target, memory, scheduler_ops
+from bench import (
+    execution,
+    forwarding,
+    gossip,
+    intake,
+    job_api_target,
+    memory,
+    noisy_neighbour,
+    proxy_overhead,
+    scheduler_ops,
+)
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 # Each returns {"title", "about", "targets", "commands", "rows"}; rows are dicts of preformatted cells.
@@ -25,6 +35,8 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "memory": memory.run,
     "forwarding": forwarding.run,
     "gossip": gossip.run,
+    "proxy_overhead": proxy_overhead.run,
+    "noisy_neighbour": noisy_neighbour.run,
 }
 
 

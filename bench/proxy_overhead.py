@@ -4,12 +4,15 @@ The upstream is the raw keep-alive Trio server of `bench.execution` (its own pro
 request), far faster than the proxy, so what the proxied rows lose is the proxy's own cost. The proxy is the real
 command, `ezthrottle serve --config FILE`, in its own process, with one `[[protect]]` listener in front of that
 upstream: fairness on, one configured paid key, `max_concurrency` above the connection count so nothing queues.
-wrk sends the same request both ways (POST with an empty body and the key header; the upstream ignores the key)
-and runs alternate, direct then proxied, so a slow spell on the shared machine hits both:
+A third target splits that cost: the trivial app of `bench.intake` on the proxy's own server setup
+(`serve_asgi`, hypercorn on Trio), the floor under any endpoint before it does any work of its own.
+
+wrk sends the same request to all three (POST with an empty body and the key header, which only the proxy reads)
+and the runs alternate, so a slow spell on the shared machine hits them all:
 
 - 1 connection: one request at a time, so the latency difference is what the proxy adds to a request.
-- 10 connections: the proxy's throughput when it is the bottleneck (its p50 then includes queueing in wrk's
-  connections, not only the proxy's work).
+- 10 connections: throughput when the server is the bottleneck (its p50 then includes the queueing in wrk's
+  connections, not only the work).
 
 `python -m bench.proxy_overhead` runs it alone and prints its RESULTS.md section.
 """
@@ -19,10 +22,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import statistics
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +39,10 @@ from bench.common import (
     free_loopback_port,
     run_wrk,
     running_command,
+    served_app,
     summarize,
 )
+from bench.intake import BASELINE_FACTORY
 
 BENCH_ACCOUNT = {"id": "bench", "key": "ck_bench_proxy_0123456789abcdef"}
 KEY_HEADER = "x-api-key"
@@ -43,24 +50,45 @@ OVERHEAD_KEY = {"id": "overhead", "key": "pk_overhead_0123456789abcdef", "tier":
 CONNECTION_COUNTS = (1, 10)
 # Above every connection count, so no request waits for a slot and the figure is the proxy's own work.
 OVERHEAD_CONCURRENCY = 64
-DURATION_S = 3
+DURATION_S = 2
 ROUNDS = 3
 DIRECT = "direct"
+# The cheapest app on the proxy's own server setup (serve_asgi: hypercorn on Trio): what any endpoint costs.
+SERVER_FLOOR = "trivial app on serve_asgi"
 PROXIED = "through the proxy"
 # The proxy process logs only what goes wrong: its INFO start-up lines would interleave with the bench output.
 PROXY_LOG_LEVEL = "WARNING"
 
 
+@dataclass(frozen=True, slots=True)
+class ProtectedListener:
+    """A running `ezthrottle serve` as the benchmarks see it."""
+
+    url: str  # the [[protect]] listener
+    api_url: str  # the node's job API, which serves the proxy's metrics at /metrics
+    pid: int
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the node process has used so far, from Linux's /proc."""
+        after_name = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(after_name[11]) + int(after_name[12])) / os.sysconf("SC_CLK_TCK")  # fields 14 and 15
+
+
 def proxy_config_toml(
-    data_dir: Path, listen: str, upstream: str, protect: Mapping[str, Any], keys: Sequence[Mapping[str, Any]]
+    data_dir: Path,
+    api_listen: str,
+    listen: str,
+    upstream: str,
+    protect: Mapping[str, Any],
+    keys: Sequence[Mapping[str, Any]],
 ) -> str:
     """A node config with one `[[protect]]` listener (`protect` are its extra settings, `keys` its keys).
 
-    The job API gets a free loopback port and a configured account, so the node prints no development key.
+    The job API has a configured account, so the node prints no development key.
     """
     lines = [
         "[server]",
-        f"listen = {_toml_value(f'{LOOPBACK}:{free_loopback_port()}')}",
+        f"listen = {_toml_value(api_listen)}",
         f"data_dir = {_toml_value(str(data_dir))}",
         "",
         "[[accounts]]",
@@ -92,18 +120,18 @@ def protected_listener(
     upstream: str,
     protect: Mapping[str, Any],
     keys: Sequence[Mapping[str, Any]],
-) -> Iterator[str]:
-    """Run `ezthrottle serve` with one `[[protect]]` listener in front of `upstream`; yields the listener's URL.
+) -> Iterator[ProtectedListener]:
+    """Run `ezthrottle serve` with one `[[protect]]` listener in front of `upstream`, on free loopback ports.
 
     The upstream must already be up: the listener counts as started once a request through it is answered.
     """
-    listen = f"{LOOPBACK}:{free_loopback_port()}"
+    api_listen, listen = (f"{LOOPBACK}:{free_loopback_port()}" for _ in range(2))
     config_file = scratch / f"{name}.toml"
-    config_file.write_text(proxy_config_toml(scratch / f"{name}-data", listen, upstream, protect, keys))
+    config_file.write_text(proxy_config_toml(scratch / f"{name}-data", api_listen, listen, upstream, protect, keys))
     argv = [sys.executable, "-m", "edge", "serve", "--config", str(config_file), "--log-level", PROXY_LOG_LEVEL]
     url = f"http://{listen}"
-    with running_command(argv, url + "/"):
-        yield url
+    with running_command(argv, url + "/") as process:
+        yield ProtectedListener(url=url, api_url=f"http://{api_listen}", pid=process.pid)
 
 
 def _target(base_url: str) -> ServedTarget:
@@ -115,36 +143,50 @@ def _connections(count: int) -> str:
 
 
 def run() -> dict[str, Any]:
-    """Start the upstream and the proxy, alternate wrk runs at both, and shape the result for `python -m bench`."""
+    """Start the upstream, the proxy and the server floor; alternate wrk runs at all three; shape the result."""
     upstream = f"http://{LOOPBACK}:{free_loopback_port()}"
     upstream_argv = [sys.executable, "-m", "bench.execution", "upstream", upstream.rsplit(":", 1)[1]]
     with contextlib.ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-proxy-overhead-")))
         stack.enter_context(running_command(upstream_argv, upstream + "/"))
-        proxy = stack.enter_context(
-            protected_listener(scratch, "overhead", upstream, {"max_concurrency": OVERHEAD_CONCURRENCY}, [OVERHEAD_KEY])
-        )
+        settings = {"max_concurrency": OVERHEAD_CONCURRENCY}
+        base_urls = {
+            DIRECT: upstream,
+            SERVER_FLOOR: stack.enter_context(served_app(BASELINE_FACTORY)).base_url,
+            PROXIED: stack.enter_context(
+                protected_listener(scratch, "overhead", upstream, settings, [OVERHEAD_KEY])
+            ).url,
+        }
         measurements = {
             f"{side}, {_connections(connections)}": functools.partial(
                 run_wrk, _target(base_url), scratch, duration_s=DURATION_S, connections=connections
             )
             for connections in CONNECTION_COUNTS
-            for side, base_url in ((DIRECT, upstream), (PROXIED, proxy))
+            for side, base_url in base_urls.items()
         }
         runs = alternate(measurements, ROUNDS)
     rows: list[dict[str, str]] = []
     checks: dict[str, str] = {}
     for connections in map(_connections, CONNECTION_COUNTS):
-        direct, proxied = f"{DIRECT}, {connections}", f"{PROXIED}, {connections}"
-        rows += summarize({direct: runs[direct], proxied: runs[proxied]}, baseline=direct, label="HTTP/1.1")
-        rate_ratio = _median(runs[proxied], "requests_per_s") / _median(runs[direct], "requests_per_s")
+        direct, floor, proxied = (f"{side}, {connections}" for side in (DIRECT, SERVER_FLOOR, PROXIED))
+        rows += summarize({name: runs[name] for name in (direct, floor, proxied)}, baseline=direct, label="HTTP/1.1")
+        proxied_rate = _median(runs[proxied], "requests_per_s")
         added_p50_ms = _median(runs[proxied], "latency_ms_p50") - _median(runs[direct], "latency_ms_p50")
-        checks[f"{connections}: proxied / direct req/s (medians)"] = f"{rate_ratio:.2f}x"
+        checks[f"{connections}: proxied / direct req/s (medians)"] = (
+            f"{proxied_rate / _median(runs[direct], 'requests_per_s'):.2f}x"
+        )
+        checks[f"{connections}: proxied / trivial app on the same server req/s"] = (
+            f"{proxied_rate / _median(runs[floor], 'requests_per_s'):.2f}x"
+        )
         checks[f"{connections}: p50 added by the proxy (medians)"] = f"{added_p50_ms:+.2f} ms"
     return {
         "title": "Inbound proxy overhead (HTTP/1.1, trivial upstream)",
         "about": __doc__.strip().splitlines()[0],
-        "targets": {DIRECT: "python -m bench.execution upstream PORT", PROXIED: "ezthrottle serve --config FILE"},
+        "targets": {
+            DIRECT: "python -m bench.execution upstream PORT",
+            SERVER_FLOOR: BASELINE_FACTORY,
+            PROXIED: "ezthrottle serve --config FILE",
+        },
         "commands": [results[0].command for results in runs.values()],
         "rows": rows,
         "checks": checks,
