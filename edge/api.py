@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from edge.config import AccountConfig, Config
+from edge.http_server import REFUSED_BODY_DRAIN_BYTES_MAX
 from edge.internal import AUTH_HEADER, InternalRoutes
 from edge.internal import CONTENT_TYPE as INTERNAL_CONTENT_TYPE
 from edge.internal import PREFIX as INTERNAL_PREFIX
@@ -49,7 +50,6 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 _JOB_PATH = re.compile(r"^/api/v1/jobs/([A-Za-z0-9_\-]{1,128})$")
 _JSON = b"application/json"
 INTERNAL_BODY_BYTES_MAX = 64 * 1024 * 1024  # a hand-off batch of queued jobs
-DRAIN_BYTES_MAX = 16 * 1024 * 1024  # how much of an oversize body is read and discarded to deliver a clean 413
 
 
 class JobApi:
@@ -301,9 +301,8 @@ def _header(scope: Scope, name: bytes) -> str:
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """Read the body, refusing it with 413 past `limit` bytes.
 
-    An oversize body is still drained (up to DRAIN_BYTES_MAX) before the 413 goes out: a client that is busy
-    writing its body does not read the answer, so answering early and closing makes it see a dropped connection
-    instead of the 413 (and on HTTP/2 hypercorn would drop every other stream of the connection too).
+    An oversize body is still drained (up to REFUSED_BODY_DRAIN_BYTES_MAX, see edge/http_server.py) before the 413
+    goes out.
     """
     chunks, size = [], 0
     while True:
@@ -315,7 +314,7 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         if size <= limit:
             chunks.append(chunk)
         more = message.get("more_body", False)
-        if size > limit and (not more or size > DRAIN_BYTES_MAX):
+        if size > limit and (not more or size > REFUSED_BODY_DRAIN_BYTES_MAX):
             raise Problem(413, "Body too large", f"the request body is over {limit} bytes", kind="body-too-large")
         if not more:
             return b"".join(chunks)

@@ -53,6 +53,10 @@ KEEP_ALIVE_REQUESTS_MAX = 2**31 - 1
 H2_CONCURRENT_STREAMS_MAX = 128
 # Hypercorn's default listen backlog (100) drops SYNs when a burst of clients connects at once.
 LISTEN_BACKLOG = 1024
+# How much of a refused request body an app reads and discards before answering: a client still writing its
+# body does not read the answer, so answering early makes it see a dropped connection instead of the refusal
+# (and on HTTP/2 hypercorn drops every other stream of the connection too). Past this, answer and let it drop.
+REFUSED_BODY_DRAIN_BYTES_MAX = 16 * 1024 * 1024
 # Frames shown when a contained connection error is logged: enough to find the culprit in hypercorn.
 LOGGED_FRAMES_MAX = 6
 

@@ -30,19 +30,15 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 import trio
 
 from edge.config import ProtectConfig
+from edge.http_server import REFUSED_BODY_DRAIN_BYTES_MAX
 from edge.problems import Problem
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
-
-# How much of a refused or oversize body is read and discarded so the client sees the answer instead of a reset
-# (a client busy writing does not read); the job API's figure (edge/api.py).
-DRAIN_BYTES_MAX: Final = 16 * 1024 * 1024
-
 
 class ClientGone(Exception):
     """The client disconnected: there is nobody left to answer."""
@@ -128,10 +124,11 @@ class RequestBody:
             raise _too_large(limits.bytes_max)
 
     async def drain(self) -> None:
-        """Read and discard the rest (up to DRAIN_BYTES_MAX, under the rate guard) before a refusal goes out."""
+        """Read and discard the rest (up to REFUSED_BODY_DRAIN_BYTES_MAX, under the rate guard) before a refusal
+        goes out."""
         drained = 0
         try:
-            while not self.complete and drained <= DRAIN_BYTES_MAX:
+            while not self.complete and drained <= REFUSED_BODY_DRAIN_BYTES_MAX:
                 drained += len(await self._guarded_chunk())
         except Problem:
             return  # too slow to be worth waiting for: answer now and let the connection close
