@@ -15,9 +15,9 @@ made where the public contract is silent:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,6 +40,8 @@ DEADLINE_MS_MAX = 30 * 86_400_000
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _REGION = re.compile(r"^[a-z0-9]{2,12}$")
+_URL_WHITESPACE = re.compile(r"[\r\n\t ]")
+_HEADER_VALUE_BREAK = re.compile(r"[\r\n\0]")
 _CAMEL_ALIASES = {
     "has_quorum_vote": "hasQuorumVote",
     "retry_policy": "retryPolicy",
@@ -60,25 +62,30 @@ _CAMEL_ALIASES = {
     "send_idempotency_key": "sendIdempotencyKey",
     "deadline_ms": "deadlineMs",
 }
-_MISSING = object()
+_CAMEL_NAMES = frozenset(_CAMEL_ALIASES.values())
 
 
-def _get(obj: dict[str, Any], name: str, default: Any = _MISSING) -> Any:
-    """Read a field by its snake_case name, falling back to the camelCase alias."""
-    if name in obj:
-        return obj[name]
-    alias = _CAMEL_ALIASES.get(name)
-    if alias is not None and alias in obj:
-        return obj[alias]
-    return default
+def _snake_case_view(obj: dict[str, Any]) -> dict[str, Any]:
+    """`obj` readable by snake_case names alone: each camelCase alias stands in for its absent snake_case name.
+
+    Validation reads every known field of every object, most of them absent; with one view per object those
+    reads are plain `dict.get` calls. Bodies without aliases (the usual case) are returned as they are.
+    """
+    if _CAMEL_NAMES.isdisjoint(obj):
+        return obj
+    view = dict(obj)
+    for name, alias in _CAMEL_ALIASES.items():
+        if alias in obj and name not in obj:
+            view[name] = obj[alias]
+    return view
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _int(obj: dict[str, Any], name: str, path: str, default: int | None, lo: int, hi: int) -> int | None:
-    value = _get(obj, name, None)
+def _int(fields: dict[str, Any], name: str, path: str, default: int | None, lo: int, hi: int) -> int | None:
+    value = fields.get(name)
     if value is None:
         return default
     if not _is_int(value) or not lo <= value <= hi:
@@ -86,8 +93,8 @@ def _int(obj: dict[str, Any], name: str, path: str, default: int | None, lo: int
     return int(value)
 
 
-def _choice(obj: dict[str, Any], name: str, path: str, choices: tuple[str, ...]) -> str:
-    value = _get(obj, name, None)
+def _choice(fields: dict[str, Any], name: str, path: str, choices: tuple[str, ...]) -> str:
+    value = fields.get(name)
     if value is None:
         return choices[0]
     if value not in choices:
@@ -118,15 +125,17 @@ def validate_http_url(value: Any, field: str) -> str:
         raise invalid(field, "must name a host")
     if port == 0:
         raise invalid(field, "port 0 is not a valid port")
-    if any(ch in value for ch in "\r\n\t ") or parts.username is not None:
+    if _URL_WHITESPACE.search(value) or "@" in parts.netloc:  # "@" in the authority: user info (credentials)
         raise invalid(field, "must not contain whitespace or credentials")
     return value
 
 
+@functools.lru_cache(maxsize=256)
 def origin_of(url: str) -> str:
     """The canonical origin: scheme://host[:port], host lower-cased, the scheme's default port left out.
 
     The same form `[targets."<origin>"]` keys take in the config, so a job finds its target's settings.
+    Cached: intake asks for the origin of the same URL several times (target settings, queue key, queue).
     """
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
@@ -153,7 +162,7 @@ def _headers(value: Any, field: str) -> dict[str, str]:
             raise invalid(where, "is a framing header; the node frames requests itself")
         if not isinstance(header_value, str):
             raise invalid(where, "must be a string")
-        if len(header_value) > HEADER_VALUE_CHARS_MAX or any(c in header_value for c in "\r\n\0"):
+        if len(header_value) > HEADER_VALUE_CHARS_MAX or _HEADER_VALUE_BREAK.search(header_value):
             raise invalid(where, "must be a single line of at most 16384 characters")
         headers[name] = header_value
     return headers
@@ -169,13 +178,14 @@ def _webhooks(value: Any, field: str) -> list[dict[str, Any]]:
         where = f"{field}[{i}]"
         if not isinstance(hook, dict):
             raise invalid(where, "must be an object with a url")
-        vote = _get(hook, "has_quorum_vote", True)
+        fields = _snake_case_view(hook)
+        vote = fields.get("has_quorum_vote", True)
         if not isinstance(vote, bool):
             raise invalid(f"{where}.has_quorum_vote", "must be true or false")
         hooks.append(
             {
-                "url": validate_http_url(hook.get("url"), f"{where}.url"),
-                "regions": _regions(hook.get("regions"), f"{where}.regions"),
+                "url": validate_http_url(fields.get("url"), f"{where}.url"),
+                "regions": _regions(fields.get("regions"), f"{where}.regions"),
                 "has_quorum_vote": vote,
             }
         )
@@ -195,11 +205,12 @@ def _retry_policy(value: Any, field: str) -> dict[str, Any]:
         value = {}
     if not isinstance(value, dict):
         raise invalid(field, "must be an object")
-    retry_codes = _get(value, "retry_codes", None)
-    reroute_codes = _get(value, "reroute_codes", None)
+    fields = _snake_case_view(value)
+    retry_codes = fields.get("retry_codes")
+    reroute_codes = fields.get("reroute_codes")
     return {
-        "max_retries": _int(value, "max_retries", f"{field}.", 3, 0, 100),
-        "max_reroutes": _int(value, "max_reroutes", f"{field}.", 2, 0, 100),
+        "max_retries": _int(fields, "max_retries", f"{field}.", 3, 0, 100),
+        "max_reroutes": _int(fields, "max_reroutes", f"{field}.", 2, 0, 100),
         "retry_codes": [429, 503] if retry_codes is None else _status_codes(retry_codes, f"{field}.retry_codes"),
         "reroute_codes": [500, 502]
         if reroute_codes is None
@@ -215,7 +226,7 @@ def _trigger(value: Any, field: str) -> dict[str, Any]:
         codes = value.get("codes")
         return {"type": "on_error", "codes": [] if codes is None else _status_codes(codes, f"{field}.codes")}
     if kind == "on_timeout":
-        timeout = _int(value, "timeout_ms", f"{field}.", None, 1, 86_400_000)
+        timeout = _int(_snake_case_view(value), "timeout_ms", f"{field}.", None, 1, 86_400_000)
         if timeout is None:
             raise invalid(f"{field}.timeout_ms", "is required for an on_timeout trigger")
         return {"type": "on_timeout", "timeout_ms": timeout}
@@ -228,57 +239,55 @@ def validate_job(data: Any, *, path: str = "", depth: int = 0) -> dict[str, Any]
         raise invalid(path.rstrip(".") or "job", f"nested jobs go at most {NESTING_DEPTH_MAX} levels deep")
     if not isinstance(data, dict):
         raise invalid(path.rstrip(".") or "body", "must be a JSON object")
-    method = _get(data, "method", "GET")
+    fields = _snake_case_view(data)
+    method = fields.get("method", "GET")
     if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
         raise invalid(f"{path}method", f"must be one of {', '.join(sorted(HTTP_METHODS))}")
-    body = _get(data, "body", None)
+    body = fields.get("body")
     if body is not None and not isinstance(body, str):
         raise invalid(f"{path}body", "must be a string (serialise JSON bodies before sending)")
-    metadata = _get(data, "metadata", None)
+    metadata = fields.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise invalid(f"{path}metadata", "must be an object")
-    key = _get(data, "idempotent_key", None)
+    key = fields.get("idempotent_key")
     if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= IDEMPOTENT_KEY_CHARS_MAX):
         raise invalid(f"{path}idempotent_key", f"must be a string of 1 to {IDEMPOTENT_KEY_CHARS_MAX} characters")
-    send_key = _get(data, "send_idempotency_key", False)
+    send_key = fields.get("send_idempotency_key", False)
     if not isinstance(send_key, bool):
         raise invalid(f"{path}send_idempotency_key", "must be true or false")
-    tier = _get(data, "tier", None)
+    tier = fields.get("tier")
     if tier is not None and not isinstance(tier, str):
         raise invalid(f"{path}tier", "must be a string")
-    webhooks = _webhooks(_get(data, "webhooks", None), f"{path}webhooks")
+    webhooks = _webhooks(fields.get("webhooks"), f"{path}webhooks")
     voters = sum(1 for hook in webhooks if hook["has_quorum_vote"])
-    quorum = _int(data, "webhook_quorum", path, 1, 1, WEBHOOKS_MAX)
+    quorum = _int(fields, "webhook_quorum", path, 1, 1, WEBHOOKS_MAX)
     if webhooks and quorum is not None and quorum > max(voters, 1):
         raise invalid(f"{path}webhook_quorum", f"is {quorum} but only {voters} webhooks have a quorum vote")
 
     job: dict[str, Any] = {
-        "url": validate_http_url(_get(data, "url", None), f"{path}url"),
+        "url": validate_http_url(fields.get("url"), f"{path}url"),
         "method": method.upper(),
-        "headers": _headers(_get(data, "headers", None), f"{path}headers"),
+        "headers": _headers(fields.get("headers"), f"{path}headers"),
         "body": body,
         "metadata": metadata or {},
         "webhooks": webhooks,
         "webhook_quorum": quorum,
-        "regions": _regions(_get(data, "regions", None), f"{path}regions"),
-        "region_policy": _choice(data, "region_policy", path, ("fallback", "strict")),
-        "execution_mode": _choice(data, "execution_mode", path, ("race", "fanout")),
-        "retry_policy": _retry_policy(_get(data, "retry_policy", None), f"{path}retry_policy"),
+        "regions": _regions(fields.get("regions"), f"{path}regions"),
+        "region_policy": _choice(fields, "region_policy", path, ("fallback", "strict")),
+        "execution_mode": _choice(fields, "execution_mode", path, ("race", "fanout")),
+        "retry_policy": _retry_policy(fields.get("retry_policy"), f"{path}retry_policy"),
         "idempotent_key": key,
         "send_idempotency_key": send_key,
-        "retry_at": _int(data, "retry_at", path, None, 0, 2**53),
-        "deadline_ms": _int(data, "deadline_ms", path, None, 1, DEADLINE_MS_MAX),
-        "on_failure_timeout_ms": _int(data, "on_failure_timeout_ms", path, None, 0, DEADLINE_MS_MAX),
+        "retry_at": _int(fields, "retry_at", path, None, 0, 2**53),
+        "deadline_ms": _int(fields, "deadline_ms", path, None, 1, DEADLINE_MS_MAX),
+        "on_failure_timeout_ms": _int(fields, "on_failure_timeout_ms", path, None, 0, DEADLINE_MS_MAX),
         "tier": tier,
     }
-    nested: dict[str, Callable[[Any, str], Any]] = {
-        "on_success": lambda value, where: validate_job(value, path=where + ".", depth=depth + 1),
-        "on_failure": lambda value, where: validate_job(value, path=where + ".", depth=depth + 1),
-        "fallback_job": lambda value, where: _fallback(value, where, depth + 1),
-    }
-    for name, check in nested.items():
-        value = _get(data, name, None)
-        job[name] = None if value is None else check(value, f"{path}{name}")
+    for name in ("on_success", "on_failure"):
+        value = fields.get(name)
+        job[name] = None if value is None else validate_job(value, path=f"{path}{name}.", depth=depth + 1)
+    fallback = fields.get("fallback_job")
+    job["fallback_job"] = None if fallback is None else _fallback(fallback, f"{path}fallback_job", depth + 1)
     return job
 
 

@@ -100,6 +100,9 @@ _UPSERT_SQL = (
     + " ON CONFLICT (job_id) DO UPDATE SET "
     + ", ".join(f"{column} = excluded.{column}" for column in _COLUMNS.split(", ")[1:])
 )
+# A new job costs one statement, a duplicate two. Only the idempotency constraint is the conflict target, so a
+# job_id reused under another key still fails with IntegrityError.
+_INSERT_UNLESS_DUPLICATE_SQL = _INSERT_SQL + " ON CONFLICT (account_id, idempotent_key) DO NOTHING"
 _SELECT_BY_IDEMPOTENCY_SQL = "SELECT record FROM jobs WHERE account_id = ? AND idempotent_key = ?"
 _SELECT_BY_ID_SQL = "SELECT record FROM jobs WHERE job_id = ?"
 _UNFINISHED_SQL = f"SELECT record FROM jobs WHERE {_IS_UNFINISHED} ORDER BY created_at_ms, job_id"
@@ -130,11 +133,10 @@ def _row(job: EncodedJob) -> tuple[Any, ...]:
 
 
 def _insert_job(job: EncodedJob, connection: sqlite3.Connection) -> tuple[JobRecord, bool]:
-    existing = connection.execute(_SELECT_BY_IDEMPOTENCY_SQL, job.idempotency).fetchone()
-    if existing is not None:
-        return decode_record(existing[0]), False
-    connection.execute(_INSERT_SQL, _row(job))
-    return job.decode(), True
+    if connection.execute(_INSERT_UNLESS_DUPLICATE_SQL, _row(job)).rowcount:
+        return job.decode(), True
+    (blob,) = connection.execute(_SELECT_BY_IDEMPOTENCY_SQL, job.idempotency).fetchone()
+    return decode_record(blob), False
 
 
 def _save_job(job: EncodedJob, connection: sqlite3.Connection) -> None:
