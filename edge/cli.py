@@ -16,6 +16,7 @@ import trio
 from edge.config import Config, ConfigError, load_config, with_dev_account
 from edge.node import run_node
 from edge.runtime import Runtime
+from simulations import cli as simulate_cli
 
 DEV_KEY_FILENAME = "dev-account.key"
 
@@ -72,11 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         help="logging verbosity (default INFO); keys and secrets are never logged",
     )
+    simulate = commands.add_parser(
+        "simulate",
+        help="run a scenario on the deterministic simulator (seeds, swarm, capacity sweeps)",
+        description=simulate_cli.DESCRIPTION,
+        epilog=simulate_cli.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    simulate_cli.add_arguments(simulate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "simulate":
+        return simulate_cli.run(args)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {}
     if args.listen:

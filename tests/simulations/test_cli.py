@@ -1,0 +1,125 @@
+"""`ezthrottle simulate` argument handling: usage errors exit 2 with a clear message, before any run starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge import cli as edge_cli
+from simulations import cli
+from simulations.cli import ProgressBar, UsageError, parse_seed_range, parse_sweep, sweep_points
+
+
+def simulate(argv: list[str]) -> tuple[int, str, str]:
+    """Run `ezthrottle simulate ARGV` in process: exit status, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    args = cli.build_parser().parse_args(argv)
+    return cli.run(args, out=out, err=err), out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["no-such-scenario"], "bad scenario: "),
+        (["baseline", "--sweep", "nodes"], "--sweep takes KEY=V1,V2,..."),
+        (["baseline", "--sweep", "nodes=1,,3"], "with no empty value"),
+        (["baseline", "--sweep", "colour=red,blue"], "unknown key 'colour' (sweep keys: nodes, load, keys"),
+        (["baseline", "--sweep", "nodes=1,3", "--sweep", "nodes=5"], "--sweep nodes given twice"),
+        (["baseline", "--sweep", "nodes=1,abc"], "bad --sweep value: nodes=abc: nodes must be a whole number"),
+        (["baseline", "--sweep", "load=1,-2"], "bad --sweep value: load=-2: must be > 0"),
+        (["baseline", "--seeds", "5"], "--seeds takes N..M"),
+        (["baseline", "--seeds", "9..3"], "the first seed is after the last"),
+        (["baseline", "--swarm", "0"], "--swarm COUNT must be at least 1"),
+        (["baseline", "--swarm", "3", "--seeds", "1..2"], "cannot be combined with --seeds"),
+    ],
+)
+def test_usage_errors_exit_2_with_a_clear_message_and_run_nothing(argv: list[str], message: str) -> None:
+    status, out, err = simulate(argv)
+    assert status == 2
+    assert out == ""
+    assert err.startswith("ezthrottle simulate: error: ")
+    assert message in err, err
+
+
+def test_bad_scenario_file_names_the_file_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "typo.toml"
+    path.write_text('[cluster]\nnodez = 3\n[[providers]]\nname = "p"\n[[tenants]]\nname = "t"\nprovider = "p"\n')
+    status, _, err = simulate([str(path)])
+    assert status == 2
+    assert f"bad scenario: {path}: cluster.nodez: unknown key" in err
+
+
+def test_argparse_errors_exit_2_too() -> None:
+    assert cli.main(["baseline", "--seed", "one"]) == 2
+    assert cli.main(["baseline", "--seed", "1", "--seeds", "1..2"]) == 2
+    assert cli.main([]) == 2
+
+
+def test_parsers() -> None:
+    assert parse_seed_range("1..3") == (1, 2, 3)
+    assert parse_seed_range("-1..0") == (-1, 0)
+    assert parse_sweep(" nodes = 1, 3 ,5") == ("nodes", ("1", "3", "5"))
+    points = sweep_points([("nodes", ("1", "3")), ("load", ("0.5", "1", "2"))])
+    assert len(points) == 6
+    assert points[0] == {"nodes": "1", "load": "0.5"} and points[-1] == {"nodes": "3", "load": "2"}
+    assert list(points[1]) == ["nodes", "load"]  # command-line order, which the replay command keeps
+    assert sweep_points([]) == ({},)
+    with pytest.raises(UsageError):
+        parse_sweep("=1")
+
+
+def test_replay_command_repeats_scenario_seed_sweep_point_swarm_and_bugs() -> None:
+    args = cli.build_parser().parse_args(["my dir/x.toml", "--swarm", "4", "--seed", "10", "--sweep", "nodes=1,3"])
+    args.scenario = "baseline"  # the plan loads the scenario; the replay keeps the argument as typed
+    plan = cli.plan_from(args)
+    assert plan.seeds == (10, 11, 12, 13) and plan.swarm
+    assert plan.points == ({"nodes": "1"}, {"nodes": "3"})
+    plan = dataclasses.replace(plan, scenario_arg="my dir/x.toml", bugs=frozenset({"b", "a"}))
+    assert plan.replay_command({"nodes": "3"}, 12) == (
+        "ezthrottle simulate 'my dir/x.toml' --seed 12 --swarm 1 --sweep nodes=3 --plant-bug a --plant-bug b"
+    )
+    # In swarm mode each seed carries its own random faults; without it the scenario's schedule is kept.
+    three_nodes = plan.scenario.with_overrides({"nodes": "3"})
+    assert plan.scenario_for({"nodes": "3"}, 12) == three_nodes.with_swarm_faults(12)
+    assert three_nodes.with_swarm_faults(12).faults != three_nodes.faults
+    assert dataclasses.replace(plan, swarm=False).scenario_for({"nodes": "3"}, 12) == three_nodes
+
+
+def test_progress_bar_draws_in_place_throttled_and_only_when_enabled() -> None:
+    ticks = iter([0.0, 0.01, 0.02, 0.5, 0.6])
+    stream = io.StringIO()
+    bar = ProgressBar(stream, enabled=True, total_runs=2, clock=lambda: next(ticks))
+    bar.start_run(0, "seed 4")  # draws 0%
+    bar.update(0.3)  # within the redraw interval: skipped
+    bar.update(1.0)  # the end is always drawn
+    bar.update(0.7)  # a later tick: drawn
+    bar.clear()
+    frames = stream.getvalue().split("\r")
+    assert [frame.split("]")[1].split()[0] for frame in frames if frame.startswith("[")] == ["0%", "100%", "70%"]
+    assert "run 1/2 seed 4" in frames[1]
+    assert "#" * cli.PROGRESS_BAR_WIDTH in stream.getvalue()
+    silent = io.StringIO()
+    off = ProgressBar(silent, enabled=False, total_runs=1)
+    off.start_run(0, "seed 1")
+    off.update(0.5)
+    off.clear()
+    assert silent.getvalue() == ""
+
+
+def test_ezthrottle_simulate_and_python_m_simulations_are_the_same_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert edge_cli.main(["simulate", "baseline", "--sweep", "nodes=x"]) == 2
+    assert "bad --sweep value: nodes=x" in capsys.readouterr().err
+    completed = subprocess.run(
+        [sys.executable, "-m", "simulations", "baseline", "--seeds", "2..1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 2
+    assert "the first seed is after the last" in completed.stderr
