@@ -287,7 +287,7 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | No
             outcome = RunOutcome(point=point, seed=seed, swarm=plan.swarm, replay=replay, report=None, error=error)
         bar.clear()
         outcomes.append(outcome)
-        _print_outcome(out, scenario, outcome, quiet=args.quiet)
+        print_outcome(out, scenario, outcome, quiet=args.quiet)
     if len(plan.points) > 1 or plan.points[0]:
         out.write("\n" + format_table(outcomes) + "\n")
     _print_summary(out, plan, outcomes)
@@ -300,7 +300,8 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | No
     return 0 if all(outcome.passed for outcome in outcomes) else 1
 
 
-def _print_outcome(out: TextIO, scenario: Scenario, outcome: RunOutcome, *, quiet: bool) -> None:
+def print_outcome(out: TextIO, scenario: Scenario, outcome: RunOutcome, *, quiet: bool) -> None:
+    """A run's verdict line; for a failure also its fault schedule, violations and replay command."""
     where = f"seed {outcome.seed}" + (f" [{point_label(outcome.point)}]" if outcome.point else "")
     report = outcome.report
     if report is not None and report.passed:
