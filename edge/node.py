@@ -18,6 +18,7 @@ from functools import partial
 import httpx
 import trio
 
+from cluster.shell import ClusterMember
 from edge.api import JobApi
 from edge.clustering import describe_cluster, keyring_of, start_membership
 from edge.config import Config
@@ -53,6 +54,8 @@ class Node:
     _stop: trio.Event = field(default_factory=trio.Event)
     # Each protected listener's bound addresses, by its label (`ProtectConfig.label`).
     protected: dict[str, list[str]] = field(default_factory=dict)
+    # This node's cluster member when clustered: the simulator's invariants read its view of the membership.
+    membership: ClusterMember | None = None
 
     @property
     def base_url(self) -> str:
@@ -158,7 +161,9 @@ async def run_node(
                     protected = await _start_protected(http, config, runtime, metrics, stop)
                 ready = True
                 log.info("listening on %s", ", ".join(bound))
-                task_status.started(Node(config, bound, manager, deliverer, store, metrics, app, stop, protected))
+                task_status.started(
+                    Node(config, bound, manager, deliverer, store, metrics, app, stop, protected, membership)
+                )
                 await stop.wait()
                 ready = False
             # hypercorn has stopped accepting and drained its requests: leave the cluster (so peers take our

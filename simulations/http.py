@@ -5,21 +5,33 @@ upstreams and webhooks to receivers (edge/node.py `build_client`), and forwardin
 `PeerClient`). Apps are mounted by authority ("host:port", the port explicit or the scheme's default), so a
 simulated upstream, a webhook receiver and another node's `JobApi` are all just ASGI apps.
 
-Each app is called through `httpx.ASGITransport`, in the caller's task: the request leg's delay, the app, then the
-reply leg's delay. What that model leaves out, on purpose for now:
-- a caller that gives up (timeout, race loser) also cancels the app's work, where a real server would carry on;
-- an exception in an app is raised to the caller (ASGITransport's `raise_app_exceptions`) instead of becoming a
-  500, so a bug in a simulated node stops the run loudly.
-An authority nothing is mounted on fails like a refused connection (`httpx.ConnectError`), after the request leg.
-Every exchange is recorded in the trace: method, URL, status and a CRC of both bodies.
+Every request has a source host: `for_source(host)` gives the transport a node (or a client) uses, and the
+`paths` policy decides, per (source host, destination host), whether the request gets through:
+- OPEN: the request leg's delay, the app, the reply leg's delay;
+- REFUSED (an outage): after the request leg, `httpx.ConnectError`, as from a closed port;
+- BLACKHOLE (a partition): nothing comes back; the caller waits out its own connect timeout (httpx's `timeout`
+  extension, which a real transport honours) and gets `httpx.ConnectTimeout`, or waits for ever without one.
+An authority nothing is mounted on is refused too.
+
+Where the app runs: by default in the caller's task (fine for stateless upstreams and receivers). A mount with a
+`nursery` runs each request in a task of that nursery, as a real server runs a handler in its own task: a caller
+that gives up (timeout, cancellation) only stops waiting, and the server's work carries on; a server that goes
+down (`unmount`, then its nursery is cancelled) cuts every request in progress, and the callers get
+`httpx.ReadError`, a reset connection. An exception in an app is not turned into a 500: it is raised (in the
+caller, or in the server's nursery), so a bug in a simulated node stops the run loudly.
+
+The ASGI bridge is our own, not `httpx.ASGITransport`: bodies are small and read whole, and the scope carries the
+source host as the ASGI `client`, so an upstream can tell which node called it. Every exchange is recorded in the
+trace: method, URL, status and a CRC of both bodies.
 """
 
 from __future__ import annotations
 
+import enum
 import random
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, final
 
 import httpx
@@ -34,6 +46,20 @@ AsgiApp = Callable[
 ]
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
+# The source of requests sent through the SimulatedHttp itself rather than through a `for_source` view.
+ANONYMOUS_SOURCE = "127.0.0.1"
+
+
+class PathState(enum.Enum):
+    """What the network does to requests from one host to another (see the module docstring)."""
+
+    OPEN = "open"
+    REFUSED = "refused"
+    BLACKHOLE = "blackhole"
+
+
+def _always_open(_source: str, _destination: str) -> PathState:
+    return PathState.OPEN
 
 
 @final
@@ -49,10 +75,48 @@ class Latency:
             raise ValueError("need 0 <= min_s <= max_s")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Mount:
-    transport: httpx.ASGITransport
+    app: AsgiApp
     latency: Latency
+    host: str
+    port: int
+    nursery: trio.Nursery | None
+    # Requests in progress, each with the event its caller waits on: `unmount` sets them all.
+    waiting: set[trio.Event] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """One request as the app sees it, and what the app answered."""
+
+    scope: dict[str, Any]
+    body: bytes
+    status: int | None = None
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    chunks: list[bytes] = field(default_factory=list)
+    complete: bool = False
+    request_read: bool = False
+
+    async def receive(self) -> dict[str, Any]:
+        if not self.request_read:
+            self.request_read = True
+            return {"type": "http.request", "body": self.body, "more_body": False}
+        await trio.lowlevel.checkpoint()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.headers = list(message.get("headers", []))
+        elif message["type"] == "http.response.body":
+            self.chunks.append(message.get("body", b""))
+            self.complete = not message.get("more_body", False)
+
+    async def run(self, app: AsgiApp) -> None:
+        await app(self.scope, self.receive, self.send)
+        if self.status is None or not self.complete:
+            raise RuntimeError(f"ASGI app {app!r} returned without a complete response")
 
 
 def authority_of(url: httpx.URL) -> str:
@@ -62,50 +126,143 @@ def authority_of(url: httpx.URL) -> str:
 
 
 @final
+class SourcedTransport(httpx.AsyncBaseTransport):
+    """The view of a `SimulatedHttp` from one host: what that host's httpx clients use as their transport.
+
+    Closing it (a node's client closes at shut-down) does not close the shared network."""
+
+    __slots__ = ("_http", "source")
+
+    def __init__(self, http: SimulatedHttp, source: str) -> None:
+        self._http = http
+        self.source = source
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._http.exchange(request, source=self.source)
+
+
+@final
 class SimulatedHttp(httpx.AsyncBaseTransport):
     """Routes requests by authority to mounted ASGI apps, with a seeded latency per leg (see the module docstring)."""
 
-    def __init__(self, *, rng: random.Random, trace: Trace, latency: Latency | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        rng: random.Random,
+        trace: Trace,
+        latency: Latency | None = None,
+        paths: Callable[[str, str], PathState] = _always_open,
+    ) -> None:
         self._rng = rng
         self._trace = trace
         self._latency = latency or Latency()
         self._mounts: dict[str, _Mount] = {}
+        self.paths = paths
 
     def __repr__(self) -> str:
         return f"<SimulatedHttp {len(self._mounts)} apps mounted: {', '.join(self._mounts)}>"
 
-    def mount(self, authority: str, app: AsgiApp, *, latency: Latency | None = None) -> None:
-        """Serve `authority` ("host:port") with `app` until `unmount`; `latency` overrides the default for it."""
+    def for_source(self, host: str) -> SourcedTransport:
+        """The transport for requests sent from `host` (partitions and outages are judged by it)."""
+        return SourcedTransport(self, host)
+
+    def mount(
+        self, authority: str, app: AsgiApp, *, latency: Latency | None = None, nursery: trio.Nursery | None = None
+    ) -> None:
+        """Serve `authority` ("host:port") with `app` until `unmount`; `latency` overrides the default for it;
+        with `nursery`, each request runs in a task of it (see the module docstring)."""
         if authority in self._mounts:
             raise ValueError(f"{authority} is already mounted")
-        transport = httpx.ASGITransport(app=app)
-        self._mounts[authority] = _Mount(transport, latency or self._latency)
+        host, _, port = authority.rpartition(":")
+        self._mounts[authority] = _Mount(app, latency or self._latency, host.strip("[]"), int(port), nursery)
         self._trace.record(f"http mount {authority}")
 
     def unmount(self, authority: str) -> None:
-        """Take `authority` down: requests to it are refused from now on (a crash or an outage)."""
-        del self._mounts[authority]
+        """Take `authority` down: requests to it are refused from now on, and the ones in progress are cut."""
+        mount = self._mounts.pop(authority)
+        for waiting in mount.waiting:
+            waiting.set()
         self._trace.record(f"http unmount {authority}")
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.exchange(request, source=ANONYMOUS_SOURCE)
+
+    async def exchange(self, request: httpx.Request, *, source: str) -> httpx.Response:
+        """Carry one request from `source` to the app mounted at its authority, and the answer back."""
         authority = authority_of(request.url)
+        path = self.paths(source, request.url.host)
+        if path is PathState.BLACKHOLE:
+            await self._black_hole(request, source)
         mount = self._mounts.get(authority)
         await trio.sleep(self._draw(mount.latency if mount else self._latency))
         mount = self._mounts.get(authority)  # it may have gone down while the request travelled
-        if mount is None:
-            self._trace.record(f"http refused {request.method} {request.url}")
+        if mount is None or path is PathState.REFUSED:
+            self._trace.record(f"http refused {request.method} {request.url} from {source}")
             raise httpx.ConnectError(f"nothing is listening at {authority} on the simulated network", request=request)
         request_body = await request.aread()
-        response = await mount.transport.handle_async_request(request)
-        body = await response.aread()
+        exchange = _Exchange(self._scope(request, mount, source), request_body)
+        if mount.nursery is None:
+            await exchange.run(mount.app)
+        else:
+            await self._run_in_server(exchange, mount, request)
+        body = b"".join(exchange.chunks)
         await trio.sleep(self._draw(mount.latency))
+        assert exchange.status is not None
         self._trace.record(
-            f"http {request.method} {request.url} -> {response.status_code} "
-            f"{zlib.crc32(request_body):08x} {zlib.crc32(body):08x}"
+            f"http {request.method} {request.url} -> {exchange.status} "
+            f"{zlib.crc32(request_body):08x} {zlib.crc32(body):08x} from {source}"
         )
         return httpx.Response(
-            response.status_code, headers=response.headers, stream=httpx.ByteStream(body), request=request
+            exchange.status, headers=exchange.headers, stream=httpx.ByteStream(body), request=request
         )
+
+    async def _run_in_server(self, exchange: _Exchange, mount: _Mount, request: httpx.Request) -> None:
+        """Run the app in the server's nursery and wait for it; a server that goes down resets the request."""
+        assert mount.nursery is not None
+        finished = trio.Event()
+
+        async def handle() -> None:
+            try:
+                await exchange.run(mount.app)
+            finally:
+                finished.set()
+
+        mount.waiting.add(finished)
+        try:
+            mount.nursery.start_soon(handle)
+            await finished.wait()
+        finally:
+            mount.waiting.discard(finished)
+        if not exchange.complete:
+            self._trace.record(f"http reset {request.method} {request.url}")
+            raise httpx.ReadError("connection reset: the server went down", request=request)
+
+    async def _black_hole(self, request: httpx.Request, source: str) -> None:
+        """A partitioned path: wait out the caller's connect timeout (for ever without one), then time out."""
+        self._trace.record(f"http blackhole {request.method} {request.url} from {source}")
+        connect_s = (request.extensions.get("timeout") or {}).get("connect")
+        if connect_s is None:
+            await trio.sleep_forever()
+        await trio.sleep(connect_s)
+        raise httpx.ConnectTimeout(f"no answer from {request.url.host} (partitioned)", request=request)
+
+    @staticmethod
+    def _scope(request: httpx.Request, mount: _Mount, source: str) -> dict[str, Any]:
+        url = request.url
+        return {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": request.method,
+            "headers": [(name.lower(), value) for name, value in request.headers.raw],
+            "scheme": url.scheme,
+            "path": url.path,
+            "raw_path": url.raw_path.split(b"?")[0],
+            "query_string": url.query,
+            "server": (mount.host, mount.port),
+            "client": (source, 0),
+            "root_path": "",
+        }
 
     def _draw(self, latency: Latency) -> float:
         return self._rng.uniform(latency.min_s, latency.max_s)

@@ -208,17 +208,16 @@ class SimulatedNetwork:
 
     def partition(self, side_a: Iterable[str], side_b: Iterable[str], *, one_way: bool = False) -> None:
         """Block hosts in `side_a` from reaching hosts in `side_b` (and back, unless `one_way`)."""
-        hosts_b = list(side_b)
-        for host_a in side_a:
-            for host_b in hosts_b:
-                self.blocked.add((host_a, host_b))
-                if not one_way:
-                    self.blocked.add((host_b, host_a))
+        self.blocked.update(_paths_between(side_a, side_b, one_way=one_way))
         self._trace.record(f"net partition {sorted(self.blocked)}")
 
-    def heal(self) -> None:
-        self.blocked.clear()
-        self._trace.record("net heal")
+    def heal(self, side_a: Iterable[str] | None = None, side_b: Iterable[str] = (), *, one_way: bool = False) -> None:
+        """Lift every partition, or (with sides) only the one `partition` made with the same arguments."""
+        if side_a is None:
+            self.blocked.clear()
+        else:
+            self.blocked.difference_update(_paths_between(side_a, side_b, one_way=one_way))
+        self._trace.record(f"net heal {sorted(self.blocked)}")
 
     @contextlib.asynccontextmanager
     async def open_transport(self, bind: Address, limits: TransportLimits) -> AsyncIterator[SimulatedTransport]:
@@ -313,6 +312,12 @@ class SimulatedNetwork:
             self._counts["streams_partitioned"] += 1
             await trio.sleep_forever()
         await trio.sleep(self._delay())
+
+
+def _paths_between(side_a: Iterable[str], side_b: Iterable[str], *, one_way: bool) -> set[tuple[str, str]]:
+    hosts_b = list(side_b)
+    paths = {(host_a, host_b) for host_a in side_a for host_b in hosts_b}
+    return paths if one_way else paths | {(host_b, host_a) for host_a, host_b in paths}
 
 
 @contextlib.asynccontextmanager

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import httpx
 import trio
 
+from cluster.shell.transport import TransportFactory
 from edge.runtime import Runtime
 
 from .determinism import Simulation
@@ -47,11 +48,14 @@ def simulated_runtime(
     *,
     names: Mapping[str, Sequence[str]] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    cluster_transport: TransportFactory | None = None,
 ) -> Runtime:
-    """A node's Runtime: its own RNG drawn from the seed by node name, the virtual wall clock, the DNS table."""
+    """A node's Runtime: its own RNG drawn from the seed by node name, the virtual wall clock, the DNS table,
+    and the simulated networks it reaches others through (HTTP, gossip)."""
     return Runtime(
         wall_clock=simulated_wall_clock,
         rng=simulation.rng_for(f"node/{node}"),
         resolver=StaticResolver(names or {}),
         transport=transport,
+        cluster_transport=cluster_transport,
     )

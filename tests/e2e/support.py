@@ -10,7 +10,6 @@ import json
 import math
 import socket
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -22,31 +21,7 @@ from edge.config import Config, load_config
 from edge.http_server import serve_asgi
 from edge.node import Node, run_node
 from edge.runtime import Runtime
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-async def respond(send: Send, status: int, body: bytes = b"", headers: list[tuple[str, str]] | None = None) -> None:
-    raw = [(k.lower().encode(), v.encode()) for k, v in (headers or [])]
-    raw.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-def header(scope: Scope, name: str) -> str:
-    wanted = name.lower().encode()
-    return next((v.decode() for k, v in scope["headers"] if k == wanted), "")
+from simulations.actors import Receive, Scope, Send, header, read_body, respond
 
 
 @dataclass

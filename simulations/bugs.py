@@ -1,0 +1,61 @@
+"""Planted bugs: switches that break the design on purpose, to prove the invariants catch real violations.
+
+They live here, in the simulator, and change only how the world wires real nodes, never node code:
+- "queue-per-node": the nodes are not clustered, so each believes it owns every key and runs its own queue for
+  it; clients still spread a key's jobs over every node, so the provider sees one pacer per node. The
+  upstream-limit invariant must trip (tests/simulations/test_planted_bugs.py).
+- "ack-before-commit": the node's store answers `insert_job` at once and commits the job COMMIT_LAG_S later
+  (`LaggingCommitStore`), as a write-back cache without a flush would; the API then acknowledges jobs that are
+  not durable, and a crash loses them. The no-acknowledged-job-lost invariant must trip under a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, final
+
+import trio
+
+from edge.records import JobRecord
+from edge.store import Store
+from edge.store.base import EncodedJob
+
+PLANTED_BUGS: Mapping[str, str] = {
+    "queue-per-node": "nodes are not clustered: every node runs its own queue for every key",
+    "ack-before-commit": "the store acknowledges a new job before it is durable and commits it later",
+}
+COMMIT_LAG_S = 2.0
+
+
+@final
+class LaggingCommitStore:
+    """A `Store` whose `insert_job` returns before the write is durable (see the module docstring).
+
+    It claims every insert is new (a duplicate is only found when the late commit runs); every other call goes
+    straight to the wrapped store."""
+
+    def __init__(self, durable: Store, commits: trio.Nursery) -> None:
+        self._durable = durable
+        self._commits = commits
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._durable, name)
+
+    async def insert_job(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        await trio.lowlevel.checkpoint()
+        frozen = EncodedJob.of(record)
+        self._commits.start_soon(self._commit_later, frozen.decode())
+        return frozen.decode(), True
+
+    async def _commit_later(self, record: JobRecord) -> None:
+        await trio.sleep(COMMIT_LAG_S)
+        await self._durable.insert_job(record)
+
+
+@contextlib.asynccontextmanager
+async def lagging_commits(durable: Store) -> AsyncIterator[Store]:
+    """The node's store under "ack-before-commit": pending commits die with the node (its scope is cancelled)."""
+    async with trio.open_nursery() as commits:
+        yield LaggingCommitStore(durable, commits)  # type: ignore[misc]
+        commits.cancel_scope.cancel()

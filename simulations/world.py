@@ -1,0 +1,364 @@
+"""The simulated cluster world: N real nodes in R regions, the outside world they talk to, and the clients.
+
+Each node is the unmodified `edge.node.run_node` (no listener: `serve_http=False`), clustered through the real
+`ClusterMember` on one `SimulatedNetwork` (gossip) and reaching everything over one `SimulatedHttp`: other nodes
+(forwarding, hand-off, scatter reads), upstream providers and webhook receivers (simulations/actors.py). Hosts:
+- node nI: 127.0.1.I, gossip on :7946, job API on :8080 (its `JobApi` is mounted there, served in the node's
+  own nursery, so a crash cuts the requests it was serving);
+- provider P: P.sim:80; receiver R: R.hooks.sim:80; clients send from CLIENT_HOST.
+Requests are judged by their source host (`paths`): a partition between two nodes cuts their gossip and their
+HTTP (a black hole), a provider outage in a region refuses calls from that region's nodes, a provider that serves
+only some regions refuses the others, and a receiver outage refuses every delivery.
+
+Durability: every node keeps one `MemoryStoreData` for the whole run. A crash unmounts the API and cancels the
+node's scope at once (queues, member, deliverer and in-memory state gone); a restart is a fresh `run_node` over the
+same data, with an RNG stream of its own (label "<node>/boot-<n>").
+
+Configuration the world chooses for its nodes, as an operator would: each provider's origin has `rps` equal to
+the provider's documented per-credential limit; webhook retries follow WEBHOOK_SCHEDULE_S (seconds, not the
+production default's minutes, so retries happen within a run); tiers map to plans (`TIER_PLANS`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, final
+
+import httpx
+import trio
+
+from edge.config import (
+    AccountConfig,
+    ClusterConfig,
+    Config,
+    SecurityConfig,
+    ServerConfig,
+    TargetConfig,
+    WebhooksConfig,
+)
+from edge.node import Node, run_node
+from edge.store import MemoryStoreData, Store, open_memory_store
+
+from .actors import DeliveryReport, LognormalLatency, Provider, WebhookReceiver
+from .determinism import Simulation
+from .http import PathState, SimulatedHttp
+from .network import SimulatedNetwork
+from .runtime import simulated_runtime
+from .scenario import ProviderSpec, Scenario, TenantSpec
+
+GOSSIP_PORT = 7946
+API_PORT = 8080
+CLIENT_HOST = "192.0.2.1"  # TEST-NET-1: the clients' side of the internet
+TIER_PLANS = {"reserved": "enterprise", "paid": "pro", "free": "free"}
+WEBHOOK_SCHEDULE_S = (0.0, 1.0, 5.0, 15.0, 60.0)
+WEBHOOK_REPEAT_S = 120.0
+# Client-side: how many nodes a submission tries when a node does not answer (down, or the request was cut).
+SUBMIT_NODES_TRIED_MAX = 3
+
+StoreWrapper = Callable[[Store], Any]  # Store -> async context manager yielding the Store the node uses
+
+
+def provider_host(name: str) -> str:
+    return f"{name}.sim"
+
+
+def receiver_host(name: str) -> str:
+    return f"{name}.hooks.sim"
+
+
+def account_key(tenant: str) -> str:
+    return f"sim-account-key-{tenant}"
+
+
+def credential(tenant: str, index: int) -> str:
+    """The Authorization value of a tenant's `index`-th provider credential (its queue key)."""
+    return f"Bearer {tenant}-credential-{index}"
+
+
+@final
+@dataclass(slots=True)
+class SimNode:
+    """One node's lasting identity and disk, and the running process if it is up."""
+
+    name: str
+    region: str
+    host: str
+    data: MemoryStoreData = field(default_factory=MemoryStoreData)
+    boots: int = 0
+    running: Node | None = None
+    scope: trio.CancelScope | None = None
+
+    @property
+    def api_authority(self) -> str:
+        return f"{self.host}:{API_PORT}"
+
+    @property
+    def gossip_address(self) -> str:
+        return f"{self.host}:{GOSSIP_PORT}"
+
+
+@final
+@dataclass(slots=True)
+class Submission:
+    """What a client learnt from submitting one job."""
+
+    status: int | None  # None: no node answered
+    job_id: str | None
+    node: str | None
+
+
+@final
+class World:
+    """Nodes, providers, receivers and clients on one simulated network (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        simulation: Simulation,
+        scenario: Scenario,
+        network: SimulatedNetwork,
+        nursery: trio.Nursery,
+        clustered: bool = True,
+        store_wrapper: StoreWrapper | None = None,
+        on_delivery: Callable[[DeliveryReport], None] = lambda report: None,
+    ) -> None:
+        self.simulation = simulation
+        self.scenario = scenario
+        self.network = network
+        self.clustered = clustered
+        self._nursery = nursery
+        self._store_wrapper = store_wrapper
+        self.http = SimulatedHttp(rng=simulation.rng_for("http"), trace=simulation.trace, paths=self._path_state)
+        self.nodes = {
+            name: SimNode(name, scenario.cluster.region_of(name), f"127.0.1.{index}")
+            for index, name in enumerate(scenario.cluster.node_names, start=1)
+        }
+        self._region_by_host = {node.host: node.region for node in self.nodes.values()}
+        self.cluster_key = simulation.rng_for("cluster/keyring").randbytes(32).hex()
+        self.providers = {spec.name: self._provider(spec) for spec in scenario.providers}
+        self._provider_regions = {spec.name: frozenset(spec.regions) for spec in scenario.providers}
+        self.receivers = {
+            spec.name: WebhookReceiver(
+                name=spec.name,
+                latency=LognormalLatency(spec.latency_median_s, spec.latency_p99_s),
+                failure_rate=spec.failure_rate,
+                rng=simulation.rng_for(f"receiver/{spec.name}"),
+                on_delivery=on_delivery,
+            )
+            for spec in scenario.receivers
+        }
+        for name, provider in self.providers.items():
+            self.http.mount(f"{provider_host(name)}:80", provider)
+        for name, receiver in self.receivers.items():
+            self.http.mount(f"{receiver_host(name)}:80", receiver)
+        # Faults the HTTP paths apply (simulations/faults.py sets and clears them).
+        self.provider_outages: set[tuple[str, str]] = set()  # (provider, region or "" for every region)
+        self.receiver_outages: set[str] = set()
+        self._client = self.http.for_source(CLIENT_HOST)
+        self._next_node = itertools.cycle(list(self.nodes))
+        self._config = {name: self._node_config(node) for name, node in self.nodes.items()}
+
+    def __repr__(self) -> str:
+        up = sum(node.running is not None for node in self.nodes.values())
+        return f"<World {self.scenario.name}: {up}/{len(self.nodes)} nodes up | {self.network!r}>"
+
+    # -- nodes --------------------------------------------------------------------------------------------------
+
+    def running_nodes(self) -> list[SimNode]:
+        return [node for node in self.nodes.values() if node.running is not None]
+
+    def region_of_host(self, host: str) -> str:
+        return self._region_by_host.get(host, "")
+
+    async def start_all(self) -> None:
+        """Start every node at once (they find each other through their seeds) and wait until all are up."""
+        async with trio.open_nursery() as starting:
+            for name in self.nodes:
+                starting.start_soon(self.start, name)
+
+    async def start(self, name: str) -> None:
+        """Boot `name` over its kept data; returns once it serves its API (after its bounded join wait)."""
+        node = self.nodes[name]
+        if node.scope is not None:
+            raise RuntimeError(f"{name} is already running")
+        node.boots += 1
+        node.scope = trio.CancelScope()
+        self.simulation.trace.record(f"world start {name} boot {node.boots}")
+        await self._nursery.start(self._run_node, node, node.scope)
+
+    def crash(self, name: str) -> None:
+        """Stop `name` at once, without leaving: its API stops answering and its in-memory state is gone."""
+        node = self.nodes[name]
+        if node.scope is None:
+            raise RuntimeError(f"{name} is not running")
+        if node.running is not None:
+            self.http.unmount(node.api_authority)
+        node.scope.cancel()
+        node.scope = None
+        node.running = None
+        self.simulation.trace.record(f"world crash {name}")
+
+    async def _run_node(
+        self, node: SimNode, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        runtime = simulated_runtime(
+            self.simulation,
+            f"{node.name}/boot-{node.boots}",
+            transport=self.http.for_source(node.host),
+            cluster_transport=self.network.open_transport if self.clustered else None,
+        )
+        with scope:
+            async with (
+                open_memory_store(node.data) as durable,
+                self._wrap(durable) as store,
+                trio.open_nursery() as server,
+            ):
+                running: Node = await server.start(
+                    partial(run_node, self._config[node.name], runtime, store=store, serve_http=False)
+                )
+                self.http.mount(node.api_authority, running.app, nursery=server)
+                node.running = running
+                task_status.started()
+
+    def _wrap(self, store: Store) -> Any:
+        return contextlib.nullcontext(store) if self._store_wrapper is None else self._store_wrapper(store)
+
+    def _node_config(self, node: SimNode) -> Config:
+        cluster = ClusterConfig()
+        if self.clustered:
+            cluster = ClusterConfig(
+                bind=node.gossip_address,
+                api_advertise=node.api_authority,
+                region=node.region,
+                seeds=tuple(other.gossip_address for other in self.nodes.values() if other is not node),
+                keys=(self.cluster_key,),
+                profile=self.scenario.cluster.profile,
+            )
+        return Config(
+            server=ServerConfig(listen=node.api_authority, data_dir=Path("simulated", node.name), node_id=node.name),
+            security=SecurityConfig(allow_private_targets=True),
+            webhooks=WebhooksConfig(schedule_s=WEBHOOK_SCHEDULE_S, repeat_every_s=WEBHOOK_REPEAT_S),
+            cluster=cluster,
+            accounts=tuple(
+                AccountConfig(
+                    id=tenant.name,
+                    key_sha256=hashlib.sha256(account_key(tenant.name).encode()).digest(),
+                    plan=TIER_PLANS[tenant.tier],
+                )
+                for tenant in self.scenario.tenants
+            ),
+            targets=tuple(_target(spec) for spec in self.scenario.providers),
+        )
+
+    # -- the outside world -----------------------------------------------------------------------------------------
+
+    def _provider(self, spec: ProviderSpec) -> Provider:
+        return Provider(
+            name=spec.name,
+            rate_limit_rps=spec.rate_limit_rps,
+            burst=spec.burst,
+            signal=spec.signal,
+            latency=LognormalLatency(spec.latency_median_s, spec.latency_p99_s),
+            error_rate=spec.error_rate,
+            rng=self.simulation.rng_for(f"provider/{spec.name}"),
+            region_of=self.region_of_host,
+        )
+
+    def _path_state(self, source: str, destination: str) -> PathState:
+        if (source, destination) in self.network.blocked:
+            return PathState.BLACKHOLE
+        if destination.endswith(".hooks.sim"):
+            receiver = destination.removesuffix(".hooks.sim")
+            return PathState.REFUSED if receiver in self.receiver_outages else PathState.OPEN
+        if destination.endswith(".sim"):
+            provider = destination.removesuffix(".sim")
+            region = self.region_of_host(source)
+            regions = self._provider_regions.get(provider, frozenset())
+            if (regions and region not in regions) or (provider, "") in self.provider_outages:
+                return PathState.REFUSED
+            if (provider, region) in self.provider_outages:
+                return PathState.REFUSED
+        return PathState.OPEN
+
+    # -- clients ---------------------------------------------------------------------------------------------------
+
+    def job_body(self, tenant: TenantSpec, sequence: int, key_index: int) -> dict[str, Any]:
+        return {
+            "url": f"http://{provider_host(tenant.provider)}/v1/{tenant.name}",
+            "method": "POST",
+            "headers": {"Authorization": credential(tenant.name, key_index)},
+            "body": f"job {sequence}",
+            "idempotent_key": f"{tenant.name}-{sequence}",
+            "metadata": {"tenant": tenant.name},
+            "webhooks": [{"url": f"http://{receiver_host(name)}/{tenant.name}"} for name in tenant.receivers],
+            "webhook_quorum": tenant.quorum,
+        }
+
+    async def submit(self, tenant: TenantSpec, body: dict[str, Any]) -> Submission:
+        """POST a job to the next node round-robin; on no answer (a node down, a cut request) the next one."""
+        content = json.dumps(body).encode()
+        headers = {"Authorization": f"Bearer {account_key(tenant.name)}", "Content-Type": "application/json"}
+        for _try in range(min(SUBMIT_NODES_TRIED_MAX, len(self.nodes))):
+            node = self.nodes[next(self._next_node)]
+            url = f"http://{node.api_authority}/api/v1/jobs"
+            request = httpx.Request("POST", url, headers=headers, content=content)
+            try:
+                response = await self._client.handle_async_request(request)
+            except httpx.TransportError:
+                continue
+            answer = json.loads(await response.aread())
+            return Submission(response.status_code, answer.get("job_id"), node.name)
+        return Submission(None, None, None)
+
+    async def find_job(self, job_id: str, account: str) -> dict[str, Any] | None:
+        """GET a job through the first running node that answers; None when no node knows it."""
+        headers = {"Authorization": f"Bearer {account_key(account)}"}
+        for node in self.running_nodes():
+            request = httpx.Request("GET", f"http://{node.api_authority}/api/v1/jobs/{job_id}", headers=headers)
+            try:
+                response = await self._client.handle_async_request(request)
+            except httpx.TransportError:
+                continue
+            body = await response.aread()
+            if response.status_code == 200:
+                return dict(json.loads(body))
+            if response.status_code == 404:
+                return None
+        return None
+
+    # -- what invariants read ------------------------------------------------------------------------------------
+
+    def durable_job(self, job_id: str) -> tuple[str, Any] | None:
+        """(node, encoded job) for the first node whose disk holds `job_id`."""
+        for node in self.nodes.values():
+            job = node.data.jobs.get(job_id)
+            if job is not None:
+                return node.name, job
+        return None
+
+    def converged(self) -> bool:
+        """Every running node sees exactly the running nodes as live members (trivially true unclustered)."""
+        running = self.running_nodes()
+        expected = {node.name for node in running}
+        for node in running:
+            assert node.running is not None
+            member = node.running.membership
+            if member is not None and {info.node for info in member.live_members()} != expected:
+                return False
+        return True
+
+
+def _target(spec: ProviderSpec) -> TargetConfig:
+    """A provider's origin as the operator configures it: its per-credential rate, and enough concurrency to
+    keep that rate up at the provider's p99 latency."""
+    concurrency = max(2, math.ceil(spec.rate_limit_rps * spec.latency_p99_s) + 1)
+    origin = f"http://{provider_host(spec.name)}"
+    return TargetConfig(origin=origin, rps=spec.rate_limit_rps, max_concurrent=concurrency)
