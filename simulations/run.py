@@ -12,6 +12,7 @@ run, and the report says which and when. Planted bugs (simulations/bugs.py) chan
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -25,7 +26,7 @@ from .determinism import Simulation, run_simulation
 from .faults import RANDOM_FAULT_KINDS, FaultInjector
 from .invariants import LIMIT_WINDOW_S, Invariants, InvariantViolated, Violation
 from .network import open_simulated_network
-from .scenario import Scenario
+from .scenario import Scenario, load_scenario
 from .workload import JobEntry, Ledger, TierCounts, run_tenant
 from .world import World
 
@@ -308,3 +309,18 @@ def _failover_s(outcome: _Outcome) -> float | None:
             if before and after is not None:
                 resumed.append(after - crashed_at)
     return max(resumed) if resumed else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run one scenario (a file or a bundled name) for one seed; print the trace digest, event count, verdict."""
+    parser = argparse.ArgumentParser(prog="python -m simulations.run", description=main.__doc__)
+    parser.add_argument("scenario")
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--bug", action="append", default=[], choices=sorted(PLANTED_BUGS))
+    args = parser.parse_args(argv)
+    report = run_scenario(load_scenario(args.scenario), seed=args.seed, bugs=frozenset(args.bug))
+    print(report.trace_digest, report.trace_events, "passed" if report.passed else report.violations[0].invariant)
+
+
+if __name__ == "__main__":
+    main()

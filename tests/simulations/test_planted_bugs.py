@@ -1,0 +1,61 @@
+"""Planted bugs prove the invariants catch real violations, and the same scenarios pass without them."""
+
+from __future__ import annotations
+
+import pytest
+
+from simulations.run import run_scenario
+from simulations.scenario import ClusterSpec, FaultSpec, ProviderSpec, Scenario, TenantSpec
+
+# Each key gets jobs four times faster than its provider allows, so every queue stays backlogged: one pacer per
+# node is then visible upstream, and jobs wait in queues long enough for an uncommitted one to be lost.
+BACKLOGGED = Scenario(
+    name="backlogged",
+    duration_s=20,
+    warmup_s=3,
+    drain_s=3,
+    cluster=ClusterSpec(nodes=4, regions=("iad", "lax")),
+    providers=(ProviderSpec(name="api", rate_limit_rps=0.5, burst=1, latency_median_s=0.05, latency_p99_s=0.2),),
+    tenants=(TenantSpec(name="acme", provider="api", keys=5, rate_per_s=10),),
+)
+CRASHING = Scenario(
+    name="backlogged-crash",
+    duration_s=14,
+    warmup_s=3,
+    drain_s=12,
+    cluster=BACKLOGGED.cluster,
+    providers=BACKLOGGED.providers,
+    tenants=BACKLOGGED.tenants,
+    faults=(FaultSpec(at_s=8, kind="crash", nodes=("n2",), duration_s=4),),
+)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "bug", "invariant"),
+    [(BACKLOGGED, "queue-per-node", "upstream-limit"), (CRASHING, "ack-before-commit", "no-acked-job-lost")],
+)
+def test_a_planted_bug_trips_its_invariant_and_the_same_scenario_passes_without_it(
+    scenario: Scenario, bug: str, invariant: str
+) -> None:
+    planted = run_scenario(scenario, seed=11, bugs=frozenset({bug}))
+    assert not planted.passed
+    (violation,) = planted.violations
+    assert violation.invariant == invariant, violation
+    assert planted.bugs == (bug,)
+    assert planted.virtual_s < scenario.warmup_s + scenario.duration_s + scenario.drain_s  # stopped at once
+
+    sound = run_scenario(scenario, seed=11)
+    assert sound.passed, sound.violations
+    assert sound.tiers["all"].acked > 0
+    if bug == "ack-before-commit":
+        # The crash happened after the workload began, and the jobs it caught are still owed, not lost.
+        assert sound.fault_schedule == ("t=8s crash n2 for 4s",)
+        assert violation.at_s >= scenario.warmup_s + 8
+    else:
+        # The provider saw one pacer per key: never more calls than its limit allows, give or take the tolerance.
+        assert sound.upstream_requests <= 0.5 * 5 * (scenario.duration_s + scenario.drain_s + 5) + 5 * 2
+
+
+def test_an_unknown_bug_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown planted bugs"):
+        run_scenario(BACKLOGGED, seed=1, bugs=frozenset({"no-such-bug"}))
