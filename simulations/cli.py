@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import logging
 import shlex
 import sys
 import time
@@ -93,6 +94,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plots", type=Path, metavar="DIR", help="write PNG charts per run (needs the `plots` extra)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no line per passing run")
     parser.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a TTY")
+    parser.add_argument(
+        "--log-level",
+        default="ERROR",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="the nodes' own log (default ERROR: nodes warn about every fault they ride out; the invariants judge)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -267,6 +274,16 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | No
     except UsageError as exc:
         err.write(f"{PROG}: error: {exc}\n")
         return 2
+    node_log = logging.getLogger("ezthrottle")
+    level_before = node_log.level
+    node_log.setLevel(args.log_level)
+    try:
+        return _run_plan(plan, args, out, err)
+    finally:
+        node_log.setLevel(level_before)
+
+
+def _run_plan(plan: Plan, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .run import run_scenario
 
     runs = [(point, seed) for point in plan.points for seed in plan.seeds]
@@ -332,9 +349,8 @@ def _figures(report: RunReport) -> str:
 
 def _print_summary(out: TextIO, plan: Plan, outcomes: Sequence[RunOutcome]) -> None:
     failed = [outcome for outcome in outcomes if not outcome.passed]
-    out.write(
-        f"{plan.scenario.name}: {len(outcomes)} runs, {len(outcomes) - len(failed)} passed, {len(failed)} failed\n"
-    )
+    runs = f"{len(outcomes)} run" + ("" if len(outcomes) == 1 else "s")
+    out.write(f"{plan.scenario.name}: {runs}, {len(outcomes) - len(failed)} passed, {len(failed)} failed\n")
     if failed:
         seeds = sorted({outcome.seed for outcome in failed})
         out.write(f"failing seeds: {' '.join(map(str, seeds))}\n")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -123,3 +125,71 @@ def test_ezthrottle_simulate_and_python_m_simulations_are_the_same_command(capsy
     )
     assert completed.returncode == 2
     assert "the first seed is after the last" in completed.stderr
+
+
+# Every key gets jobs far faster than its provider allows, so with one pacer per node (the planted bug) the
+# provider sees a key above its limit within seconds; a crash gives the failure a fault schedule to print.
+BACKLOGGED = """\
+# Backlogged keys for the failure-reporting tests.
+duration_s = 12
+warmup_s = 3
+drain_s = 3
+
+[cluster]
+nodes = 3
+
+[[providers]]
+name = "api"
+rate_limit_rps = 0.5
+
+[[tenants]]
+name = "acme"
+provider = "api"
+keys = 4
+rate_per_s = 10
+
+[[faults]]
+at_s = 1
+kind = "crash"
+nodes = ["n3"]
+duration_s = 2
+"""
+
+
+def test_unknown_planted_bug_lists_the_known_ones() -> None:
+    status, _, err = simulate(["baseline", "--plant-bug", "no-such-bug"])
+    assert status == 2
+    assert "unknown --plant-bug no-such-bug; the planted bugs are:" in err
+    assert "  queue-per-node: " in err and "  ack-before-commit: " in err
+
+
+def test_a_failed_run_prints_seed_faults_violation_and_a_replay_that_reproduces_it(tmp_path: Path) -> None:
+    scenario = tmp_path / "backlogged.toml"
+    scenario.write_text(BACKLOGGED)
+    status, out, _ = simulate([str(scenario), "--seed", "11", "--plant-bug", "queue-per-node", "--quiet"])
+    assert status == 1
+    lines = out.splitlines()
+    assert lines[0].startswith("seed 11: FAILED")
+    assert lines[1:3] == ["  fault schedule:", "    t=1s crash n3 for 2s"]
+    assert lines[3] == "  violations:" and lines[4].startswith("    upstream-limit at t=")
+    replay = f"ezthrottle simulate {scenario} --seed 11 --plant-bug queue-per-node"
+    assert lines[5] == f"  replay: {replay}"
+    assert lines[-2:] == ["backlogged: 1 run, 0 passed, 1 failed", "failing seeds: 11"]
+
+    first = tmp_path / "first.json"
+    again = tmp_path / "again.json"
+    assert simulate([*shlex.split(replay)[2:], "--quiet", "--json", str(first)])[0] == 1
+    assert cli.main([*shlex.split(replay)[2:], "--quiet", "--json", str(again)]) == 1
+    reports = [json.loads(path.read_text())["runs"][0]["report"] for path in (first, again)]
+    assert reports[0]["trace_digest"] == reports[1]["trace_digest"]
+    assert reports[0]["violations"] == reports[1]["violations"] != []
+
+
+def test_swarm_runs_consecutive_seeds_with_drawn_faults_and_lists_the_failing_ones(tmp_path: Path) -> None:
+    scenario = tmp_path / "backlogged.toml"
+    scenario.write_text(BACKLOGGED + '\n[swarm]\nkinds = ["loss"]\nrate_per_min = 30\nmax_duration_s = 2\n')
+    status, out, _ = simulate([str(scenario), "--swarm", "2", "--seed", "40", "--plant-bug", "queue-per-node"])
+    assert status == 1
+    assert "failing seeds: 40 41" in out
+    assert f"replay: ezthrottle simulate {scenario} --seed 41 --swarm 1 --plant-bug queue-per-node" in out
+    assert " loss " in out.split("seed 41: FAILED")[1]  # the drawn faults are in the printed schedule
