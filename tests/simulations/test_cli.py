@@ -193,3 +193,13 @@ def test_swarm_runs_consecutive_seeds_with_drawn_faults_and_lists_the_failing_on
     assert "failing seeds: 40 41" in out
     assert f"replay: ezthrottle simulate {scenario} --seed 41 --swarm 1 --plant-bug queue-per-node" in out
     assert " loss " in out.split("seed 41: FAILED")[1]  # the drawn faults are in the printed schedule
+
+
+def test_plots_without_matplotlib_is_refused_up_front_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the `plots` extra were not installed
+    status, out, err = simulate(["baseline", "--plots", str(tmp_path)])
+    assert (status, out) == (2, "")
+    assert "PNG plots need matplotlib: pip install 'ezthrottle-edge[plots]'" in err
+    assert not any(tmp_path.iterdir())
