@@ -23,6 +23,7 @@ from bench import (
     noisy_neighbour,
     proxy_overhead,
     scheduler_ops,
+    simulator_speed,
 )
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -37,6 +38,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "gossip": gossip.run,
     "proxy_overhead": proxy_overhead.run,
     "noisy_neighbour": noisy_neighbour.run,
+    "simulator_speed": simulator_speed.run,
 }
 
 

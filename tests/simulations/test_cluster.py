@@ -3,11 +3,7 @@ restarts, and the same seed giving the same trace, in this process and in others
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import trio
 
@@ -15,10 +11,10 @@ from cluster import MemberState, SwimConfig
 from simulations.cluster import SimulatedCluster, crash_detection, live_names
 from simulations.determinism import Simulation, run_simulation, wait_for
 from simulations.network import LinkFaults, SimulatedNetwork, open_simulated_network
+from tests.simulations.replay import replay_output
 
 LAN = SwimConfig.lan()
 MEMBERS = 5
-REPO_ROOT = Path(__file__).resolve().parents[2]
 NAMES = [f"m{index}" for index in range(MEMBERS)]
 
 
@@ -63,16 +59,8 @@ def test_the_same_seed_replays_the_same_trace_and_another_seed_does_not() -> Non
 def test_a_run_replays_identically_in_other_processes_under_other_hash_seeds() -> None:
     _times, digest = crash_run(seed=7)
     for hash_seed in ("1", "2"):
-        completed = subprocess.run(
-            [sys.executable, "-m", "simulations.cluster", "--seed", "7", "--members", str(MEMBERS)],
-            cwd=REPO_ROOT,
-            env={**os.environ, "PYTHONHASHSEED": hash_seed},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        assert completed.stdout.split()[0] == digest
+        arguments = ["-m", "simulations.cluster", "--seed", "7", "--members", str(MEMBERS)]
+        assert replay_output(arguments, hash_seed=hash_seed)[0] == digest
 
 
 def test_a_partitioned_member_is_declared_dead_and_rejoins_after_the_heal() -> None:

@@ -4,10 +4,7 @@ providers speak each rate-limit dialect, and a whole run replays from its seed, 
 from __future__ import annotations
 
 import itertools
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -23,8 +20,8 @@ from simulations.run import run_scenario
 from simulations.scenario import ClusterSpec, ProviderSpec, ReceiverSpec, Scenario, TenantSpec, load_scenario
 from simulations.workload import JobEntry, Ledger
 from simulations.world import World
+from tests.simulations.replay import replay_output
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SMALL = Scenario(
     name="small",
     duration_s=6,
@@ -75,7 +72,10 @@ def test_a_crashed_node_loses_its_memory_keeps_its_disk_and_resumes_its_jobs_aft
             trio.open_nursery() as nursery,
         ):
             world = World(
-                simulation=simulation, scenario=SMALL, network=network, nursery=nursery,
+                simulation=simulation,
+                scenario=SMALL,
+                network=network,
+                nursery=nursery,
                 on_delivery=ledger.on_delivery,
             )
             await world.start_all()
@@ -105,7 +105,8 @@ def test_http_follows_partitions_outages_and_server_crashes_by_source() -> None:
     async def main(simulation: Simulation) -> list[str]:
         paths = {("a", "b"): PathState.BLACKHOLE, ("a", "c"): PathState.REFUSED}
         http = SimulatedHttp(
-            rng=simulation.rng_for("http"), trace=simulation.trace,
+            rng=simulation.rng_for("http"),
+            trace=simulation.trace,
             paths=lambda source, destination: paths.get((source, destination), PathState.OPEN),
         )
         handled = []
@@ -155,8 +156,13 @@ def test_http_follows_partitions_outages_and_server_crashes_by_source() -> None:
 def test_each_provider_dialect_tells_the_node_how_long_to_wait(signal: str) -> None:
     async def main(simulation: Simulation) -> list[tuple[int, float | None]]:
         provider = Provider(
-            name="api", rate_limit_rps=0.5, burst=1, signal=signal, latency=LognormalLatency(0.01, 0.01),
-            error_rate=0.0, rng=simulation.rng_for("provider"),
+            name="api",
+            rate_limit_rps=0.5,
+            burst=1,
+            signal=signal,
+            latency=LognormalLatency(0.01, 0.01),
+            error_rate=0.0,
+            rng=simulation.rng_for("provider"),
         )
         http = SimulatedHttp(rng=simulation.rng_for("http"), trace=simulation.trace)
         http.mount("api.sim:80", provider)
@@ -195,13 +201,5 @@ def test_a_run_replays_from_its_seed_in_this_process_and_under_other_hash_seeds(
     assert first.tiers == again.tiers
     assert other.trace_digest != first.trace_digest
     for hash_seed in ("1", "2"):
-        completed = subprocess.run(
-            [sys.executable, "-m", "simulations.run", str(path), "--seed", "21"],
-            cwd=REPO_ROOT,
-            env={**os.environ, "PYTHONHASHSEED": hash_seed},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        assert completed.stdout.split() == [first.trace_digest, str(first.trace_events), "passed"]
+        output = replay_output(["-m", "simulations.run", str(path), "--seed", "21"], hash_seed=hash_seed)
+        assert output == [first.trace_digest, str(first.trace_events), "passed"]
