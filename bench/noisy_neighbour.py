@@ -4,13 +4,13 @@ Goal from the issue: with the fair scheduler, the light tenant's p99 under a flo
 capacity is at most 1.5x its p99 alone, while the upstream stays at least 85% busy; plain FIFO (`fairness =
 false`, same limits otherwise) should show the problem. Everything runs on loopback, each part in its own process:
 
-- upstream: `python -m bench.noisy_neighbour upstream PORT`, raw keep-alive HTTP/1.1 on Trio with a fixed
-  capacity: `UPSTREAM_SLOTS` requests at once (a FIFO semaphore), each holding its slot for `SERVICE_S`. It
+- upstream: `python -m bench.noisy_neighbour upstream PORT SLOTS SERVICE_S`, raw keep-alive HTTP/1.1 on Trio with
+  a fixed capacity: SLOTS requests at once (a FIFO semaphore), each holding its slot for SERVICE_S. It
   keeps a ledger (`LEDGER_PATH`, answered outside the slots): slot-seconds spent serving, requests served per
   `x-api-key` (the proxy passes the header on), and requests that found every slot taken (the proxy must never
-  cause one). Busy fraction over a window = slot-seconds served / (`UPSTREAM_SLOTS` x wall time).
+  cause one). Busy fraction over a window = slot-seconds served / (SLOTS x wall time).
 - proxy: the real `ezthrottle serve --config FILE` with one `[[protect]]` listener, `max_concurrency` =
-  `UPSTREAM_SLOTS`, and two keys of the same tier (paid), so the result comes from per-key fairness, not from a
+  SLOTS, and two keys of the same tier (paid), so the result comes from per-key fairness, not from a
   tier privilege. Started once with fairness on and once with it off.
 - heavy tenant: wrk, `FLOOD_CONNECTIONS` keep-alive connections. A refused request comes back at once and the
   connection goes again, so back to back the flood offers whatever the proxy can answer; the paced flood pauses
@@ -20,18 +20,25 @@ false`, same limits otherwise) should show the problem. Everything runs on loopb
   proxy's own histogram (`WAIT_METRIC`, from the node's /metrics) says how long its requests waited for a slot:
   that part of the latency is the scheduler's, the rest is the proxy's CPU and the network.
 
-Why the upstream is slower than the issue's example (8 x 20 ms = 400 req/s): the proxy answers a few hundred
-proxied requests a second per core on this machine (`bench.proxy_overhead`) and a refusal costs about what a
-trivial hypercorn app does, so at 400 req/s the proxy, not the upstream, would be the bottleneck before any
-flood. 8 x 50 ms keeps the upstream's own traffic to about a third of the proxy, and the light tenant's requests
-(one per 100 ms) short enough never to overlap, so the one slot the per-key cap (0.9 of 8 = 7) keeps from the
-heavy tenant is free whenever the light tenant asks. A 20x flood of this upstream is still beyond what one proxy
-process can answer; the checks say how far the back-to-back flood got.
+Two upstreams (`UPSTREAMS`), both slower than the issue's example (8 x 20 ms = 400 req/s), because the proxy
+itself has a ceiling: one process answers about 1,000-1,500 refusals a second on this machine (less while it also
+proxies), so a flood of 20x 400 req/s would measure the proxy's CPU, not the scheduler:
+- 8 x 50 ms (160 req/s): a 20x flood (3,200 req/s) is beyond one proxy process; the rows say how far it got and
+  what the light tenant saw meanwhile, with the proxy's CPU saturated.
+- 16 x 400 ms (40 req/s): a 20x flood (800 req/s) is within the proxy's reach; these are the rows for the issue's
+  goal. Its service time is also long next to the delay a saturated event loop adds to every request.
+
+The per-key cap (`key_concurrency_share_max`) is sized as an operator would size it: to leave the light tenant
+the slots it keeps busy (10 req/s x its latency through the proxy, taken as 1.25 x the service time, rounded up)
+and so 7 of 8 slots at 50 ms, 11 of 16 at 400 ms. The price: a heavy tenant alone can use only that much of the
+upstream. With a tighter margin (the default 0.9, or 6 of 8 at 8 x 200 ms) the light tenant's requests found every
+slot taken and waited for the next to free (28-62 ms mean, a p99 of 1.7-1.8x alone in the runs that showed it): a
+scheduler that never preempts hands slots over only as they free, and it has no dynamic headroom for active keys.
 
 Queue limits: the defaults (50 waiting per key, 1000 in all) would queue all 50 heavy connections and refuse
 none, so a flood could offer no more than it is served. They are set to what the upstream clears in about
 `QUEUE_SERVICE_TIMES` service times, the point of refusing early instead of queueing: a key may have
-`UPSTREAM_SLOTS` waiting and all keys `QUEUE_SERVICE_TIMES x UPSTREAM_SLOTS`; in FIFO mode the one queue has the
+SLOTS waiting and all keys `QUEUE_SERVICE_TIMES` x SLOTS; in FIFO mode the one queue has the
 global limit.
 
 Each mode: a warm-up, the light tenant alone for `LIGHT_WINDOW_S`, then under each flood in turn for
@@ -64,14 +71,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.common import LOOPBACK, TOOL_GRACE_S, LoadResult, free_loopback_port, parse_wrk, percentiles, running_command
 from bench.proxy_overhead import KEY_HEADER, ProtectedListener, protected_listener
 
-UPSTREAM_SLOTS = 8
-SERVICE_S = 0.05
-UPSTREAM_CAPACITY_PER_S = UPSTREAM_SLOTS / SERVICE_S
 FLOOD_CONNECTIONS = 50
 # Each heavy connection's pause before every request, by flood: back to back is the issue's flood (as much as
-# the proxy can answer); the paced one offers about FLOOD_CONNECTIONS / pause and leaves the proxy spare CPU, so
-# the scheduler's effect shows apart from the proxy's own saturation.
-FLOOD_PAUSES_MS = {"flood, back to back": 0, "flood, 125 ms pauses": 125}
+# the proxy can answer); the paced one offers at most FLOOD_CONNECTIONS / pause (1,000 req/s, 25x the 200 ms
+# upstream) and leaves the proxy some spare CPU, so the scheduler's effect shows apart from the proxy's saturation.
+FLOOD_PAUSES_MS = {"flood, back to back": 0, "flood, 50 ms pauses": 50}
+# The light tenant's latency through the proxy relative to the upstream's service time, for sizing the cap.
+LIGHT_LATENCY_PER_SERVICE_TIME = 1.25
 LIGHT_RATE_PER_S = 10
 LIGHT_WINDOW_S = 10
 FLOOD_SETTLE_S = 1
@@ -83,8 +89,6 @@ GOAL_P99_RATIO = 1.5
 GOAL_BUSY_FRACTION = 0.85
 GOAL_FLOOD_FACTOR = 20
 QUEUE_SERVICE_TIMES = 2
-KEY_QUEUE_LENGTH_MAX = UPSTREAM_SLOTS
-QUEUE_LENGTH_MAX = QUEUE_SERVICE_TIMES * UPSTREAM_SLOTS
 
 LEDGER_PATH = "/ledger"
 WAIT_METRIC = "ezthrottle_proxy_queue_wait_seconds"
@@ -104,6 +108,7 @@ class Snapshot:
     proxy process's CPU time."""
 
     at_s: float
+    slots: int
     busy_s: float
     served: dict[str, int]
     beyond_slots: int
@@ -124,6 +129,7 @@ class Phase:
     light_wait_ms_mean: float
     light_admitted_within_10ms: float
     proxy_cpu_share: float  # of one core: the proxy is one Trio thread
+    beyond_slots: int  # requests that found every upstream slot taken during the window
     flood: LoadResult | None = None
 
     @classmethod
@@ -136,11 +142,12 @@ class Phase:
         return cls(
             light_latencies_ms=latencies_ms,
             light_refused=refused,
-            busy_fraction=(after.busy_s - before.busy_s) / (UPSTREAM_SLOTS * wall_s),
+            busy_fraction=(after.busy_s - before.busy_s) / (after.slots * wall_s),
             heavy_admitted_per_s=(after.served.get(heavy, 0) - before.served.get(heavy, 0)) / wall_s,
             light_wait_ms_mean=1000 * (after.light_waited_s - before.light_waited_s) * per_admission,
             light_admitted_within_10ms=within_10ms * per_admission,
             proxy_cpu_share=(after.proxy_cpu_s - before.proxy_cpu_s) / wall_s,
+            beyond_slots=after.beyond_slots - before.beyond_slots,
         )
 
     @property
@@ -235,32 +242,58 @@ async def _run_in_thread(work: Callable[[], LoadResult], results: list[LoadResul
     results.append(await trio.to_thread.run_sync(work))
 
 
-def protect_settings(fairness: bool) -> dict[str, Any]:
-    return {
-        "max_concurrency": UPSTREAM_SLOTS,
-        "fairness": fairness,
-        "key_queue_length_max": KEY_QUEUE_LENGTH_MAX,
-        "queue_length_max": QUEUE_LENGTH_MAX,
-    }
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One upstream size: `slots` requests at once, each served in `service_s`."""
+
+    slots: int
+    service_s: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.slots} x {self.service_s * 1000:g} ms"
+
+    @property
+    def capacity_per_s(self) -> float:
+        return self.slots / self.service_s
+
+    @property
+    def heavy_slots_max(self) -> int:
+        """The slots the per-key cap lets one key hold: all but those the light tenant keeps busy."""
+        return self.slots - math.ceil(LIGHT_RATE_PER_S * LIGHT_LATENCY_PER_SERVICE_TIME * self.service_s)
+
+    def protect_settings(self, fairness: bool) -> dict[str, Any]:
+        return {
+            "max_concurrency": self.slots,
+            "fairness": fairness,
+            "key_concurrency_share_max": self.heavy_slots_max / self.slots,
+            "key_queue_length_max": self.slots,
+            "queue_length_max": QUEUE_SERVICE_TIMES * self.slots,
+        }
+
+
+UPSTREAMS = (Upstream(slots=8, service_s=0.05), Upstream(slots=16, service_s=0.4))
 
 
 def run() -> dict[str, Any]:
-    """Start the upstream, then each mode's proxy in turn; measure, and shape the result for `python -m bench`."""
-    upstream_port = free_loopback_port()
-    upstream = f"http://{LOOPBACK}:{upstream_port}"
-    upstream_argv = [sys.executable, "-m", "bench.noisy_neighbour", "upstream", str(upstream_port)]
-    phases: dict[str, dict[str, Phase]] = {}
+    """For each upstream size, start the upstream, then each mode's proxy in turn; measure; shape the result."""
+    # (upstream, scheduler mode) -> flood name -> phase
+    phases: dict[tuple[Upstream, str], dict[str, Phase]] = {}
     beyond_slots = 0
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-noisy-neighbour-") as scratch_dir,
-        running_command(upstream_argv, upstream + LEDGER_PATH),
-    ):
+    with tempfile.TemporaryDirectory(prefix="bench-noisy-neighbour-") as scratch_dir:
         scratch = Path(scratch_dir)
-        for mode, fairness in MODES.items():
-            config_name, settings = f"fairness-{'on' if fairness else 'off'}", protect_settings(fairness)
-            with protected_listener(scratch, config_name, upstream, settings, [HEAVY_KEY, LIGHT_KEY]) as proxy:
-                phases[mode], beyond = trio.run(measure_mode, upstream, proxy, scratch)
-                beyond_slots += beyond
+        for size in UPSTREAMS:
+            port = free_loopback_port()
+            upstream = f"http://{LOOPBACK}:{port}"
+            argv = [sys.executable, "-m", "bench.noisy_neighbour", "upstream", str(port)]
+            argv += [str(size.slots), str(size.service_s)]
+            with running_command(argv, upstream + LEDGER_PATH):
+                for mode, fairness in MODES.items():
+                    config_name = f"fairness-{'on' if fairness else 'off'}"
+                    settings = size.protect_settings(fairness)
+                    with protected_listener(scratch, config_name, upstream, settings, [HEAVY_KEY, LIGHT_KEY]) as proxy:
+                        phases[size, mode], beyond = trio.run(measure_mode, upstream, proxy, scratch)
+                        beyond_slots += beyond
     flood_commands = {
         phase.flood.command for mode_phases in phases.values() for phase in mode_phases.values() if phase.flood
     }
@@ -269,20 +302,25 @@ def run() -> dict[str, Any]:
         "about": __doc__.strip().splitlines()[0],
         "targets": {mode: f"ezthrottle serve, [[protect]] fairness = {str(on).lower()}" for mode, on in MODES.items()},
         "commands": [
-            "python -m bench.noisy_neighbour upstream PORT",
+            "python -m bench.noisy_neighbour upstream PORT SLOTS SERVICE_S",
             "ezthrottle serve --config FILE",
             *sorted(flood_commands),
         ],
         "rows": [
-            _row(mode, name, phase, mode_phases[ALONE])
-            for mode, mode_phases in phases.items()
+            _row(size, mode, name, phase, mode_phases[ALONE])
+            for (size, mode), mode_phases in phases.items()
             for name, phase in mode_phases.items()
         ],
         "checks": _checks(phases, beyond_slots),
         "notes": [
-            f"Upstream: {UPSTREAM_SLOTS} slots x {SERVICE_S * 1000:g} ms = {UPSTREAM_CAPACITY_PER_S:g} req/s. Proxy:"
-            f" max_concurrency = {UPSTREAM_SLOTS}, key_queue_length_max = {KEY_QUEUE_LENGTH_MAX},"
-            f" queue_length_max = {QUEUE_LENGTH_MAX}, both keys paid. Light tenant: {LIGHT_RATE_PER_S} GET/s for"
+            "Upstreams (slots x service time = capacity; the proxy's max_concurrency = slots, key_queue_length_max ="
+            f" slots, queue_length_max = {QUEUE_SERVICE_TIMES} x slots, key_concurrency_share_max as shown): "
+            + "; ".join(
+                f"{size.label} = {size.capacity_per_s:g} req/s, cap {size.heavy_slots_max}/{size.slots}"
+                for size in UPSTREAMS
+            )
+            + ";"
+            f" both keys paid. Light tenant: {LIGHT_RATE_PER_S} GET/s for"
             f" {LIGHT_WINDOW_S} s per row (httpx, the bench process). Heavy tenant: wrk, {FLOOD_CONNECTIONS}"
             " connections; offered = wrk's req/s over its whole run, refused = its share of non-2xx answers,"
             " admitted = the upstream's count of its requests during the light tenant's window.",
@@ -294,10 +332,13 @@ def run() -> dict[str, Any]:
     }
 
 
-def _row(mode: str, flood_name: str, phase: Phase, alone: Phase) -> dict[str, str]:
+def _row(size: Upstream, mode: str, flood_name: str, phase: Phase, alone: Phase) -> dict[str, str]:
     flood = phase.flood
-    offered = "-" if flood is None else f"{flood.requests_per_s:.0f} ({_flood_factor(flood):.1f}x capacity)"
+    offered = "-"
+    if flood is not None:
+        offered = f"{flood.requests_per_s:.0f} ({_flood_factor(flood, size):.1f}x capacity)"
     return {
+        "upstream": size.label,
         "scheduler": mode,
         "heavy tenant": flood_name,
         "heavy offered req/s": offered,
@@ -312,35 +353,41 @@ def _row(mode: str, flood_name: str, phase: Phase, alone: Phase) -> dict[str, st
         "light wait for a slot (proxy metric)": (
             f"{phase.light_wait_ms_mean:.1f} ms mean, {phase.light_admitted_within_10ms:.0%} within 10 ms"
         ),
+        "upstream found full": str(phase.beyond_slots),
     }
 
 
-def _flood_factor(flood: LoadResult) -> float:
-    return flood.requests_per_s / UPSTREAM_CAPACITY_PER_S
+def _flood_factor(flood: LoadResult, size: Upstream) -> float:
+    return flood.requests_per_s / size.capacity_per_s
 
 
-def _checks(phases: dict[str, dict[str, Phase]], beyond_slots: int) -> dict[str, str]:
+def _checks(phases: dict[tuple[Upstream, str], dict[str, Phase]], beyond_slots: int) -> dict[str, str]:
     """The issue's three goals for each flood against the fair scheduler, and what FIFO did to the light tenant."""
     checks: dict[str, str] = {}
-    for mode, fairness in MODES.items():
-        alone = phases[mode][ALONE]
-        for name, phase in phases[mode].items():
+    for (size, mode), mode_phases in phases.items():
+        fairness = MODES[mode]
+        alone = mode_phases[ALONE]
+        for name, phase in mode_phases.items():
             if phase.flood is None:
                 continue
             ratio = phase.light_p99_ms / alone.light_p99_ms
             refused = f"light refused {phase.light_refused} of {phase.light_refused + len(phase.light_latencies_ms)}"
+            where = f"{size.label} upstream, {mode}, {name}"
             if not fairness:
-                checks[f"the problem, {mode}, {name}"] = f"light p99 {ratio:.2f}x alone; {refused}"
+                checks[f"the problem, {where}"] = f"light p99 {ratio:.2f}x alone; {refused}"
                 continue
-            busy, factor = phase.busy_fraction, _flood_factor(phase.flood)
+            busy, factor = phase.busy_fraction, _flood_factor(phase.flood, size)
             verdicts = [
                 _goal(f"light p99 {ratio:.2f}x alone", ratio <= GOAL_P99_RATIO, f"<= {GOAL_P99_RATIO}x"),
                 _goal(f"upstream {busy:.0%} busy", busy >= GOAL_BUSY_FRACTION, f">= {GOAL_BUSY_FRACTION:.0%}"),
                 _goal(f"flood {factor:.1f}x capacity", factor >= GOAL_FLOOD_FACTOR, f">= {GOAL_FLOOD_FACTOR}x"),
                 refused,
             ]
-            checks[f"goals, {mode}, {name}"] = "; ".join(verdicts)
-    checks["requests that found all upstream slots taken (the proxy exceeded max_concurrency)"] = str(beyond_slots)
+            checks[f"goals, {where}"] = "; ".join(verdicts)
+    checks[
+        "requests that found every upstream slot taken, whole run (a client that leaves mid-request frees its proxy"
+        " slot while the upstream still works on it: wrk's connections at the end of each flood)"
+    ] = str(beyond_slots)
     return checks
 
 
@@ -352,24 +399,29 @@ def _goal(value: str, met: bool, goal: str) -> str:
 class UpstreamLedger:
     """The upstream's capacity and its account of the work done, read through `LEDGER_PATH`."""
 
-    slots: trio.Semaphore = field(default_factory=lambda: trio.Semaphore(UPSTREAM_SLOTS))
+    slot_count: int
+    service_s: float
+    slots: trio.Semaphore = field(init=False)
     busy_s: float = 0.0
     served: Counter[str] = field(default_factory=Counter)
     beyond_slots: int = 0
 
+    def __post_init__(self) -> None:
+        self.slots = trio.Semaphore(self.slot_count)
+
     async def serve(self, key: str) -> bytes:
-        """One request's work: a slot held for `SERVICE_S` (waited for, and counted, when all are taken)."""
+        """One request's work: a slot held for `service_s` (waited for, and counted, when all are taken)."""
         if self.slots.value == 0:
             self.beyond_slots += 1
         async with self.slots:
             started = trio.current_time()
-            await trio.sleep(SERVICE_S)
+            await trio.sleep(self.service_s)
             self.busy_s += trio.current_time() - started
         self.served[key] += 1
         return b'{"ok":true}'
 
     def reading(self) -> bytes:
-        fields = {"at_s": trio.current_time(), "busy_s": self.busy_s, "served": self.served}
+        fields = {"at_s": trio.current_time(), "slots": self.slot_count, "busy_s": self.busy_s, "served": self.served}
         return json.dumps({**fields, "beyond_slots": self.beyond_slots}).encode()
 
 
@@ -404,14 +456,15 @@ async def serve_connection(ledger: UpstreamLedger, stream: trio.SocketStream) ->
         pass  # the client dropped the connection; others are unaffected
 
 
-async def serve_upstream(port: int) -> None:
-    await trio.serve_tcp(functools.partial(serve_connection, UpstreamLedger()), port, host=LOOPBACK)
+async def serve_upstream(port: int, slot_count: int, service_s: float) -> None:
+    ledger = UpstreamLedger(slot_count, service_s)
+    await trio.serve_tcp(functools.partial(serve_connection, ledger), port, host=LOOPBACK)
 
 
 def main() -> None:
-    """`python -m bench.noisy_neighbour` runs the benchmark; `... upstream PORT` serves the upstream."""
-    if sys.argv[1:2] == ["upstream"] and len(sys.argv) == 3:
-        trio.run(serve_upstream, int(sys.argv[2]))
+    """`python -m bench.noisy_neighbour` runs the benchmark; `... upstream PORT SLOTS SERVICE_S` serves an upstream."""
+    if sys.argv[1:2] == ["upstream"] and len(sys.argv) == 5:
+        trio.run(serve_upstream, int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
         return
     from bench.__main__ import render_section  # here, not at the top: bench.__main__ imports this module
 
