@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from edge.config import AccountConfig, Config
-from edge.http_server import REFUSED_BODY_DRAIN_BYTES_MAX
+from edge.http_server import REFUSED_BODY_DRAIN_BYTES_MAX, send_whole_response
 from edge.internal import AUTH_HEADER, InternalRoutes
 from edge.internal import CONTENT_TYPE as INTERNAL_CONTENT_TYPE
 from edge.internal import PREFIX as INTERNAL_PREFIX
@@ -91,18 +91,7 @@ class JobApi:
                 self._metrics.jobs_refused.labels(str(problem.status)).inc()
             status, body, content_type = problem.status, problem.body(scope.get("path")), PROBLEM_CONTENT_TYPE
             headers = problem.headers
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", content_type),
-                    (b"content-length", str(len(body)).encode()),
-                    *((k.lower().encode(), v.encode()) for k, v in headers.items()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_whole_response(send, status, body, content_type=content_type, headers=headers)
 
     async def _route(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes, dict[str, str]]:
         method, path = scope["method"], scope["path"]

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import traceback
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -168,6 +168,24 @@ class GuardedTCPServer(TCPServer):
     async def _initiate_server_close(self) -> None:
         self._closing = True
         await super()._initiate_server_close()
+
+
+async def send_whole_response(
+    send: ASGISend, status: int, body: bytes, *, content_type: bytes, headers: Mapping[str, str]
+) -> None:
+    """Answer with a body that is already whole: one start carrying its Content-Length, then the body."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                *((name.lower().encode(), value.encode()) for name, value in headers.items()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def install_connection_guard() -> None:

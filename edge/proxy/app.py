@@ -36,7 +36,7 @@ import httpx
 import trio
 
 from edge.config import ProtectConfig
-from edge.http_server import ASGISend
+from edge.http_server import ASGISend, send_whole_response
 from edge.problems import PROBLEM_CONTENT_TYPE, Problem
 from edge.proxy.body import BodyLimits, ClientGone, Receive, RequestBody
 from edge.proxy.callers import Caller, CallerDirectory
@@ -113,7 +113,13 @@ class ProxyApp:
         except Problem as problem:
             if problem.kind in ("body-timeout", "body-too-large"):
                 self._metrics.on_client_failure(problem.kind)
-            await _send_problem(send, problem, scope["path"])
+            await send_whole_response(
+                send,
+                problem.status,
+                problem.body(scope["path"]),
+                content_type=PROBLEM_CONTENT_TYPE,
+                headers=problem.headers,
+            )
 
     async def _proxy(self, scope: dict[str, Any], receive: Receive, send: ASGISend) -> None:
         target = _origin_form_target(scope)
@@ -248,14 +254,3 @@ def _declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
                 raise Problem(400, "Bad content length", "Content-Length must be a number of bytes")
             return int(value)
     return None
-
-
-async def _send_problem(send: ASGISend, problem: Problem, instance: str) -> None:
-    body = problem.body(instance)
-    headers = [
-        (b"content-type", PROBLEM_CONTENT_TYPE),
-        (b"content-length", str(len(body)).encode()),
-        *((name.lower().encode(), value.encode()) for name, value in problem.headers.items()),
-    ]
-    await send({"type": "http.response.start", "status": problem.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
