@@ -295,8 +295,10 @@ def _stats(counts: TierCounts, entries: list[JobEntry]) -> TierStats:
 
 
 def _failover_s(outcome: _Outcome) -> float | None:
-    """From the first crash until every key the crashed node was calling for (in the LIMIT_WINDOW_S before)
-    has a call from another node; None without a crash, or when none of its keys ran elsewhere."""
+    """From the first crash until every key the crashed node was calling for (in the LIMIT_WINDOW_S before) is
+    called again: by the node that took it over, or by the crashed node once it is back (a restart quicker than
+    failure detection keeps its keys). None without a crash, or when none of its keys was called again.
+    A key whose next job came late adds its idle time, so light workloads overstate it."""
     if not outcome.faults.crashes:
         return None
     crashed_at, name = outcome.faults.crashes[0]
@@ -305,7 +307,7 @@ def _failover_s(outcome: _Outcome) -> float | None:
     for provider in outcome.world.providers.values():
         for arrivals in provider.arrivals.values():
             before = [a for a in arrivals if crashed_at - LIMIT_WINDOW_S <= a.at < crashed_at and a.source == host]
-            after = next((a.at for a in arrivals if a.at >= crashed_at and a.source != host), None)
+            after = next((a.at for a in arrivals if a.at >= crashed_at), None)
             if before and after is not None:
                 resumed.append(after - crashed_at)
     return max(resumed) if resumed else None
