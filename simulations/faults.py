@@ -5,8 +5,8 @@ What the design must survive, per fault (the invariants in simulations/invariant
   over the same durable store: no acknowledged job may be lost, its keys move to the survivors and back;
 - partition (symmetric or one way): gossip and node-to-node HTTP between the sides stop; split ownership is
   allowed while it lasts (each side owns the keys of the members it cannot see), one queue per key after it heals;
-- loss, duplication, delay spikes (with jitter, so datagrams reorder): on every gossip path; membership must hold
-  or recover;
+- loss, duplication, delay spikes (with jitter, so datagrams reorder): on every gossip path, and delay spikes on
+  node-to-node HTTP too (forwarding, hand-offs); membership must hold or recover;
 - upstream outage (everywhere, or from one region's nodes): calls are refused; jobs retry or fail, none is lost;
 - 5xx bursts: a share of a provider's answers becomes 503 (retried per the job's policy);
 - receiver outage: webhook deliveries are refused and retried on the node's schedule.

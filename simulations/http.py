@@ -11,7 +11,8 @@ Every request has a source host: `for_source(host)` gives the transport a node (
 - REFUSED (an outage): after the request leg, `httpx.ConnectError`, as from a closed port;
 - BLACKHOLE (a partition): nothing comes back; the caller waits out its own connect timeout (httpx's `timeout`
   extension, which a real transport honours) and gets `httpx.ConnectTimeout`, or waits for ever without one.
-An authority nothing is mounted on is refused too.
+An authority nothing is mounted on is refused too. The `spikes` policy adds to an open path's delay: per (source,
+destination), the most a leg may be held up on top of its latency (a delay spike on the network between nodes).
 
 Where the app runs: by default in the caller's task (fine for stateless upstreams and receivers). A mount with a
 `nursery` runs each request in a task of that nursery, as a real server runs a handler in its own task: a caller
@@ -60,6 +61,10 @@ class PathState(enum.Enum):
 
 def _always_open(_source: str, _destination: str) -> PathState:
     return PathState.OPEN
+
+
+def _no_spikes(_source: str, _destination: str) -> float:
+    return 0.0
 
 
 @final
@@ -152,12 +157,14 @@ class SimulatedHttp(httpx.AsyncBaseTransport):
         trace: Trace,
         latency: Latency | None = None,
         paths: Callable[[str, str], PathState] = _always_open,
+        spikes: Callable[[str, str], float] = _no_spikes,
     ) -> None:
         self._rng = rng
         self._trace = trace
         self._latency = latency or Latency()
         self._mounts: dict[str, _Mount] = {}
         self.paths = paths
+        self.spikes = spikes
 
     def __repr__(self) -> str:
         return f"<SimulatedHttp {len(self._mounts)} apps mounted: {', '.join(self._mounts)}>"
@@ -194,7 +201,8 @@ class SimulatedHttp(httpx.AsyncBaseTransport):
         if path is PathState.BLACKHOLE:
             await self._black_hole(request, source)
         mount = self._mounts.get(authority)
-        await trio.sleep(self._draw(mount.latency if mount else self._latency))
+        spike_s = self.spikes(source, request.url.host)
+        await trio.sleep(self._draw(mount.latency if mount else self._latency, spike_s))
         mount = self._mounts.get(authority)  # it may have gone down while the request travelled
         if mount is None or path is PathState.REFUSED:
             self._trace.record(f"http refused {request.method} {request.url} from {source}")
@@ -206,7 +214,7 @@ class SimulatedHttp(httpx.AsyncBaseTransport):
         else:
             await self._run_in_server(exchange, mount, request)
         body = b"".join(exchange.chunks)
-        await trio.sleep(self._draw(mount.latency))
+        await trio.sleep(self._draw(mount.latency, spike_s))
         assert exchange.status is not None
         self._trace.record(
             f"http {request.method} {request.url} -> {exchange.status} "
@@ -264,5 +272,7 @@ class SimulatedHttp(httpx.AsyncBaseTransport):
             "root_path": "",
         }
 
-    def _draw(self, latency: Latency) -> float:
-        return self._rng.uniform(latency.min_s, latency.max_s)
+    def _draw(self, latency: Latency, spike_s: float = 0.0) -> float:
+        """One leg's delay; a spike is drawn only when there is one, so runs without spikes draw as before."""
+        delay_s = self._rng.uniform(latency.min_s, latency.max_s)
+        return delay_s + self._rng.uniform(0.0, spike_s) if spike_s > 0.0 else delay_s

@@ -228,7 +228,8 @@ class FaultSpec:
     - partition: `nodes` cannot reach `other_nodes` (empty = every other node); with `one_way`, only traffic from
       `nodes` to `other_nodes` is dropped.
     - loss / duplication: every datagram is lost / duplicated with probability `rate`.
-    - delay: the one-way delay of every datagram and stream leg is drawn up to `rate` seconds.
+    - delay: the one-way delay of every datagram and stream leg is drawn up to `rate` seconds; node-to-node HTTP
+      legs are held up by up to what that adds to the scenario's own `delay_max_s`.
     - upstream_outage: provider `target` stops answering (in `region` only, if given).
     - upstream_errors: provider `target` answers a fraction `rate` of requests with 5xx (in `region`, if given).
     - receiver_outage: webhook receiver `target` stops answering.

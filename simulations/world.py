@@ -136,7 +136,9 @@ class World:
         self.clustered = clustered
         self._nursery = nursery
         self._store_wrapper = store_wrapper
-        self.http = SimulatedHttp(rng=simulation.rng_for("http"), trace=simulation.trace, paths=self._path_state)
+        self.http = SimulatedHttp(
+            rng=simulation.rng_for("http"), trace=simulation.trace, paths=self._path_state, spikes=self._delay_spike_s
+        )
         self.nodes = {
             name: SimNode(name, scenario.cluster.region_of(name), f"127.0.1.{index}")
             for index, name in enumerate(scenario.cluster.node_names, start=1)
@@ -271,6 +273,13 @@ class World:
             rng=self.simulation.rng_for(f"provider/{spec.name}"),
             region_of=self.region_of_host,
         )
+
+    def _delay_spike_s(self, source: str, destination: str) -> float:
+        """Node to node, HTTP (forwarding, hand-offs) meets the same delay spikes as gossip: what a `delay` fault
+        raised the network's delay ceiling by, above the scenario's own."""
+        if source not in self._region_by_host or destination not in self._region_by_host:
+            return 0.0
+        return max(0.0, self.network.faults.delay_max_s - self.scenario.network.delay_max_s)
 
     def _path_state(self, source: str, destination: str) -> PathState:
         if (source, destination) in self.network.blocked:

@@ -132,3 +132,28 @@ def test_authorities_and_the_simulated_world() -> None:
     wall, addresses = run_simulation(main, seed=6).value
     assert wall == SIMULATED_EPOCH_S + 5
     assert addresses == ["127.0.1.1", "127.0.1.2", "127.0.1.9"]
+
+
+def test_a_delay_spike_holds_up_each_leg_of_the_paths_it_applies_to() -> None:
+    spike_s = 0.4
+
+    async def main(simulation: Simulation) -> tuple[float, float]:
+        http = SimulatedHttp(
+            rng=simulation.rng_for("http"),
+            trace=simulation.trace,
+            latency=LATENCY,
+            spikes=lambda source, destination: spike_s if source == "10.0.0.1" else 0.0,
+        )
+        http.mount("api.upstream.test:80", LimitedUpstream("a", limit=1000))
+        elapsed: dict[str, list[float]] = {"10.0.0.1": [], "10.0.0.2": []}
+        for source, times in elapsed.items():
+            async with httpx.AsyncClient(transport=http.for_source(source)) as client:
+                for _ in range(20):
+                    started = trio.current_time()
+                    assert (await client.post("http://api.upstream.test/")).status_code == 200
+                    times.append(trio.current_time() - started)
+        return max(elapsed["10.0.0.2"]), max(elapsed["10.0.0.1"])
+
+    calm_max_s, spiked_max_s = run_simulation(main, seed=3).value
+    assert calm_max_s <= 2 * LATENCY.max_s + 1e-9  # the other source's path is untouched
+    assert 2 * LATENCY.max_s < spiked_max_s <= 2 * (LATENCY.max_s + spike_s) + 1e-9

@@ -14,10 +14,19 @@ import trio
 from scheduler import parse_limit_headers
 from simulations.actors import LognormalLatency, Provider, Receive, Scope, Send, arrival_times, respond
 from simulations.determinism import Simulation, run_simulation, wait_for
+from simulations.faults import FaultInjector
 from simulations.http import PathState, SimulatedHttp
 from simulations.network import open_simulated_network
 from simulations.run import run_scenario
-from simulations.scenario import ClusterSpec, ProviderSpec, ReceiverSpec, Scenario, TenantSpec, load_scenario
+from simulations.scenario import (
+    ClusterSpec,
+    FaultSpec,
+    ProviderSpec,
+    ReceiverSpec,
+    Scenario,
+    TenantSpec,
+    load_scenario,
+)
 from simulations.workload import JobEntry, Ledger
 from simulations.world import World
 from tests.simulations.replay import replay_output
@@ -150,6 +159,34 @@ def test_http_follows_partitions_outages_and_server_crashes_by_source() -> None:
         "x>b gave up after 1.5 s",  # the caller gave up; the server went on with the request...
         "handled 1",  # ...and finished it, while the request cut by the crash never finished
     ]
+
+
+def test_a_delay_fault_spikes_node_to_node_http_and_leaves_calls_to_providers_alone() -> None:
+    async def main(simulation: Simulation) -> list[tuple[float, float]]:
+        async with (
+            open_simulated_network(rng=simulation.rng_for("network"), trace=simulation.trace) as network,
+            trio.open_nursery() as nursery,
+        ):
+            world = World(simulation=simulation, scenario=SMALL, network=network, nursery=nursery)
+            n1, n2 = world.nodes["n1"].host, world.nodes["n2"].host
+            spike = FaultSpec(at_s=0, kind="delay", rate=0.5, duration_s=1)
+            injector = FaultInjector(world, (spike,), offset_s=trio.current_time())
+            seen = []
+
+            async def observe() -> None:
+                for _ in range(3):  # before, during and after the spike
+                    seen.append((world.http.spikes(n1, n2), world.http.spikes(n1, "api.sim")))
+                    await trio.sleep(0.75)
+
+            nursery.start_soon(injector.run, nursery)
+            await observe()
+            nursery.cancel_scope.cancel()
+        return seen
+
+    before, during, after = run_simulation(main, seed=5).value
+    assert before == (0.0, 0.0)
+    assert during == (pytest.approx(0.5 - SMALL.network.delay_max_s), 0.0)
+    assert after == (0.0, 0.0)
 
 
 @pytest.mark.parametrize("signal", ["retry-after", "ratelimit", "x-ratelimit"])
