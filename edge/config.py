@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from edge.http_server import HEADER_BYTES_MAX_DEFAULT, IDLE_TIMEOUT_S_DEFAULT
 from scheduler import AimdPolicy, KeyPolicy, SchedulerPolicy, Tier, TierPolicy
 
 PLANS = ("free", "starter", "growth", "pro", "enterprise")
@@ -330,6 +331,9 @@ class ServerConfig(_Validated):
     body_bytes_max: int = _setting(1_048_576, _integer(1))  # 1 MiB: the hosted proxy's 413 threshold
     account_backlog_max: int = _setting(100_000, _integer(1))  # unfinished jobs per account before 429
     backlog_retry_after_s: int = _setting(5, _integer(1))  # Retry-After takes whole seconds
+    header_bytes_max: int = _setting(HEADER_BYTES_MAX_DEFAULT, _integer(1024))  # a request head; 431 beyond
+    # A connection with no request in progress (idle keep-alive, or a head still arriving) is closed after this.
+    idle_timeout_s: float = _setting(IDLE_TIMEOUT_S_DEFAULT, _number(0, inclusive=False))
     node_id: str | None = _setting(None, _optional(_identifier), text=True)
 
     @property
@@ -510,6 +514,10 @@ class ProtectConfig(_Validated):
     upstream_connect_timeout_s: float = _setting(10, _number(0, inclusive=False))
     upstream_read_timeout_s: float = _setting(30, _number(0, inclusive=False))
     upstream_total_timeout_s: float = _setting(60, _number(0, inclusive=False))
+    header_bytes_max: int = _setting(HEADER_BYTES_MAX_DEFAULT, _integer(1024))  # a request head; 431 beyond
+    # A client connection with no request in progress (idle keep-alive, or a head still arriving) is closed after
+    # this: what bounds a client that trickles its headers in.
+    idle_timeout_s: float = _setting(IDLE_TIMEOUT_S_DEFAULT, _number(0, inclusive=False))
 
     @property
     def label(self) -> str:

@@ -66,6 +66,10 @@ LISTEN_BACKLOG = 1024
 # body does not read the answer, so answering early makes it see a dropped connection instead of the refusal
 # (and on HTTP/2 hypercorn drops every other stream of the connection too). Past this, answer and let it drop.
 REFUSED_BODY_DRAIN_BYTES_MAX = 16 * 1024 * 1024
+# hypercorn's own defaults, kept: a request head up to 16 KiB (431 beyond), and 5 s for a connection with no
+# request in progress, idle between requests or still sending its headers (which is also what cuts off slowloris).
+HEADER_BYTES_MAX_DEFAULT = 16 * 1024
+IDLE_TIMEOUT_S_DEFAULT = 5.0
 # Frames shown when a contained connection error is logged: enough to find the culprit in hypercorn.
 LOGGED_FRAMES_MAX = 6
 
@@ -212,11 +216,13 @@ async def serve_asgi(
     keyfile: str | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     graceful_timeout_s: float = 5.0,
-    keep_alive_timeout_s: float = 5.0,
+    header_bytes_max: int = HEADER_BYTES_MAX_DEFAULT,
+    idle_timeout_s: float = IDLE_TIMEOUT_S_DEFAULT,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` until `shutdown_trigger` returns (then drain for `graceful_timeout_s`) or until cancelled.
-    A connection idle for `keep_alive_timeout_s` between requests is closed.
+    A request head over `header_bytes_max` gets 431; a connection with no request in progress for `idle_timeout_s`
+    (idle between requests, or still sending its head) is closed.
 
     Start it with `await nursery.start(partial(serve_asgi, app, bind="127.0.0.1:0"))`: the result is the list
     of bound "host:port" strings ("[::1]:port" for IPv6), with real ports where port 0 was asked for.
@@ -238,7 +244,10 @@ async def serve_asgi(
     config.h2_max_concurrent_streams = H2_CONCURRENT_STREAMS_MAX
     config.backlog = LISTEN_BACKLOG
     config.graceful_timeout = graceful_timeout_s
-    config.keep_alive_timeout = keep_alive_timeout_s
+    config.keep_alive_timeout = idle_timeout_s
+    # h11 checks the limit while a head is incomplete (reading 64 KiB at a time); h2 counts the decoded header list.
+    config.h11_max_incomplete_size = header_bytes_max
+    config.h2_max_header_list_size = header_bytes_max
     await hypercorn.trio.serve(
         _lifespan_optional(app),
         config,

@@ -155,6 +155,8 @@ async def run_node(
                             bind=config.server.listen,
                             certfile=config.server.certfile,
                             keyfile=config.server.keyfile,
+                            header_bytes_max=config.server.header_bytes_max,
+                            idle_timeout_s=config.server.idle_timeout_s,
                             shutdown_trigger=stop.wait,
                         )
                     )

@@ -48,4 +48,11 @@ async def serve_protected(
     Reports the bound "host:port" strings, like `serve_asgi`.
     """
     async with open_proxy(protect, metrics=metrics, transport=transport) as app:
-        await serve_asgi(app, bind=protect.listen, shutdown_trigger=shutdown_trigger, task_status=task_status)
+        await serve_asgi(
+            app,
+            bind=protect.listen,
+            header_bytes_max=protect.header_bytes_max,
+            idle_timeout_s=protect.idle_timeout_s,
+            shutdown_trigger=shutdown_trigger,
+            task_status=task_status,
+        )

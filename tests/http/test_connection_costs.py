@@ -47,7 +47,7 @@ async def closed_by_server(stream: trio.SocketStream, within_s: float) -> bool:
 
 
 async def test_idle_keep_alive_connection_is_closed_after_the_timeout_and_not_before() -> None:
-    server_cm = running(sized_echo_app, keep_alive_timeout_s=KEEP_ALIVE_S)
+    server_cm = running(sized_echo_app, idle_timeout_s=KEEP_ALIVE_S)
     async with server_cm as server, await trio.open_tcp_stream(*server.host_port) as stream:
         unread = bytearray()
         for _ in range(3):  # each request moves the deadline: idle spells shorter than the timeout are fine
@@ -68,7 +68,7 @@ async def test_a_request_longer_than_the_keep_alive_timeout_is_not_cut() -> None
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    server_cm = running(slow_app, keep_alive_timeout_s=KEEP_ALIVE_S)
+    server_cm = running(slow_app, idle_timeout_s=KEEP_ALIVE_S)
     async with server_cm as server, await trio.open_tcp_stream(*server.host_port) as stream:
         await stream.send_all(REQUEST)
         assert (await read_response(stream, bytearray())).endswith(b"\r\n\r\nok")

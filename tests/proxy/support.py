@@ -164,7 +164,8 @@ async def proxy_to(upstream_url: str, **settings: Any) -> AsyncIterator[RunningP
     """A protected listener on 127.0.0.1 in front of `upstream_url`, with `settings` as its [[protect]] keys."""
     protect = ProtectConfig(listen="127.0.0.1:0", upstream=upstream_url, name="test", **settings)
     registry = CollectorRegistry()
-    async with open_proxy(protect, metrics=ProxyMetrics(registry)) as app, running(app) as server:
+    limits = {"header_bytes_max": protect.header_bytes_max, "idle_timeout_s": protect.idle_timeout_s}
+    async with open_proxy(protect, metrics=ProxyMetrics(registry)) as app, running(app, **limits) as server:
         yield RunningProxy(app, server, registry)
 
 

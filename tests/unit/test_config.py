@@ -97,6 +97,7 @@ def test_defaults_without_file_or_env() -> None:
     assert (config.server.certfile, config.server.keyfile, config.server.node_id) == (None, None, None)
     assert (config.server.body_bytes_max, config.server.account_backlog_max) == (1_048_576, 100_000)
     assert config.server.backlog_retry_after_s == 5
+    assert (config.server.header_bytes_max, config.server.idle_timeout_s) == (16 * 1024, 5.0)  # hypercorn's own
     assert config.security.allow_private_targets is False
     assert dataclasses.astuple(config.defaults) == (2.0, 2, True, 86400.0, 3, 10.0, 30.0, 60.0, 0.5, 60.0)
     assert dataclasses.astuple(config.http_client) == (200, 100, 30.0)
@@ -273,6 +274,8 @@ def test_env_overrides_file_and_overrides_beat_env(in_tmp: Path) -> None:
         "EZTHROTTLE_HTTP_CLIENT_MAX_CONNECTIONS": "10",
         "EZTHROTTLE_HTTP_CLIENT_MAX_KEEPALIVE_CONNECTIONS": "4",
         "EZTHROTTLE_SERVER_NODE_ID": "7",  # a text setting: "7", not the integer 7
+        "EZTHROTTLE_SERVER_HEADER_BYTES_MAX": "32768",
+        "EZTHROTTLE_SERVER_IDLE_TIMEOUT_S": "1.5",
         "EZTHROTTLE_CONFIG": "ignored.toml",  # the CLI's business
         "PATH": "/usr/bin",
     }
@@ -284,6 +287,7 @@ def test_env_overrides_file_and_overrides_beat_env(in_tmp: Path) -> None:
     assert config.webhooks.schedule_s == (0.0, 60.0)
     assert (config.http_client.max_connections, config.http_client.max_keepalive_connections) == (10, 4)
     assert config.server.node_id == "7"
+    assert (config.server.header_bytes_max, config.server.idle_timeout_s) == (32768, 1.5)
 
 
 def test_env_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -360,7 +364,7 @@ def test_override_errors() -> None:
 
 
 def test_every_scalar_setting_has_its_own_variable() -> None:
-    assert len(ENV_SETTINGS) == len(SCALAR_SETTINGS) == 39
+    assert len(ENV_SETTINGS) == len(SCALAR_SETTINGS) == 41
     assert ENV_SETTINGS["EZTHROTTLE_HTTP_CLIENT_KEEPALIVE_EXPIRY_S"] == ("http_client", "keepalive_expiry_s")
 
 
