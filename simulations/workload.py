@@ -9,7 +9,9 @@ The ledger keeps, per acknowledged job (201/200): who submitted it when, and wha
 receiver's report carries the job's status, so a terminal job is seen without asking any node). Refusals (429,
 503) and submissions no node answered count as shed. Everything is keyed by job_id: a client that retried on
 another node after a cut request may have created a second job under the same idempotency key, and only the one
-it was told about is owed to it.
+it was told about is owed to it. A webhook may reach its receiver before the job's 201 reaches the client (the owner
+runs the job while the answer is still on its way back through the node that forwarded it); such a report is kept
+until the acknowledgement arrives, and counted as unknown only if none ever does.
 """
 
 from __future__ import annotations
@@ -65,7 +67,13 @@ class Ledger:
         self.open: dict[str, JobEntry] = {}  # acknowledged, not yet seen terminal
         self.counts: dict[str, TierCounts] = {}
         self.terminal_events: list[JobEntry] = []  # in the order they became terminal
-        self.unknown_deliveries = 0
+        # Reports about jobs no client has been told of yet, by job id.
+        self._early: dict[str, list[DeliveryReport]] = {}
+
+    @property
+    def unknown_deliveries(self) -> int:
+        """Reports about jobs no client was told were accepted (so far: an acknowledgement may still come)."""
+        return sum(len(reports) for reports in self._early.values())
 
     def counts_for(self, tier: str) -> TierCounts:
         counts = self.counts.get(tier)
@@ -77,12 +85,18 @@ class Ledger:
         self.jobs[entry.job_id] = entry
         self.open[entry.job_id] = entry
         self.counts_for(entry.tier).acked += 1
+        for report in self._early.pop(entry.job_id, []):
+            self._record(entry, report)
 
     def on_delivery(self, report: DeliveryReport) -> None:
-        entry = self.jobs.get(str(report.payload.get("job_id")))
+        job_id = str(report.payload.get("job_id"))
+        entry = self.jobs.get(job_id)
         if entry is None:
-            self.unknown_deliveries += 1
+            self._early.setdefault(job_id, []).append(report)
             return
+        self._record(entry, report)
+
+    def _record(self, entry: JobEntry, report: DeliveryReport) -> None:
         if report.accepted:
             entry.accepted_by.add(report.receiver)
         self.mark_terminal(entry, str(report.payload["status"]), report.at)

@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 
+from simulations.actors import DeliveryReport
 from simulations.run import RunReport, run_scenario
 from simulations.scenario import (
     ClusterSpec,
@@ -17,6 +18,7 @@ from simulations.scenario import (
     SwarmSpec,
     TenantSpec,
 )
+from simulations.workload import JobEntry, Ledger
 
 TWO_TIERS = Scenario(
     name="two-tiers",
@@ -84,3 +86,20 @@ def test_swarm_faults_drawn_from_fixed_seeds_keep_every_invariant(seed: int) -> 
     assert report.fault_schedule  # the swarm drew something to survive
     assert report.passed, (report.violations, report.fault_schedule)
     consistent(report)
+
+
+def test_a_webhook_that_beats_the_acknowledgement_back_still_counts() -> None:
+    # The owner may run a job and deliver its webhook while the 201 is still on its way back through the node that
+    # forwarded it (the seed-502 partition swarm run, with a delay spike on that path, did exactly this).
+    ledger = Ledger()
+    ledger.on_delivery(DeliveryReport("app", 19.048, {"job_id": "job_1", "status": "success"}, True))
+    ledger.on_delivery(DeliveryReport("app", 20.0, {"job_id": "job_never_acked", "status": "success"}, True))
+    assert ledger.unknown_deliveries == 2
+    entry = JobEntry(
+        job_id="job_1", tenant="t", tier="paid", submitted_at=18.9, acked_at=19.08, node="n5", quorum=1, receivers=1
+    )
+    ledger.acknowledge(entry)
+    assert entry.accepted_by == {"app"}
+    assert (entry.status, entry.terminal_at) == ("success", 19.048)
+    assert "job_1" not in ledger.open
+    assert ledger.unknown_deliveries == 1  # only the job no client was ever told of
