@@ -31,9 +31,10 @@ proxies), so a flood of 20x 400 req/s would measure the proxy's CPU, not the sch
 The per-key cap (`key_concurrency_share_max`) is sized as an operator would size it: to leave the light tenant
 the slots it keeps busy (10 req/s x its latency through the proxy, taken as 1.25 x the service time, rounded up)
 and so 7 of 8 slots at 50 ms, 11 of 16 at 400 ms. The price: a heavy tenant alone can use only that much of the
-upstream. With a tighter margin (the default 0.9, or 6 of 8 at 8 x 200 ms) the light tenant's requests found every
-slot taken and waited for the next to free (28-62 ms mean, a p99 of 1.7-1.8x alone in the runs that showed it): a
-scheduler that never preempts hands slots over only as they free, and it has no dynamic headroom for active keys.
+upstream. Where the default cap (0.9) would let the heavy tenant hold more than that (14 of 16 at 400 ms), the
+fair scheduler also runs with the default, in the rows "fair scheduler, default cap": there the light tenant's
+requests find every slot taken and wait for the next to free, since a scheduler that never preempts hands slots
+over only as they free, and it keeps no headroom for active keys.
 
 Queue limits: the defaults (50 waiting per key, 1000 in all) would queue all 50 heavy connections and refuse
 none, so a flood could offer no more than it is served. They are set to what the upstream clears in about
@@ -70,6 +71,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import LOOPBACK, TOOL_GRACE_S, LoadResult, free_loopback_port, parse_wrk, percentiles, running_command
 from bench.proxy_overhead import KEY_HEADER, ProtectedListener, protected_listener
+from scheduler import SchedulerPolicy
 
 FLOOD_CONNECTIONS = 50
 # Each heavy connection's pause before every request, by flood: back to back is the issue's flood (as much as
@@ -95,7 +97,22 @@ WAIT_METRIC = "ezthrottle_proxy_queue_wait_seconds"
 WORK_PATH = "/work"
 HEAVY_KEY = {"id": "heavy", "key": "pk_heavy_tenant_0123456789", "tier": "paid"}
 LIGHT_KEY = {"id": "light", "key": "pk_light_tenant_0123456789", "tier": "paid"}
-MODES = {"fair scheduler": True, "plain FIFO": False}
+@dataclass(frozen=True, slots=True)
+class Mode:
+    """How the proxy is configured: fair or FIFO, and whether the per-key cap is sized or left at its default."""
+
+    name: str
+    fairness: bool
+    sized_cap: bool = True
+
+
+MODES = (
+    Mode("fair scheduler", True),
+    Mode("fair scheduler, default cap", True, sized_cap=False),
+    Mode("plain FIFO", False),
+)
+# The per-key cap a [[protect]] listener has unless it sets key_concurrency_share_max.
+DEFAULT_KEY_SHARE_MAX = SchedulerPolicy(capacity=1).key_concurrency_share_max
 ALONE = "none (light tenant alone)"
 
 END_OF_HEAD = b"\r\n\r\n"
@@ -262,14 +279,21 @@ class Upstream:
         """The slots the per-key cap lets one key hold: all but those the light tenant keeps busy."""
         return self.slots - math.ceil(LIGHT_RATE_PER_S * LIGHT_LATENCY_PER_SERVICE_TIME * self.service_s)
 
-    def protect_settings(self, fairness: bool) -> dict[str, Any]:
-        return {
+    @property
+    def default_cap_differs(self) -> bool:
+        """Whether the default per-key cap would let one key hold more slots than the sized one."""
+        return math.floor(DEFAULT_KEY_SHARE_MAX * self.slots) > self.heavy_slots_max
+
+    def protect_settings(self, mode: Mode) -> dict[str, Any]:
+        settings: dict[str, Any] = {
             "max_concurrency": self.slots,
-            "fairness": fairness,
-            "key_concurrency_share_max": self.heavy_slots_max / self.slots,
+            "fairness": mode.fairness,
             "key_queue_length_max": self.slots,
             "queue_length_max": QUEUE_SERVICE_TIMES * self.slots,
         }
+        if mode.sized_cap:
+            settings["key_concurrency_share_max"] = self.heavy_slots_max / self.slots
+        return settings
 
 
 UPSTREAMS = (Upstream(slots=8, service_s=0.05), Upstream(slots=16, service_s=0.4))
@@ -288,11 +312,13 @@ def run() -> dict[str, Any]:
             argv = [sys.executable, "-m", "bench.noisy_neighbour", "upstream", str(port)]
             argv += [str(size.slots), str(size.service_s)]
             with running_command(argv, upstream + LEDGER_PATH):
-                for mode, fairness in MODES.items():
-                    config_name = f"fairness-{'on' if fairness else 'off'}"
-                    settings = size.protect_settings(fairness)
+                for mode in MODES:
+                    if not mode.sized_cap and not size.default_cap_differs:
+                        continue  # the same configuration as the sized cap
+                    config_name = mode.name.replace(",", "").replace(" ", "-")
+                    settings = size.protect_settings(mode)
                     with protected_listener(scratch, config_name, upstream, settings, [HEAVY_KEY, LIGHT_KEY]) as proxy:
-                        phases[size, mode], beyond = trio.run(measure_mode, upstream, proxy, scratch)
+                        phases[size, mode.name], beyond = trio.run(measure_mode, upstream, proxy, scratch)
                         beyond_slots += beyond
     flood_commands = {
         phase.flood.command for mode_phases in phases.values() for phase in mode_phases.values() if phase.flood
@@ -300,7 +326,9 @@ def run() -> dict[str, Any]:
     return {
         "title": "Inbound proxy: noisy neighbour (a light tenant under a heavy tenant's flood)",
         "about": __doc__.strip().splitlines()[0],
-        "targets": {mode: f"ezthrottle serve, [[protect]] fairness = {str(on).lower()}" for mode, on in MODES.items()},
+        "targets": {
+            mode.name: f"ezthrottle serve, [[protect]] fairness = {str(mode.fairness).lower()}" for mode in MODES
+        },
         "commands": [
             "python -m bench.noisy_neighbour upstream PORT SLOTS SERVICE_S",
             "ezthrottle serve --config FILE",
@@ -314,7 +342,8 @@ def run() -> dict[str, Any]:
         "checks": _checks(phases, beyond_slots),
         "notes": [
             "Upstreams (slots x service time = capacity; the proxy's max_concurrency = slots, key_queue_length_max ="
-            f" slots, queue_length_max = {QUEUE_SERVICE_TIMES} x slots, key_concurrency_share_max as shown): "
+            f" slots, queue_length_max = {QUEUE_SERVICE_TIMES} x slots, key_concurrency_share_max as shown, or its"
+            f" default {DEFAULT_KEY_SHARE_MAX:g} in the default-cap rows): "
             + "; ".join(
                 f"{size.label} = {size.capacity_per_s:g} req/s, cap {size.heavy_slots_max}/{size.slots}"
                 for size in UPSTREAMS
@@ -365,7 +394,7 @@ def _checks(phases: dict[tuple[Upstream, str], dict[str, Phase]], beyond_slots: 
     """The issue's three goals for each flood against the fair scheduler, and what FIFO did to the light tenant."""
     checks: dict[str, str] = {}
     for (size, mode), mode_phases in phases.items():
-        fairness = MODES[mode]
+        fairness = next(known.fairness for known in MODES if known.name == mode)
         alone = mode_phases[ALONE]
         for name, phase in mode_phases.items():
             if phase.flood is None:
