@@ -10,6 +10,7 @@ Shut-down runs the other way round: the server stops accepting, then the queue a
 from __future__ import annotations
 
 import contextlib
+import http.cookiejar
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -72,7 +73,10 @@ async def open_store(config: Config) -> AsyncIterator[Store]:
 
 
 def build_client(config: Config, runtime: Runtime) -> httpx.AsyncClient:
-    """The one outbound client of the node (jobs and webhooks), behind the SSRF guard unless injected."""
+    """The one outbound client of the node (jobs and webhooks), behind the SSRF guard unless injected.
+
+    It keeps no cookies: it is shared by every account, so a cookie one job's response sets would otherwise ride
+    on the next request to that host, whoever sent it."""
     settings = config.http_client
     transport = runtime.transport or guarded_transport(
         allow_private=config.security.allow_private_targets,
@@ -81,7 +85,13 @@ def build_client(config: Config, runtime: Runtime) -> httpx.AsyncClient:
         max_keepalive_connections=settings.max_keepalive_connections,
         keepalive_expiry_s=settings.keepalive_expiry_s,
     )
-    return httpx.AsyncClient(transport=transport, follow_redirects=False, trust_env=False)
+    refuse_all_cookies = http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
+    return httpx.AsyncClient(
+        transport=transport,
+        follow_redirects=False,
+        trust_env=False,
+        cookies=http.cookiejar.CookieJar(policy=refuse_all_cookies),
+    )
 
 
 async def run_node(

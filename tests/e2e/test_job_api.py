@@ -15,6 +15,7 @@ from edge.config import load_config
 from edge.node import run_node
 from edge.runtime import Runtime
 from edge.store import open_memory_store
+from simulations.actors import header, read_body, respond
 from tests.e2e.support import (
     ACCOUNT_KEY,
     OTHER_KEY,
@@ -35,10 +36,12 @@ give_up_after_s = 5
 """
 
 
-async def wait_for_status(client: httpx.AsyncClient, job_id: str, *, statuses: set[str], timeout_s: float = 10):
+async def wait_for_status(
+    client: httpx.AsyncClient, job_id: str, *, statuses: set[str], timeout_s: float = 10, key: str = ACCOUNT_KEY
+):
     with trio.fail_after(timeout_s):
         while True:
-            doc = (await client.get(f"/api/v1/jobs/{job_id}", headers=auth())).json()
+            doc = (await client.get(f"/api/v1/jobs/{job_id}", headers=auth(key))).json()
             if doc["status"] in statuses:
                 return doc
             await trio.sleep(0.05)
@@ -323,3 +326,25 @@ async def test_a_node_runs_on_the_in_memory_store(nursery: trio.Nursery, tmp_pat
             await wait_for_status(client, created.json()["job_id"], statuses={"success"})
         assert not (tmp_path / "data" / "jobs.sqlite3").exists()
         node.stop()
+
+
+async def test_cookies_an_upstream_sets_never_reach_another_request(nursery: trio.Nursery, tmp_path: Path):
+    """The node's outbound client is shared by every account: a cookie kept from one job's response would ride
+    on the next account's request to the same host (a cross-tenant leak), so the node keeps none."""
+    cookies_seen: list[str] = []
+
+    async def sets_a_session_cookie(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await read_body(receive)
+        cookies_seen.append(header(scope, "cookie"))
+        await respond(send, 200, b"{}", [("set-cookie", "session=acme-secret; Path=/")])
+
+    up = await serve(nursery, sets_a_session_cookie)
+    node = await start_node(nursery, tmp_path)
+    async with httpx.AsyncClient(base_url=node.base_url) as client:
+        for n, key in enumerate((ACCOUNT_KEY, OTHER_KEY, OTHER_KEY)):
+            created = await client.post("/api/v1/jobs", json={"url": f"{up}/v1/me?n={n}"}, headers=auth(key))
+            assert created.status_code == 201, created.text
+            await wait_for_status(client, created.json()["job_id"], statuses={"success"}, key=key)
+    assert cookies_seen == ["", "", ""]
