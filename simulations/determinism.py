@@ -25,7 +25,7 @@ import hashlib
 import math
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar, final
 
@@ -141,15 +141,18 @@ class SimulationResult(Generic[T]):
     virtual_s: float
 
 
-def run_simulation(main: Callable[[Simulation], Awaitable[T]], *, seed: int) -> SimulationResult[T]:
+def run_simulation(
+    main: Callable[[Simulation], Awaitable[T]], *, seed: int, instruments: Sequence[trio.abc.Instrument] = ()
+) -> SimulationResult[T]:
     """Run `main` in a fresh `trio.run` on virtual time, with the task order fixed by `seed`.
 
-    Must be called outside any trio run (a test using it is a plain `def`, not `async def`)."""
+    `instruments` watch the scheduler (bench.simulator_speed counts its work with one); they must not change what
+    the run does. Must be called outside any trio run (a test using it is a plain `def`, not `async def`)."""
     clock = trio.testing.MockClock(autojump_threshold=0)
     simulation = Simulation(seed=seed, clock=clock, trace=Trace())
     try:
         with deterministic_scheduling(seed):
-            value = trio.run(main, simulation, clock=clock)
+            value = trio.run(main, simulation, clock=clock, instruments=instruments)
     except BaseException as exc:
         # The seed first: with it the run replays exactly; the last events say where it was.
         recent = "\n".join(simulation.trace.tail()[-FAILURE_EVENTS_SHOWN:])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import final
 
@@ -228,13 +228,17 @@ def run_scenario(
     seed: int,
     bugs: frozenset[str] = frozenset(),
     progress: Callable[[float], None] | None = None,
+    instruments: Sequence[trio.abc.Instrument] = (),
 ) -> RunReport:
-    """Run `scenario` once with `seed` (see the module docstring); `bugs` plants PLANTED_BUGS by name."""
+    """Run `scenario` once with `seed` (see the module docstring); `bugs` plants PLANTED_BUGS by name;
+    `instruments` watch trio's scheduler (see `run_simulation`)."""
     unknown = sorted(bugs - PLANTED_BUGS.keys())
     if unknown:
         raise ValueError(f"unknown planted bugs {unknown}; known: {', '.join(PLANTED_BUGS)}")
     wall_started = time.perf_counter()
-    result = run_simulation(lambda simulation: _run(simulation, scenario, bugs, progress), seed=seed)
+    result = run_simulation(
+        lambda simulation: _run(simulation, scenario, bugs, progress), seed=seed, instruments=instruments
+    )
     wall_s = time.perf_counter() - wall_started
     outcome = result.value
     providers = outcome.world.providers.values()
