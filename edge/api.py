@@ -31,8 +31,9 @@ from edge.http_server import REFUSED_BODY_DRAIN_BYTES_MAX, send_whole_response
 from edge.internal import AUTH_HEADER, InternalRoutes
 from edge.internal import CONTENT_TYPE as INTERNAL_CONTENT_TYPE
 from edge.internal import PREFIX as INTERNAL_PREFIX
-from edge.jobs import derived_idempotent_key, origin_of, queue_key, validate_job
+from edge.jobs import derived_idempotent_key, queue_key, validate_job
 from edge.metrics import NodeMetrics
+from edge.origins import origin_of
 from edge.problems import PROBLEM_CONTENT_TYPE, Problem
 from edge.queues import QueueManager
 from edge.records import JobRecord

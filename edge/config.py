@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import hashlib
 import hmac
 import ipaddress
@@ -34,9 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
-
 from edge.http_server import HEADER_BYTES_MAX_DEFAULT, IDLE_TIMEOUT_S_DEFAULT
+from edge.origins import canonical_origin, origin_of, parse_http_url
 from scheduler import AimdPolicy, KeyPolicy, SchedulerPolicy, Tier, TierPolicy
 
 PLANS = ("free", "starter", "growth", "pro", "enterprise")
@@ -248,47 +246,17 @@ def _cluster_keys(value: Any) -> tuple[bytes, ...]:
     return tuple(keys)
 
 
-def _http_url(text: str) -> httpx.URL:
-    """`text` parsed by httpx (the parser that makes the requests), or ValueError when it is not http(s)."""
-    try:
-        parsed = httpx.URL(text)
-    except httpx.InvalidURL as exc:
-        raise ValueError(str(exc)) from None
-    if parsed.scheme not in ("http", "https") or not parsed.raw_host:
-        raise ValueError("not an http(s) URL with a host")
-    if parsed.port is not None and parsed.port > 65535:
-        raise ValueError("port out of range")
-    return parsed
-
-
-def _canonical_origin(parsed: httpx.URL) -> str:
-    host = parsed.raw_host.decode("ascii")
-    bracketed = f"[{host}]" if ":" in host else host
-    default_port = 443 if parsed.scheme == "https" else 80  # httpx keeps it when the scheme is upper-case
-    port = "" if parsed.port in (None, default_port) else f":{parsed.port}"
-    return f"{parsed.scheme}://{bracketed}{port}"
-
-
-@functools.lru_cache(maxsize=4096)  # called for every job; jobs reuse a few origins
-def _origin_of(url: str) -> str:
-    """The canonical origin of an http(s) URL ("https://api.stripe.com"); ValueError if it has none.
-
-    Lower-case host, IDNA-encoded, default port dropped: the form `[targets]` keys are stored in.
-    """
-    return _canonical_origin(_http_url(url))
-
-
 def _origin(value: Any) -> str:
     requirement = "must be an origin scheme://host[:port] with scheme http or https and no path"
     if not isinstance(value, str):
         raise _Invalid(requirement)
     try:
-        parsed = _http_url(value)
+        parsed = parse_http_url(value)
     except ValueError:
         raise _Invalid(requirement) from None
     if parsed.raw_path != b"/" or parsed.fragment or parsed.userinfo:
         raise _Invalid(requirement)
-    return _canonical_origin(parsed)
+    return canonical_origin(parsed)
 
 
 def _setting(default: Any, parse: Parser, *, secret: bool = False, text: bool = False) -> Any:
@@ -659,7 +627,7 @@ class Config(_Validated):
     def target_for(self, origin: str) -> TargetConfig | None:
         """The `[targets]` entry for an origin (or any URL on it), in whatever case or port spelling."""
         try:
-            return self._targets_by_origin.get(_origin_of(origin))
+            return self._targets_by_origin.get(origin_of(origin))
         except ValueError:
             return None
 

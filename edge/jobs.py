@@ -15,12 +15,12 @@ made where the public contract is silent:
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 from typing import Any
 from urllib.parse import urlsplit
 
+from edge.origins import origin_of
 from edge.problems import invalid
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -127,23 +127,11 @@ def validate_http_url(value: Any, field: str) -> str:
         raise invalid(field, "port 0 is not a valid port")
     if _URL_WHITESPACE.search(value) or "@" in parts.netloc:  # "@" in the authority: user info (credentials)
         raise invalid(field, "must not contain whitespace or credentials")
+    try:
+        origin_of(value)  # the host as httpx will send it; remembered for the queue key
+    except ValueError as exc:
+        raise invalid(field, f"has a host that cannot be sent ({exc})") from None
     return value
-
-
-@functools.lru_cache(maxsize=256)
-def origin_of(url: str) -> str:
-    """The canonical origin: scheme://host[:port], host lower-cased, the scheme's default port left out.
-
-    The same form `[targets."<origin>"]` keys take in the config, so a job finds its target's settings.
-    Cached: intake asks for the origin of the same URL several times (target settings, queue key, queue).
-    """
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    if ":" in host:
-        host = f"[{host}]"
-    default_port = 443 if parts.scheme == "https" else 80
-    port = "" if parts.port in (None, default_port) else f":{parts.port}"
-    return f"{parts.scheme}://{host}{port}"
 
 
 def _headers(value: Any, field: str) -> dict[str, str]:

@@ -31,8 +31,8 @@ import trio
 
 from edge.config import Config
 from edge.executor import AttemptResult, Executor, Timeouts
-from edge.jobs import origin_of
 from edge.metrics import NodeMetrics
+from edge.origins import origin_of
 from edge.records import Attempt, JobRecord, JobStatus
 from edge.runtime import Runtime
 from edge.store import Store, StoreError

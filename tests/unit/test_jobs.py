@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edge.jobs import credential_fingerprint, derived_idempotent_key, origin_of, queue_key, validate_job
+from edge.jobs import credential_fingerprint, derived_idempotent_key, queue_key, validate_job
+from edge.origins import origin_of
 from edge.problems import Problem
 
 
@@ -52,6 +53,8 @@ def test_defaults_follow_the_contract():
                                                           "trigger": {"type": "on_timeout"}}},
          "fallback_job.trigger.timeout_ms"),
         ({"url": "https://example.com/", "on_failure": {"url": "ftp://x"}}, "on_failure.url"),
+        ({"url": "https://bü\u200bcher.de/"}, "url"),  # a zero-width space: no IDNA form, so nothing to send
+        ({"url": "https://example.com/", "webhooks": [{"url": "http://a\x7fb.example/"}]}, "webhooks[0].url"),
     ],
 )
 def test_invalid_fields_are_named(data: object, field: str):
@@ -78,6 +81,16 @@ def test_origin_is_canonical():
     assert origin_of("HTTPS://API.Stripe.com:443/v1/charges?x=1") == "https://api.stripe.com"
     assert origin_of("http://example.com:8080/") == "http://example.com:8080"
     assert origin_of("http://[::1]:9/x") == "http://[::1]:9"
+
+
+def test_one_host_in_two_spellings_is_one_origin_and_one_queue():
+    """Unicode and IDNA spellings of a host reach the same server: they must share a queue and its rate limit."""
+    assert origin_of("https://Bücher.de/a") == origin_of("https://xn--bcher-kva.de/b") == "https://xn--bcher-kva.de"
+    keys = {
+        queue_key(account_id="acme", plan="pro", job=validate_job({"url": url}), account_queue=True)
+        for url in ("https://bücher.de/v1/x", "https://XN--BCHER-KVA.de:443/v1/y")
+    }
+    assert keys == {"acme|https://xn--bcher-kva.de|-"}
 
 
 def test_queue_keys_per_user_per_credential_and_shared_for_free_plans():
