@@ -1,7 +1,7 @@
 """One outbound HTTP attempt, and nothing else.
 
-The executor sends a job's request through the node's shared `httpx.AsyncClient` and reports what happened as an
-`AttemptResult`: it never raises for network trouble, and it never decides about retries (that is
+The executor sends a job's request through the node's shared `OutboundHttp` (edge/outbound.py) and reports what
+happened as an `AttemptResult`: it never raises for network trouble, and it never decides about retries (that is
 `scheduler.retry`). Redirects are not followed: a 3xx is the job's result, so a redirect can never lead a job into
 an address the SSRF guard would refuse.
 
@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import trio
 
+from edge.outbound import OutboundHttp, read_capped
 from edge.runtime import Runtime
 from edge.ssrf import TargetRefused, check_url, refusal_of
 
@@ -56,8 +57,8 @@ class AttemptResult:
 class Executor:
     """Sends job requests with per-attempt timeouts and a bounded response size."""
 
-    def __init__(self, client: httpx.AsyncClient, runtime: Runtime, *, allow_private_targets: bool) -> None:
-        self._client = client
+    def __init__(self, outbound: OutboundHttp, runtime: Runtime, *, allow_private_targets: bool) -> None:
+        self._outbound = outbound
         self._runtime = runtime
         self._allow_private = allow_private_targets
 
@@ -76,16 +77,13 @@ class Executor:
         except TargetRefused as exc:
             return AttemptResult(duration_s=0.0, error=f"target refused: {exc.reason}", retryable=False)
         timeout = httpx.Timeout(timeouts.read_s, connect=timeouts.connect_s)
-        request = self._client.build_request(
-            method, url, headers=headers, content=body.encode() if body is not None else None, timeout=timeout
-        )
+        content = body.encode() if body is not None else None
         try:
             with trio.fail_after(timeouts.total_s):
-                response = await self._client.send(request, stream=True, follow_redirects=False)
-                try:
-                    raw, truncated = await _read_capped(response, RESPONSE_BYTES_MAX)
-                finally:
-                    await response.aclose()
+                async with self._outbound.stream(
+                    method, url, headers=headers, content=content, timeout=timeout
+                ) as response:
+                    raw, truncated = await read_capped(response, RESPONSE_BYTES_MAX)
         except trio.TooSlowError:
             return AttemptResult(trio.current_time() - started, error=f"timeout after {timeouts.total_s:g}s")
         except httpx.TimeoutException as exc:
@@ -105,14 +103,3 @@ class Executor:
             body_truncated=truncated,
         )
 
-
-async def _read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
-    """Read at most `limit` bytes of the body; a larger body is cut and flagged rather than held in memory."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            return b"".join(chunks)[:limit], True
-    return b"".join(chunks), False

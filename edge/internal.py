@@ -36,6 +36,7 @@ import msgpack
 from httpcore._async.http2 import AsyncHTTP2Connection
 
 from cluster import Keyring
+from edge.outbound import OutboundHttp
 from edge.problems import Problem
 from edge.queues import QueueManager
 from edge.records import JobRecord
@@ -117,11 +118,11 @@ class PeerClient:
     def __init__(self, *, keyring: Keyring | None, runtime: Runtime, timeout_s: float) -> None:
         self._keyring = keyring
         self._runtime = runtime
-        transport = runtime.transport or httpx.AsyncHTTPTransport(http1=False, http2=True)
-        self._client = httpx.AsyncClient(transport=transport, timeout=timeout_s, trust_env=False)
+        self._outbound = OutboundHttp(runtime.transport or httpx.AsyncHTTPTransport(http1=False, http2=True))
+        self._timeout = httpx.Timeout(timeout_s)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._outbound.aclose()
 
     async def _call(self, api_address: str, route: str, doc: dict[str, Any]) -> dict[str, Any]:
         path = PREFIX + route
@@ -132,13 +133,16 @@ class PeerClient:
                 self._keyring, method="POST", path=path, body=body, wall_s=self._runtime.wall_clock()
             )
         try:
-            response = await self._client.post(f"http://{api_address}{path}", content=body, headers=headers)
+            async with self._outbound.stream(
+                "POST", f"http://{api_address}{path}", headers=headers, content=body, timeout=self._timeout
+            ) as response:
+                reply = await response.aread()
         except httpx.HTTPError as exc:
             raise PeerError(f"{api_address}: {type(exc).__name__}") from exc
         if response.status_code != 200:
             raise PeerError(f"{api_address}: HTTP {response.status_code}")
         try:
-            return _unpack(response.content)
+            return _unpack(reply)
         except (ValueError, msgpack.ExtraData) as exc:
             raise PeerError(f"{api_address}: unreadable reply") from exc
 

@@ -10,13 +10,11 @@ Shut-down runs the other way round: the server stops accepting, then the queue a
 from __future__ import annotations
 
 import contextlib
-import http.cookiejar
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
 
-import httpx
 import trio
 
 from cluster.shell import ClusterMember
@@ -27,6 +25,7 @@ from edge.executor import Executor
 from edge.http_server import serve_asgi
 from edge.internal import InternalRoutes, PeerClient
 from edge.metrics import NodeMetrics
+from edge.outbound import OutboundHttp
 from edge.proxy import ProxyMetrics, serve_protected
 from edge.queues import QueueManager
 from edge.routing import JobRouter, owns_key
@@ -72,25 +71,18 @@ async def open_store(config: Config) -> AsyncIterator[Store]:
         yield store
 
 
-def build_client(config: Config, runtime: Runtime) -> httpx.AsyncClient:
-    """The one outbound client of the node (jobs and webhooks), behind the SSRF guard unless injected.
-
-    It keeps no cookies: it is shared by every account, so a cookie one job's response sets would otherwise ride
-    on the next request to that host, whoever sent it."""
+def build_outbound(config: Config, runtime: Runtime) -> OutboundHttp:
+    """The one outbound HTTP of the node (jobs and webhooks), behind the SSRF guard unless a transport is injected."""
     settings = config.http_client
-    transport = runtime.transport or guarded_transport(
-        allow_private=config.security.allow_private_targets,
-        resolver=runtime.resolver,
-        max_connections=settings.max_connections,
-        max_keepalive_connections=settings.max_keepalive_connections,
-        keepalive_expiry_s=settings.keepalive_expiry_s,
-    )
-    refuse_all_cookies = http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
-    return httpx.AsyncClient(
-        transport=transport,
-        follow_redirects=False,
-        trust_env=False,
-        cookies=http.cookiejar.CookieJar(policy=refuse_all_cookies),
+    return OutboundHttp(
+        runtime.transport
+        or guarded_transport(
+            allow_private=config.security.allow_private_targets,
+            resolver=runtime.resolver,
+            max_connections=settings.max_connections,
+            max_keepalive_connections=settings.max_keepalive_connections,
+            keepalive_expiry_s=settings.keepalive_expiry_s,
+        )
     )
 
 
@@ -110,10 +102,10 @@ async def run_node(
     async with contextlib.AsyncExitStack() as stack:
         if store is None:
             store = await stack.enter_async_context(open_store(config))
-        client = await stack.enter_async_context(build_client(config, runtime))
+        outbound = await stack.enter_async_context(build_outbound(config, runtime))
         metrics = NodeMetrics()
-        deliverer = WebhookDeliverer(config=config, runtime=runtime, store=store, client=client, metrics=metrics)
-        executor = Executor(client, runtime, allow_private_targets=config.security.allow_private_targets)
+        deliverer = WebhookDeliverer(config=config, runtime=runtime, store=store, outbound=outbound, metrics=metrics)
+        executor = Executor(outbound, runtime, allow_private_targets=config.security.allow_private_targets)
         stop = trio.Event()
         async with trio.open_nursery() as services:
             membership = await start_membership(services, config, runtime) if config.cluster.enabled else None

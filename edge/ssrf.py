@@ -26,6 +26,7 @@ import httpcore
 import httpx
 import trio
 
+from edge.outbound import parsed_url
 from edge.runtime import Resolver
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -168,7 +169,7 @@ async def check_url(url: str, *, resolver: Resolver, allow_private: bool) -> Non
     only the shape is checked: names are not resolved, a name that fails later fails like any connect error.
     """
     try:
-        parsed = httpx.URL(url)
+        parsed = parsed_url(url)
     except httpx.InvalidURL as exc:
         raise TargetRefused(f"not a valid URL ({exc})", url) from exc
     if parsed.scheme not in ("http", "https"):

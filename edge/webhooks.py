@@ -23,6 +23,7 @@ from sortedcontainers import SortedList
 
 from edge.config import Config
 from edge.metrics import NodeMetrics
+from edge.outbound import OutboundHttp, read_capped
 from edge.records import Delivery, JobRecord
 from edge.runtime import Runtime
 from edge.signing import sign_webhook
@@ -32,6 +33,8 @@ from edge.store import Store, StoreError
 log = logging.getLogger("ezthrottle.webhooks")
 
 SIGNATURE_HEADER = "X-EZThrottle-Signature"
+# A receiver's answer body is read up to this and dropped: enough for any acknowledgement, never a memory risk.
+RECEIVER_REPLY_BYTES_MAX = 64 * 1024
 
 
 def webhook_payload(record: JobRecord) -> bytes:
@@ -52,14 +55,15 @@ class WebhookDeliverer:
     """Delivers pending webhooks in due order with bounded concurrency."""
 
     def __init__(
-        self, *, config: Config, runtime: Runtime, store: Store, client: httpx.AsyncClient, metrics: NodeMetrics
+        self, *, config: Config, runtime: Runtime, store: Store, outbound: OutboundHttp, metrics: NodeMetrics
     ) -> None:
         self._settings = config.webhooks
         self._allow_private = config.security.allow_private_targets
         self._secrets = {a.id: a.webhook_secret for a in config.accounts if a.webhook_secret}
         self._runtime = runtime
         self._store = store
-        self._client = client
+        self._outbound = outbound
+        self._timeout = httpx.Timeout(config.webhooks.timeout_s)
         self._metrics = metrics
         self._due: SortedList = SortedList()  # (due monotonic time, seq, record, delivery index)
         self._seq = count()
@@ -116,7 +120,7 @@ class WebhookDeliverer:
     async def _deliver(self, record: JobRecord, index: int) -> None:
         delivery = record.deliveries[index]
         body = webhook_payload(record)
-        headers = {"Content-Type": "application/json", "User-Agent": "ezthrottle-edge"}
+        headers = {"Content-Type": "application/json"}  # User-Agent: edge/outbound.py DEFAULT_HEADERS
         secret = self._secrets.get(record.account_id)
         if secret:
             headers[SIGNATURE_HEADER] = sign_webhook(secret, body, int(self._runtime.wall_clock()))
@@ -124,7 +128,11 @@ class WebhookDeliverer:
         try:
             await check_url(delivery.url, resolver=self._runtime.resolver, allow_private=self._allow_private)
             with trio.fail_after(self._settings.timeout_s):
-                response = await self._client.post(delivery.url, content=body, headers=headers)
+                async with self._outbound.stream(
+                    "POST", delivery.url, headers=headers, content=body, timeout=self._timeout
+                ) as response:
+                    # Only the status counts; the body is read (up to a bound) so the connection can be reused.
+                    await read_capped(response, RECEIVER_REPLY_BYTES_MAX)
             delivery.last_status, delivery.last_error = response.status_code, None
             accepted = 200 <= response.status_code < 300
         except (httpx.HTTPError, trio.TooSlowError, TargetRefused) as exc:

@@ -1,7 +1,7 @@
 """Simulated HTTP: an httpx transport that hands each request to an in-process ASGI app, after a simulated delay.
 
 Set it as `Runtime.transport` and every outbound call of a node goes through it without a socket: jobs to
-upstreams and webhooks to receivers (edge/node.py `build_client`), and forwarding to other nodes (edge/internal.py
+upstreams and webhooks to receivers (edge/node.py `build_outbound`), and forwarding to other nodes (edge/internal.py
 `PeerClient`). Apps are mounted by authority ("host:port", the port explicit or the scheme's default), so a
 simulated upstream, a webhook receiver and another node's `JobApi` are all just ASGI apps.
 

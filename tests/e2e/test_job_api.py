@@ -12,6 +12,7 @@ import trio
 from ezthrottle.webhook_utils import verify_webhook_signature
 
 from edge.config import load_config
+from edge.executor import RESPONSE_BYTES_MAX
 from edge.node import run_node
 from edge.runtime import Runtime
 from edge.store import open_memory_store
@@ -348,3 +349,49 @@ async def test_cookies_an_upstream_sets_never_reach_another_request(nursery: tri
             assert created.status_code == 201, created.text
             await wait_for_status(client, created.json()["job_id"], statuses={"success"}, key=key)
     assert cookies_seen == ["", "", ""]
+
+
+async def test_upstreams_see_the_jobs_headers_over_the_nodes_defaults(nursery: trio.Nursery, tmp_path: Path):
+    upstream, sink = RateLimitedUpstream(limit_rps=100), WebhookSink()
+    up, hook = await serve(nursery, upstream), await serve(nursery, sink)
+    node = await start_node(nursery, tmp_path, FAST_WEBHOOKS)
+    async with httpx.AsyncClient(base_url=node.base_url) as client:
+        plain = {"url": f"{up}/v1/plain", "webhooks": [{"url": f"{hook}/hook"}]}
+        own = {"url": f"{up}/v1/own", "headers": {"USER-AGENT": "acme-billing/2.1", "Accept": "application/json"}}
+        for job in (plain, own):
+            created = await client.post("/api/v1/jobs", json=job, headers=auth())
+            await wait_for_status(client, created.json()["job_id"], statuses={"success"})
+        with trio.fail_after(5):
+            await sink.arrived.wait()
+    by_path = {arrival.path: arrival.headers for arrival in upstream.arrivals}
+    assert by_path["/v1/plain"]["user-agent"] == "ezthrottle-edge" and by_path["/v1/plain"]["accept"] == "*/*"
+    assert by_path["/v1/own"]["user-agent"] == "acme-billing/2.1"  # the job's spelling of a name wins
+    assert by_path["/v1/own"]["accept"] == "application/json"
+    assert "cookie" not in by_path["/v1/plain"] and "python-httpx" not in str(by_path)
+    assert sink.received[0][0]["user-agent"] == "ezthrottle-edge"
+
+
+async def test_large_bodies_are_cut_not_held(nursery: trio.Nursery, tmp_path: Path):
+    """A job's response is kept up to RESPONSE_BYTES_MAX and flagged; a receiver's large answer still counts as
+    delivered (only its status matters)."""
+    oversized = b"x" * (RESPONSE_BYTES_MAX + 100_000)
+
+    async def large_answer(scope, receive, send):
+        if scope["type"] == "http":
+            await read_body(receive)
+            await respond(send, 200, oversized, [("content-type", "text/plain")])
+
+    big = await serve(nursery, large_answer)
+    node = await start_node(nursery, tmp_path, FAST_WEBHOOKS)
+    async with httpx.AsyncClient(base_url=node.base_url) as client:
+        job = {"url": f"{big}/v1/export", "webhooks": [{"url": f"{big}/hook"}]}
+        created = await client.post("/api/v1/jobs", json=job, headers=auth())
+        doc = await wait_for_status(client, created.json()["job_id"], statuses={"success", "failed"})
+        assert doc["status"] == "success"
+        assert doc["response"]["body_truncated"] is True
+        assert len(doc["response"]["body"]) == RESPONSE_BYTES_MAX
+        with trio.fail_after(5):
+            while doc["webhooks"]["outcome"] == "pending":
+                await trio.sleep(0.05)
+                doc = (await client.get(f"/api/v1/jobs/{doc['job_id']}", headers=auth())).json()
+        assert doc["webhooks"]["outcome"] == "delivered"

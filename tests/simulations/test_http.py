@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from edge.executor import AttemptResult, Executor, Timeouts
+from edge.outbound import OutboundHttp
 from simulations.determinism import Simulation, run_simulation
 from simulations.http import Latency, SimulatedHttp, authority_of
 from simulations.runtime import SIMULATED_EPOCH_S, simulated_runtime
@@ -44,17 +45,17 @@ async def call(executor: Executor, url: str, body: str = "") -> AttemptResult:
     return await executor.execute(method="POST", url=url, headers={}, body=body, timeouts=TIMEOUTS)
 
 
-def build(simulation: Simulation) -> tuple[SimulatedHttp, Executor, httpx.AsyncClient]:
+def build(simulation: Simulation) -> tuple[SimulatedHttp, Executor, OutboundHttp]:
     http = SimulatedHttp(rng=simulation.rng_for("http"), trace=simulation.trace, latency=LATENCY)
     runtime = simulated_runtime(simulation, "node-1", transport=http)
-    client = httpx.AsyncClient(transport=http, follow_redirects=False, trust_env=False)
-    return http, Executor(client, runtime, allow_private_targets=True), client
+    outbound = OutboundHttp(http)
+    return http, Executor(outbound, runtime, allow_private_targets=True), outbound
 
 
 def test_requests_reach_the_app_mounted_at_their_host_and_port_after_two_legs_of_latency() -> None:
     async def main(simulation: Simulation) -> None:
-        http, executor, client = build(simulation)
-        async with client:
+        http, executor, outbound = build(simulation)
+        async with outbound:
             http.mount("api.upstream.test:443", LimitedUpstream("a", limit=10))
             http.mount("api.upstream.test:8443", LimitedUpstream("b", limit=10), latency=Latency(min_s=0.5, max_s=0.5))
             first = await call(executor, "https://api.upstream.test/v1/send?x=1", body="hi")
@@ -70,8 +71,8 @@ def test_requests_reach_the_app_mounted_at_their_host_and_port_after_two_legs_of
 
 def test_the_upstream_sees_virtual_time_and_answers_429_with_retry_after() -> None:
     async def main(simulation: Simulation) -> list[int | None]:
-        http, executor, client = build(simulation)
-        async with client:
+        http, executor, outbound = build(simulation)
+        async with outbound:
             http.mount("limited.test:80", LimitedUpstream("limited", limit=3))
             statuses = []
             for _ in range(5):
@@ -87,8 +88,8 @@ def test_the_upstream_sees_virtual_time_and_answers_429_with_retry_after() -> No
 
 def test_an_unmounted_authority_is_refused_like_a_closed_port() -> None:
     async def main(simulation: Simulation) -> tuple[AttemptResult, AttemptResult]:
-        http, executor, client = build(simulation)
-        async with client:
+        http, executor, outbound = build(simulation)
+        async with outbound:
             http.mount("flaky.test:80", LimitedUpstream("flaky", limit=10))
             assert (await call(executor, "http://flaky.test/")).status_code == 200
             http.unmount("flaky.test:80")  # a region outage
@@ -103,8 +104,8 @@ def test_an_unmounted_authority_is_refused_like_a_closed_port() -> None:
 
 def test_same_seed_same_trace_and_a_different_seed_draws_other_latencies() -> None:
     async def main(simulation: Simulation) -> float:
-        http, executor, client = build(simulation)
-        async with client:
+        http, executor, outbound = build(simulation)
+        async with outbound:
             http.mount("api.test:80", LimitedUpstream("api", limit=100))
             async with trio.open_nursery() as nursery:
                 for index in range(20):
