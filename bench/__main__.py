@@ -1,4 +1,9 @@
-"""`python -m bench`: run every benchmark, rewrite bench/RESULTS.md with tables, commands, machine facts."""
+"""`python -m bench`: run every benchmark, rewrite bench/RESULTS.md with tables, commands, machine facts.
+
+`python -m bench NAME [NAME ...]` re-measures only the named benchmarks (keys of BENCHMARKS) and replaces their
+sections in RESULTS.md, each stamped with when and by which command it was re-measured; the other sections stay
+as they were, under the header of the full run that produced them.
+"""
 
 from __future__ import annotations
 
@@ -42,13 +47,45 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
 }
 
 
-def main() -> None:
+def main(argv: list[str]) -> int:
+    unknown = [name for name in argv if name not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmarks {unknown}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    if argv:
+        remeasure(argv)
+        return 0
     sections = [_machine()]
     for name, benchmark in BENCHMARKS.items():
         print(f"running {name} ...", file=sys.stderr, flush=True)
         sections.append(render_section(benchmark()))
     RESULTS.write_text("\n\n".join(["# Benchmark results", *sections]) + "\n")
     print(f"wrote {RESULTS}", file=sys.stderr)
+    return 0
+
+
+def remeasure(names: list[str]) -> None:
+    """Run `names` and put each section in place of the one with the same heading (appended if there is none)."""
+    text = RESULTS.read_text()
+    for name in names:
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        section = render_section(BENCHMARKS[name]())
+        heading, _, rest = section.partition("\n")
+        now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        section = f"{heading}\n\nRe-measured {now} by `python -m bench {name}`, alone.\n{rest}"
+        text = replace_section(text, heading, section)
+    RESULTS.write_text(text)
+    print(f"wrote {RESULTS}", file=sys.stderr)
+
+
+def replace_section(text: str, heading: str, section: str) -> str:
+    """`text` with the "## " section titled `heading` replaced by `section` (which starts with that heading)."""
+    blocks = text.rstrip("\n").split("\n\n## ")
+    for index, block in enumerate(blocks[1:], start=1):
+        if "## " + block.partition("\n")[0] == heading:
+            blocks[index] = section.removeprefix("## ")
+            return "\n\n## ".join(blocks) + "\n"
+    return "\n\n## ".join([*blocks, section.removeprefix("## ")]) + "\n"
 
 
 def _machine() -> str:
@@ -108,4 +145,4 @@ def _first_line(argv: list[str]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(sys.argv[1:]))
