@@ -45,6 +45,7 @@ from edge.config import (
     WebhooksConfig,
 )
 from edge.node import Node, run_node
+from edge.outbound import parsed_url
 from edge.store import MemoryStoreData, Store, open_memory_store
 
 from .actors import DeliveryReport, LognormalLatency, Provider, WebhookReceiver
@@ -317,7 +318,7 @@ class World:
         headers = {"Authorization": f"Bearer {account_key(tenant.name)}", "Content-Type": "application/json"}
         for _try in range(min(SUBMIT_NODES_TRIED_MAX, len(self.nodes))):
             node = self.nodes[next(self._next_node)]
-            url = f"http://{node.api_authority}/api/v1/jobs"
+            url = parsed_url(f"http://{node.api_authority}/api/v1/jobs")
             request = httpx.Request("POST", url, headers=headers, content=content)
             try:
                 response = await self._client.handle_async_request(request)
