@@ -102,4 +102,3 @@ class Executor:
             body=raw.decode(response.encoding or "utf-8", errors="replace"),
             body_truncated=truncated,
         )
-

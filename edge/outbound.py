@@ -12,15 +12,14 @@ network all live in the transport, so they are the same either way.
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import AsyncIterator, Mapping
 from typing import final
 
 import httpx
 
+from edge.origins import parsed_url
+
 # Sent unless the request names them itself. No brotli or zstd: httpx decodes those only with optional packages.
-# Parsed URLs remembered: forwards and webhooks repeat theirs, and jobs mostly call a few endpoints.
-URLS_CACHED = 1024
 DEFAULT_HEADERS = (("Accept", "*/*"), ("Accept-Encoding", "gzip, deflate"), ("User-Agent", "ezthrottle-edge"))
 
 
@@ -71,13 +70,6 @@ class OutboundHttp:
 
     async def __aexit__(self, *_exc_info: object) -> None:
         await self.aclose()
-
-
-@functools.lru_cache(maxsize=URLS_CACHED)
-def parsed_url(url: str) -> httpx.URL:
-    """`url` parsed by httpx (httpx.InvalidURL if it cannot be). httpx.URL is immutable, and parsing is most of the
-    cost of building a request, so recent ones are kept; the SSRF check reads the same parse the request uses."""
-    return httpx.URL(url)
 
 
 async def read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:

@@ -26,7 +26,7 @@ import httpcore
 import httpx
 import trio
 
-from edge.outbound import parsed_url
+from edge.origins import parsed_url
 from edge.runtime import Resolver
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

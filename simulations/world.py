@@ -45,7 +45,7 @@ from edge.config import (
     WebhooksConfig,
 )
 from edge.node import Node, run_node
-from edge.outbound import parsed_url
+from edge.origins import parsed_url
 from edge.store import MemoryStoreData, Store, open_memory_store
 
 from .actors import DeliveryReport, LognormalLatency, Provider, WebhookReceiver
