@@ -16,7 +16,6 @@ import trio
 from edge.config import Config, ConfigError, load_config, with_dev_account
 from edge.node import run_node
 from edge.runtime import Runtime
-from simulations import cli as simulate_cli
 
 DEV_KEY_FILENAME = "dev-account.key"
 
@@ -73,21 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         help="logging verbosity (default INFO); keys and secrets are never logged",
     )
-    simulate = commands.add_parser(
-        "simulate",
-        help="run a scenario on the deterministic simulator (seeds, swarm, capacity sweeps)",
-        description=simulate_cli.DESCRIPTION,
-        epilog=simulate_cli.EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    # Listed here for the help; `main` hands the command to the simulator's own parser before this one runs.
+    commands.add_parser(
+        "simulate", help="run a scenario on the deterministic simulator (seeds, swarm, capacity sweeps)"
     )
-    simulate_cli.add_arguments(simulate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulate"]:
+        # Imported here, not at the top: `serve` has no use for the simulator and starts faster without it.
+        from simulations import cli as simulate_cli
+
+        return simulate_cli.main(argv[1:])
     args = build_parser().parse_args(argv)
-    if args.command == "simulate":
-        return simulate_cli.run(args)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {}
     if args.listen:

@@ -75,3 +75,9 @@ async def test_serve_with_no_config_prints_a_working_dev_key(tmp_path: Path):
         with trio.fail_after(15):
             await trio.to_thread.run_sync(process.wait)
     assert process.returncode == 0
+
+
+def test_the_command_line_loads_the_simulator_only_for_simulate():
+    probe = "import sys, edge.cli; print(sorted(m for m in sys.modules if m.split('.')[0] == 'simulations'))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert loaded.stdout.strip() == "[]"
