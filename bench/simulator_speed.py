@@ -11,6 +11,10 @@ that wake at as many distinct virtual times, spawn as many empty tasks and take 
 code, HTTP or simulator runs in it, so its speed is an upper bound on any simulator that runs the baseline's tasks
 on trio. Both rows are measured in the same process, one after the other.
 
+The last rows are a swarm, the way `ezthrottle simulate --seeds` is used: SWARM_SEEDS seeds of the baseline at a
+quarter of its load, once in one process and once with `--jobs` set to the CPU count, each as a real command (so
+process start and the workers' imports are counted). Runs are independent, so the digests must match.
+
 `profile=True` also runs it under cProfile and lists the functions with the most time of their own, to show
 where a run's time goes: in the simulator (simulations/) or in the node code it runs (edge/, httpx, trio).
 
@@ -21,10 +25,15 @@ from __future__ import annotations
 
 import cProfile
 import json
+import os
 import pstats
 import random
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -37,6 +46,8 @@ from simulations.scenario import load_scenario
 SCENARIO = "baseline"
 GOAL_X = 50.0
 PROFILE_ENTRIES = 12
+SWARM_SEEDS = 4
+SWARM_LOAD = 0.25
 # Long-lived tasks that carry the floor's sleeps: enough that their wake-ups rarely coincide.
 FLOOR_SLEEPERS = 100
 
@@ -136,6 +147,30 @@ def scheduler_floor(work: dict[str, int], virtual_s: float, *, seed: int = 1) ->
     }
 
 
+def swarm(jobs: int) -> dict[str, Any]:
+    """`python -m simulations baseline` over SWARM_SEEDS seeds with `--jobs jobs`: wall time, virtual seconds in
+    all, and every run's trace digest."""
+    with tempfile.TemporaryDirectory() as scratch:
+        report_path = Path(scratch) / "swarm.json"
+        command = [
+            sys.executable, "-m", "simulations", SCENARIO, "--seeds", f"1..{SWARM_SEEDS}",
+            "--sweep", f"load={SWARM_LOAD:g}", "--quiet", "--jobs", str(jobs), "--json", str(report_path),
+        ]  # fmt: skip
+        started = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True, timeout=SWARM_SEEDS * 120)
+        wall_s = time.perf_counter() - started
+        report = json.loads(report_path.read_text())
+    virtual_s = sum(run["report"]["virtual_s"] for run in report["runs"])
+    return {
+        "jobs": jobs,
+        "wall_s": round(wall_s, 2),
+        "virtual_s": round(virtual_s, 1),
+        "speed_x": round(virtual_s / wall_s, 2),
+        "passed": report["passed"],
+        "digests": [run["report"]["trace_digest"] for run in report["runs"]],
+    }
+
+
 def profile(*, seed: int = 1) -> list[str]:
     """The baseline under cProfile: the PROFILE_ENTRIES functions with the most time of their own, as
     "function (package/module.py) seconds"."""
@@ -155,6 +190,8 @@ def run(*, seed: int = 1, with_profile: bool = False) -> dict[str, Any]:
     result = measure(seed=seed)
     work = scheduler_work(seed=seed)
     floor = scheduler_floor(work, result["virtual_s"], seed=seed)
+    cpus = os.cpu_count() or 1
+    swarms = [swarm(1), swarm(cpus)]
     notes = [
         "Wall time includes the 5 s warm-up and the 20 s drain, on this shared machine (runs vary by about ±25%).",
         f"Scheduling work of the baseline (counting run): {work['steps']:,} task steps, {work['spawns']:,} tasks "
@@ -168,7 +205,7 @@ def run(*, seed: int = 1, with_profile: bool = False) -> dict[str, Any]:
         "title": "Simulator speed: simulated seconds per wall second (baseline scenario)",
         "about": __doc__.strip().splitlines()[0],
         "targets": {"scenario": f"simulations/scenarios/{SCENARIO}.toml", "runner": "simulations.run:run_scenario"},
-        "commands": ["python -m bench.simulator_speed"],
+        "commands": ["python -m bench.simulator_speed", "python -m bench simulator_speed (this section only)"],
         "rows": [
             {
                 "run": f"{SCENARIO}: the real nodes, simulated",
@@ -188,14 +225,27 @@ def run(*, seed: int = 1, with_profile: bool = False) -> dict[str, Any]:
                 "upstream calls": "-",
                 "invariants": "-",
             },
+            *(
+                {
+                    "run": f"swarm: {SWARM_SEEDS} seeds at load {SWARM_LOAD:g}, --jobs {run['jobs']}",
+                    "virtual s": f"{run['virtual_s']:g}",
+                    "wall s": f"{run['wall_s']:g}",
+                    "simulated s / wall s": f"{run['speed_x']:g}x",
+                    "jobs acknowledged": "-",
+                    "upstream calls": "-",
+                    "invariants": "held" if run["passed"] else "VIOLATED",
+                }
+                for run in swarms
+            ),
         ],
         "checks": {
             "every invariant held": result["passed"],
             "the replay did the baseline's steps within 5%": abs(floor["work"]["steps"] - work["steps"])
             <= 0.05 * work["steps"],
+            f"--jobs {cpus} gave the trace digests of one process": swarms[0]["digests"] == swarms[1]["digests"],
         },
         "notes": notes,
-        "measurements": {**result, "scheduler_work": work, "floor": floor},
+        "measurements": {**result, "scheduler_work": work, "floor": floor, "swarms": swarms},
     }
 
 

@@ -11,8 +11,12 @@ scenario's [swarm] section (`Scenario.with_swarm_faults`), so `--seed S --swarm 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import contextlib
 import itertools
 import logging
+import multiprocessing
+import os
 import shlex
 import sys
 import time
@@ -90,6 +94,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="switch on a deliberate bug the invariants must catch (an unknown NAME lists them)",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N seeds or sweep points at a time, each in its own process (0: one per CPU); results are the "
+        "same and print in the same order",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every run's full report as JSON")
     parser.add_argument("--plots", type=Path, metavar="DIR", help="write PNG charts per run (needs the `plots` extra)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no line per passing run")
@@ -154,6 +166,8 @@ def plan_from(args: argparse.Namespace) -> Plan:
         raise UsageError(f"bad scenario: {exc}") from None
     if args.swarm is not None and args.swarm < 1:
         raise UsageError("--swarm COUNT must be at least 1")
+    if args.jobs < 0:
+        raise UsageError("--jobs N must be 0 (one per CPU) or more")
     if args.swarm is not None and args.seeds is not None:
         raise UsageError("--swarm runs COUNT seeds from --seed: it cannot be combined with --seeds")
     first_seed = 0 if args.seed is None else args.seed
@@ -284,27 +298,43 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | No
 
 
 def _run_plan(plan: Plan, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from .run import run_scenario
-
-    runs = [(point, seed) for point in plan.points for seed in plan.seeds]
+    runs = [(point, seed, plan.scenario_for(point, seed)) for point in plan.points for seed in plan.seeds]
     show_progress = not args.quiet and (args.progress or err.isatty())
     bar = ProgressBar(err, enabled=show_progress, total_runs=len(runs))
     outcomes: list[RunOutcome] = []
-    for index, (point, seed) in enumerate(runs):
-        scenario = plan.scenario_for(point, seed)
-        replay = plan.replay_command(point, seed)
-        bar.start_run(index, f"seed {seed}" + (f" {point_label(point)}" if point else ""))
-        try:
-            report = run_scenario(scenario, seed=seed, bugs=plan.bugs, progress=bar.update)
-            outcome = RunOutcome(point=point, seed=seed, swarm=plan.swarm, replay=replay, report=report)
-        except Exception as exc:  # a crash of the simulator is a failed run, not the end of a 1000-seed swarm
+    workers = min(args.jobs or os.cpu_count() or 1, len(runs))
+    with contextlib.ExitStack() as stack:
+        pending: list[concurrent.futures.Future[RunResult]] = []
+        if workers > 1:
+            pool = stack.enter_context(
+                concurrent.futures.ProcessPoolExecutor(
+                    workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_set_node_log_level,
+                    initargs=(args.log_level,),
+                )
+            )
+            pending = [pool.submit(_run_one, scenario, seed, plan.bugs) for _point, seed, scenario in runs]
+        for index, (point, seed, scenario) in enumerate(runs):
+            bar.start_run(index, f"seed {seed}" + (f" {point_label(point)}" if point else ""))
+            if pending:
+                result = pending[index].result()  # taken in plan order: the output does not depend on --jobs
+                bar.update(1.0)
+            else:
+                result = _run_one(scenario, seed, plan.bugs, progress=bar.update)
             bar.clear()
-            traceback.print_exc(file=err)
-            error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            outcome = RunOutcome(point=point, seed=seed, swarm=plan.swarm, replay=replay, report=None, error=error)
-        bar.clear()
-        outcomes.append(outcome)
-        print_outcome(out, scenario, outcome, quiet=args.quiet)
+            if result.traceback is not None:
+                err.write(result.traceback)
+            outcome = RunOutcome(
+                point=point,
+                seed=seed,
+                swarm=plan.swarm,
+                replay=plan.replay_command(point, seed),
+                report=result.report,
+                error=result.error,
+            )
+            outcomes.append(outcome)
+            print_outcome(out, scenario, outcome, quiet=args.quiet)
     if len(plan.points) > 1 or plan.points[0]:
         out.write("\n" + format_table(outcomes) + "\n")
     _print_summary(out, plan, outcomes)
@@ -315,6 +345,34 @@ def _run_plan(plan: Plan, args: argparse.Namespace, out: TextIO, err: TextIO) ->
         written = write_plots(args.plots, plan.scenario.name, outcomes)
         out.write(f"{len(written)} PNG plots in {args.plots}\n")
     return 0 if all(outcome.passed for outcome in outcomes) else 1
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """What one run gives back to the command (from a worker process with --jobs): a report, or a crash."""
+
+    report: RunReport | None
+    error: str | None = None  # a crash of the simulator, one line
+    traceback: str | None = None
+
+
+def _run_one(
+    scenario: Scenario, seed: int, bugs: frozenset[str], progress: Callable[[float], None] | None = None
+) -> RunResult:
+    """One run. A crash of the simulator is a failed run, not the end of a 1000-seed swarm."""
+    from .run import run_scenario
+
+    try:
+        return RunResult(run_scenario(scenario, seed=seed, bugs=bugs, progress=progress))
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return RunResult(None, error=error, traceback=traceback.format_exc())
+
+
+def _set_node_log_level(level: str) -> None:
+    """A worker process's nodes log at the level the command asked for, as they would in the command's own."""
+    logging.getLogger("ezthrottle").setLevel(level)
 
 
 def print_outcome(out: TextIO, scenario: Scenario, outcome: RunOutcome, *, quiet: bool) -> None:

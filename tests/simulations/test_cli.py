@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -38,6 +39,7 @@ def simulate(argv: list[str]) -> tuple[int, str, str]:
         (["baseline", "--seeds", "9..3"], "the first seed is after the last"),
         (["baseline", "--swarm", "0"], "--swarm COUNT must be at least 1"),
         (["baseline", "--swarm", "3", "--seeds", "1..2"], "cannot be combined with --seeds"),
+        (["baseline", "--jobs", "-1"], "--jobs N must be 0 (one per CPU) or more"),
     ],
 )
 def test_usage_errors_exit_2_with_a_clear_message_and_run_nothing(argv: list[str], message: str) -> None:
@@ -203,3 +205,17 @@ def test_plots_without_matplotlib_is_refused_up_front_naming_the_extra(
     assert (status, out) == (2, "")
     assert "PNG plots need matplotlib: pip install 'ezthrottle-edge[plots]'" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_runs_in_worker_processes_print_what_one_process_prints_in_the_same_order() -> None:
+    """--jobs changes only how fast: verdicts, trace digests, table and summary are those of one process."""
+    argv = ["baseline", "--seed", "3", "--swarm", "3", "--sweep", "load=0.05,0.1", "--sweep", "duration=3"]
+    one_status, one_out, _ = simulate(argv)
+    two_status, two_out, _ = simulate([*argv, "--jobs", "2"])
+
+    def without_wall_time(out: str) -> str:
+        return re.sub(r"in [0-9.]+ s wall \([0-9]+x\)", "in - s wall", out)
+
+    assert one_status == two_status == 0
+    assert one_out.count(": passed ") == 6
+    assert without_wall_time(two_out) == without_wall_time(one_out)
