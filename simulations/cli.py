@@ -306,14 +306,14 @@ def _run_plan(plan: Plan, args: argparse.Namespace, out: TextIO, err: TextIO) ->
     with contextlib.ExitStack() as stack:
         pending: list[concurrent.futures.Future[RunResult]] = []
         if workers > 1:
-            pool = stack.enter_context(
-                concurrent.futures.ProcessPoolExecutor(
-                    workers,
-                    mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_set_node_log_level,
-                    initargs=(args.log_level,),
-                )
+            pool = concurrent.futures.ProcessPoolExecutor(
+                workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_set_node_log_level,
+                initargs=(args.log_level,),
             )
+            # Leaving early (Ctrl-C, a broken worker) drops the runs not yet started instead of waiting for them.
+            stack.callback(pool.shutdown, wait=True, cancel_futures=True)
             pending = [pool.submit(_run_one, scenario, seed, plan.bugs) for _point, seed, scenario in runs]
         for index, (point, seed, scenario) in enumerate(runs):
             bar.start_run(index, f"seed {seed}" + (f" {point_label(point)}" if point else ""))
