@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -219,3 +222,34 @@ def test_runs_in_worker_processes_print_what_one_process_prints_in_the_same_orde
     assert one_status == two_status == 0
     assert one_out.count(": passed ") == 6
     assert without_wall_time(two_out) == without_wall_time(one_out)
+
+
+def _session_members(session: int) -> list[int]:
+    """Live processes of a session (Linux /proc): the command and any worker it left behind."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == session:
+                    members.append(int(entry.name))
+            except (ProcessLookupError, PermissionError):
+                continue
+    return members
+
+
+def test_ctrl_c_stops_a_parallel_swarm_and_its_workers() -> None:
+    command = [sys.executable, "-m", "simulations", "baseline", "--swarm", "40", "--sweep", "load=0.25", "--jobs", "2"]
+    swarm = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        time.sleep(4)  # the workers have started and are inside runs
+        assert len(_session_members(swarm.pid)) >= 3  # the command and its two workers
+        os.killpg(swarm.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole process group
+        swarm.communicate(timeout=60)  # 40 runs would take minutes: it stopped early
+        assert swarm.returncode != 0
+        deadline = time.monotonic() + 10
+        while _session_members(swarm.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _session_members(swarm.pid) == []
+    finally:
+        if swarm.poll() is None:
+            os.killpg(swarm.pid, signal.SIGKILL)
