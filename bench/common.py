@@ -183,9 +183,7 @@ def run_wrk(target: ServedTarget, scratch: Path, *, duration_s: int, connections
     body_file = _write(scratch / "body", target.body)
     lines = ['wrk.method = "POST"', f'local body = io.open("{_lua_escape(body_file)}", "rb")']
     lines += ["wrk.body = body:read('*a')", "body:close()"]
-    lines += [
-        f'wrk.headers["{_lua_escape(name)}"] = "{_lua_escape(value)}"' for name, value in target.headers
-    ]
+    lines += [f'wrk.headers["{_lua_escape(name)}"] = "{_lua_escape(value)}"' for name, value in target.headers]
     script = _write(scratch / "post.lua", "\n".join(lines).encode())
     argv = [wrk, "-t", "1", "-c", str(connections), "-d", f"{duration_s}s", "--latency", "-s", str(script)]
     argv.append(target.url)
@@ -221,9 +219,7 @@ def percentiles(values: Sequence[float], wanted: Sequence[int]) -> list[float]:
     if not values:
         return [float("nan")] * len(wanted)
     ordered = sorted(values)
-    return [
-        ordered[min(len(ordered) - 1, max(0, -(-percent * len(ordered) // 100) - 1))] for percent in wanted
-    ]
+    return [ordered[min(len(ordered) - 1, max(0, -(-percent * len(ordered) // 100) - 1))] for percent in wanted]
 
 
 def alternate(measurements: dict[str, Callable[[], LoadResult]], rounds: int) -> dict[str, list[LoadResult]]:
@@ -274,13 +270,9 @@ def _tool(name: str) -> str:
 
 
 def _run_tool(argv: list[str], duration_s: int) -> str:
-    completed = subprocess.run(
-        argv, capture_output=True, text=True, timeout=duration_s + TOOL_GRACE_S, check=False
-    )
+    completed = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + TOOL_GRACE_S, check=False)
     if completed.returncode != 0:
-        raise RuntimeError(
-            f"{shlex.join(argv)} exited {completed.returncode}:\n{completed.stdout}{completed.stderr}"
-        )
+        raise RuntimeError(f"{shlex.join(argv)} exited {completed.returncode}:\n{completed.stdout}{completed.stderr}")
     return completed.stdout
 
 

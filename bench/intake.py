@@ -53,9 +53,7 @@ SAMPLE_JOB = {
     },
     "idempotent_key": "order-42",
 }
-ACCEPTED = json.dumps(
-    {"job_id": "job_1763674210055_853341", "status": "queued", "idempotent_key": "order-42"}
-)
+ACCEPTED = json.dumps({"job_id": "job_1763674210055_853341", "status": "queued", "idempotent_key": "order-42"})
 
 
 async def baseline_app(scope: MutableMapping[str, Any], receive: ASGIReceive, send: ASGISend) -> None:
@@ -64,9 +62,7 @@ async def baseline_app(scope: MutableMapping[str, Any], receive: ASGIReceive, se
         return
     while (await receive()).get("more_body"):
         pass
-    await send(
-        {"type": "http.response.start", "status": 201, "headers": [(b"content-type", b"application/json")]}
-    )
+    await send({"type": "http.response.start", "status": 201, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": ACCEPTED.encode()})
 
 

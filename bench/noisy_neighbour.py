@@ -97,6 +97,8 @@ WAIT_METRIC = "ezthrottle_proxy_queue_wait_seconds"
 WORK_PATH = "/work"
 HEAVY_KEY = {"id": "heavy", "key": "pk_heavy_tenant_0123456789", "tier": "paid"}
 LIGHT_KEY = {"id": "light", "key": "pk_light_tenant_0123456789", "tier": "paid"}
+
+
 @dataclass(frozen=True, slots=True)
 class Mode:
     """How the proxy is configured: fair or FIFO, and whether the per-key cap is sized or left at its default."""

@@ -113,9 +113,7 @@ def run() -> dict[str, Any]:
                 else "-",
             }
         )
-    measurements["meets_goal"] = (
-        measurements[f"scheduler_ops_per_s_{GOAL_ACTIVE_KEYS}_keys"] >= GOAL_OPS_PER_S
-    )
+    measurements["meets_goal"] = measurements[f"scheduler_ops_per_s_{GOAL_ACTIVE_KEYS}_keys"] >= GOAL_OPS_PER_S
     return {
         "title": "Fair scheduler: enqueue + dequeue operations per second",
         "about": __doc__.strip().splitlines()[0],

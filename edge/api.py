@@ -161,8 +161,11 @@ class JobApi:
         except StoreError:
             log.exception("job store failed; the job was not accepted")
             raise Problem(
-                503, "Store unavailable", "the job could not be made durable; it was not accepted",
-                kind="store-unavailable", headers={"Retry-After": "5"},
+                503,
+                "Store unavailable",
+                "the job could not be made durable; it was not accepted",
+                kind="store-unavailable",
+                headers={"Retry-After": "5"},
             ) from None
         (self._metrics.jobs_accepted if created else self._metrics.jobs_duplicate).inc()
         body = {"job_id": stored.job_id, "status": stored.status, "idempotent_key": stored.idempotent_key}

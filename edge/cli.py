@@ -132,7 +132,7 @@ def _with_dev_account(config: Config) -> Config:
         "  try:\n"
         f"    curl -s http://{host}/api/v1/jobs -H 'Authorization: Bearer {key}' \\\n"
         "      -H 'Content-Type: application/json' \\\n"
-        "      -d '{\"url\": \"https://api.example.com/v1/ping\", \"method\": \"GET\"}'\n"
+        '      -d \'{"url": "https://api.example.com/v1/ping", "method": "GET"}\'\n'
         f"    curl -s http://{host}/api/v1/jobs/<job_id> -H 'Authorization: Bearer {key}'\n",
         flush=True,
     )

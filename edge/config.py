@@ -357,8 +357,7 @@ class HttpClientConfig(_Validated):
     def _check(self) -> None:
         if self.max_keepalive_connections > self.max_connections:
             raise _Invalid(
-                f"must not exceed max_connections ({self.max_keepalive_connections} > "
-                f"{self.max_connections})",
+                f"must not exceed max_connections ({self.max_keepalive_connections} > {self.max_connections})",
                 ("max_keepalive_connections",),
                 (("max_connections",),),
             )
@@ -393,9 +392,7 @@ class AccountConfig(_Validated):
 
     def _check(self) -> None:
         if self.webhook_secret_secondary is not None and self.webhook_secret is None:
-            raise _Invalid(
-                "needs webhook_secret as well", ("webhook_secret_secondary",), (("webhook_secret",),)
-            )
+            raise _Invalid("needs webhook_secret as well", ("webhook_secret_secondary",), (("webhook_secret",),))
 
 
 @dataclass(frozen=True, slots=True)
@@ -598,11 +595,13 @@ class Config(_Validated):
         digests: dict[bytes, int] = {}
         for index, account in enumerate(self.accounts):
             if account.id in ids:
-                raise _Invalid(f"duplicate account id {account.id!r} (also accounts[{ids[account.id]}])",
-                               ("accounts", index, "id"))
+                raise _Invalid(
+                    f"duplicate account id {account.id!r} (also accounts[{ids[account.id]}])", ("accounts", index, "id")
+                )
             if account.key_sha256 in digests:
-                raise _Invalid(f"same key as accounts[{digests[account.key_sha256]}]; keys must be unique",
-                               ("accounts", index))
+                raise _Invalid(
+                    f"same key as accounts[{digests[account.key_sha256]}]; keys must be unique", ("accounts", index)
+                )
             ids[account.id] = index
             digests[account.key_sha256] = index
         by_origin: dict[str, TargetConfig] = {}
@@ -638,11 +637,12 @@ class Config(_Validated):
         lines.append(f"  accounts: {len(self.accounts)}")
         lines += [f"    {account.id}: {_describe_fields(account, skip='id')}" for account in self.accounts]
         lines.append(f"  targets: {len(self.targets)}")
-        lines += [f"    {target.origin}: {_describe_fields(target, skip='origin')}"
-                  for target in self.targets]
+        lines += [f"    {target.origin}: {_describe_fields(target, skip='origin')}" for target in self.targets]
         lines.append(f"  protect: {len(self.protect)}")
-        lines += [f"    {listener.label}: keys={len(listener.keys)} {_describe_fields(listener, skip='keys')}"
-                  for listener in self.protect]
+        lines += [
+            f"    {listener.label}: keys={len(listener.keys)} {_describe_fields(listener, skip='keys')}"
+            for listener in self.protect
+        ]
         return "\n".join(lines)
 
 
@@ -757,8 +757,7 @@ def _build_keyed(cls: type[_Keyed], table: Any, path: KeyPath) -> _Keyed:
         return _build(cls, table, path)
     if not isinstance(key, str) or len(key) < KEY_CHARS_MIN:
         shown = _shown(key, secret=True)
-        raise _Invalid(f"must be a string of at least {KEY_CHARS_MIN} characters (got {shown})",
-                       (*path, "key"))
+        raise _Invalid(f"must be a string of at least {KEY_CHARS_MIN} characters (got {shown})", (*path, "key"))
     return _build(cls, table, path, key_sha256=hashlib.sha256(key.encode()).digest())
 
 

@@ -91,8 +91,9 @@ class Executor:
         except httpx.HTTPError as exc:
             refused = refusal_of(exc)
             if refused is not None:
-                return AttemptResult(trio.current_time() - started, error=f"target refused: {refused.reason}",
-                                     retryable=False)
+                return AttemptResult(
+                    trio.current_time() - started, error=f"target refused: {refused.reason}", retryable=False
+                )
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             return AttemptResult(trio.current_time() - started, error=error)
         return AttemptResult(

@@ -279,9 +279,7 @@ def _lifespan_optional(app: ASGIApp) -> ASGIApp:
     the protocol answered for it; one that returns halfway through is reported to hypercorn as unsupported.
     """
 
-    async def app_with_optional_lifespan(
-        scope: MutableMapping[str, Any], receive: ASGIReceive, send: ASGISend
-    ) -> None:
+    async def app_with_optional_lifespan(scope: MutableMapping[str, Any], receive: ASGIReceive, send: ASGISend) -> None:
         if scope["type"] != "lifespan":
             await app(scope, receive, send)
             return

@@ -83,9 +83,7 @@ def sign_request(keyring: Keyring, *, method: str, path: str, body: bytes, wall_
     return f"t={timestamp},v1={keyring.sign(_signed_part(timestamp, method, path, body)).hex()}"
 
 
-def verify_request(
-    keyring: Keyring, header: str, *, method: str, path: str, body: bytes, wall_s: float
-) -> bool:
+def verify_request(keyring: Keyring, header: str, *, method: str, path: str, body: bytes, wall_s: float) -> bool:
     parts = dict(item.split("=", 1) for item in header.split(",") if "=" in item)
     timestamp, tag = parts.get("t", ""), parts.get("v1", "")
     if not timestamp.isdigit() or len(timestamp) > 12 or abs(wall_s - int(timestamp)) > CLOCK_SKEW_S_MAX:

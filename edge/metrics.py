@@ -31,9 +31,7 @@ class NodeMetrics:
         self.queue_depth = Gauge("ezthrottle_queue_depth", "Jobs waiting in queues on this node", registry=r)
         self.in_flight = Gauge("ezthrottle_in_flight", "Outbound attempts in flight", registry=r)
         self.active_queues = Gauge("ezthrottle_active_queues", "Queue keys with a running task", registry=r)
-        self.attempts = Counter(
-            "ezthrottle_attempts", "Outbound attempts by outcome", ["outcome"], registry=r
-        )
+        self.attempts = Counter("ezthrottle_attempts", "Outbound attempts by outcome", ["outcome"], registry=r)
         self.upstream_429 = Counter("ezthrottle_upstream_429", "429 responses seen from targets", registry=r)
         self.malformed_headers = Counter(
             "ezthrottle_malformed_limit_headers", "Rate-limit headers ignored as malformed", registry=r

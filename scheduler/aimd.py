@@ -40,9 +40,7 @@ class AimdPolicy:
 
     def __post_init__(self) -> None:
         if not 1 <= self.limit_min <= self.limit_initial:
-            raise ValueError(
-                f"need 1 <= limit_min <= limit_initial, got {self.limit_min!r}, {self.limit_initial!r}"
-            )
+            raise ValueError(f"need 1 <= limit_min <= limit_initial, got {self.limit_min!r}, {self.limit_initial!r}")
         if not (math.isfinite(self.increase_per_round) and self.increase_per_round > 0.0):
             raise ValueError(f"increase_per_round must be positive, got {self.increase_per_round!r}")
         if not 0.0 < self.decrease_factor < 1.0:
@@ -90,9 +88,7 @@ class AimdLimit:
         if self._is_slow(latency_s):
             self.on_overload(admitted_at=admitted_at, now=now)
         elif 2 * in_use >= self._limit:
-            self._limit = min(
-                float(self._limit_max), self._limit + self._policy.increase_per_round / self._limit
-            )
+            self._limit = min(float(self._limit_max), self._limit + self._policy.increase_per_round / self._limit)
 
     def on_overload(self, *, admitted_at: float, now: float) -> None:
         """The upstream pushed back (429, 503, or too slow); shrink unless this round already did."""

@@ -126,9 +126,7 @@ class SchedulerPolicy:
         if self.capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {self.capacity!r}")
         if not 0.0 < self.key_concurrency_share_max <= 1.0:
-            raise ValueError(
-                f"key_concurrency_share_max must be in (0, 1], got {self.key_concurrency_share_max!r}"
-            )
+            raise ValueError(f"key_concurrency_share_max must be in (0, 1], got {self.key_concurrency_share_max!r}")
         if not 1 <= self.key_queue_length_max <= self.queue_length_max:
             raise ValueError(
                 f"need 1 <= key_queue_length_max <= queue_length_max, got "
@@ -303,9 +301,7 @@ class FairScheduler:
             ready_at = state.gcra.ready_at(now)
             if ready_at > now:
                 return self._refuse(tier_state, key, policy, RefusalReason.RATE_LIMITED, ready_at - now, now)
-        fits_now = self._inflight < self._capacity and (
-            state is None or state.inflight < self._key_inflight_max
-        )
+        fits_now = self._inflight < self._capacity and (state is None or state.inflight < self._key_inflight_max)
         if not fits_now:
             key_queued = 0 if state is None else len(state.queue)
             if key_queued >= self._policy.key_queue_length_max:

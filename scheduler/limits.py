@@ -104,9 +104,7 @@ class QueueLimits:
             self.blocked_reason = None
         self._pacer.consume(now)
 
-    def on_response(
-        self, now: float, status_code: int | None, signals: LimitSignals, rng: Random
-    ) -> QueueDelay | None:
+    def on_response(self, now: float, status_code: int | None, signals: LimitSignals, rng: Random) -> QueueDelay | None:
         """Apply what one attempt's outcome says; returns the block it asked for, if any.
 
         A 429, or a 403 that `is_rate_limit_refusal` recognises, extends the 429 streak; any other status
@@ -115,9 +113,7 @@ class QueueLimits:
         unless an earlier block already reaches further.
         """
         self._apply_live_limits(now, signals)
-        refused = is_rate_limit_refusal(
-            status_code, remaining=signals.remaining, retry_after_s=signals.retry_after_s
-        )
+        refused = is_rate_limit_refusal(status_code, remaining=signals.remaining, retry_after_s=signals.retry_after_s)
         if status_code is not None and not refused:
             self.consecutive_429 = 0
         delay = self._delay_asked(refused, status_code, signals, rng)

@@ -57,9 +57,7 @@ _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct",
 _MONTH = "(?P<month>" + "|".join(_MONTHS) + ")"
 _CLOCK = r"(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})"
 # RFC 9110 section 5.6.7: senders use IMF-fixdate; recipients must also accept RFC 850 and asctime dates.
-_IMF_FIXDATE = re.compile(
-    rf"[a-z]{{3}}, (?P<day>[0-9]{{1,2}}) {_MONTH} (?P<year>[0-9]{{4}}) {_CLOCK} (?:gmt|utc)"
-)
+_IMF_FIXDATE = re.compile(rf"[a-z]{{3}}, (?P<day>[0-9]{{1,2}}) {_MONTH} (?P<year>[0-9]{{4}}) {_CLOCK} (?:gmt|utc)")
 _RFC850_DATE = re.compile(rf"[a-z]{{6,9}}, (?P<day>[0-9]{{2}})-{_MONTH}-(?P<year>[0-9]{{2}}) {_CLOCK} gmt")
 _ASCTIME_DATE = re.compile(rf"[a-z]{{3}} {_MONTH} (?P<day>[ 0-9]?[0-9]) {_CLOCK} (?P<year>[0-9]{{4}})")
 
@@ -85,9 +83,7 @@ class LimitSignals:
     malformed: tuple[str, ...] = ()
 
 
-def is_rate_limit_refusal(
-    status_code: int | None, *, remaining: int | None, retry_after_s: float | None
-) -> bool:
+def is_rate_limit_refusal(status_code: int | None, *, remaining: int | None, retry_after_s: float | None) -> bool:
     """Whether a response refused the request for rate alone: a 429, or a 403 with rate-limit evidence.
 
     GitHub answers an exhausted quota or a secondary limit with 403 (or 429) plus `x-ratelimit-remaining: 0`

@@ -220,9 +220,7 @@ class SimulatedHttp(httpx.AsyncBaseTransport):
             f"http {request.method} {request.url} -> {exchange.status} "
             f"{zlib.crc32(request_body):08x} {zlib.crc32(body):08x} from {source}"
         )
-        return httpx.Response(
-            exchange.status, headers=exchange.headers, stream=httpx.ByteStream(body), request=request
-        )
+        return httpx.Response(exchange.status, headers=exchange.headers, stream=httpx.ByteStream(body), request=request)
 
     async def _run_in_server(self, exchange: _Exchange, mount: _Mount, request: httpx.Request) -> None:
         """Run the app in the server's nursery and wait for it; a server that goes down resets the request."""

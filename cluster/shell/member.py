@@ -179,9 +179,7 @@ class ClusterMember:
         self._nursery: trio.Nursery | None = None
         self._timer: trio.CancelScope | None = None
         self._join_scope = trio.CancelScope()
-        outbound_send, outbound_receive = trio.open_memory_channel[tuple[Address, bytes]](
-            settings.outbound_packets_max
-        )
+        outbound_send, outbound_receive = trio.open_memory_channel[tuple[Address, bytes]](settings.outbound_packets_max)
         self._outbound_send = outbound_send
         self._outbound_receive = outbound_receive
         self._packets_pending = 0  # queued or being sent

@@ -59,9 +59,7 @@ def upstream_transport(protect: ProtectConfig) -> httpx.AsyncHTTPTransport:
         http2=False,
         retries=0,
         trust_env=False,
-        limits=httpx.Limits(
-            max_connections=protect.max_concurrency, max_keepalive_connections=protect.max_concurrency
-        ),
+        limits=httpx.Limits(max_connections=protect.max_concurrency, max_keepalive_connections=protect.max_concurrency),
     )
 
 

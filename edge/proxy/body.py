@@ -40,6 +40,7 @@ from edge.problems import Problem
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
+
 class ClientGone(Exception):
     """The client disconnected: there is nobody left to answer."""
 

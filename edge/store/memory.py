@@ -117,9 +117,7 @@ class MemoryStore:
     async def count_unfinished(self, account_id: str) -> int:
         data = await self._begin()
         return sum(
-            1
-            for job in data.jobs.values()
-            if job.account_id == account_id and job.status in UNFINISHED_STATUSES
+            1 for job in data.jobs.values() if job.account_id == account_id and job.status in UNFINISHED_STATUSES
         )
 
     async def delete_jobs(self, job_ids: Collection[str]) -> int:

@@ -91,8 +91,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _COLUMNS = (
-    "job_id, account_id, idempotent_key, status, queue_key, created_at_ms, finished_at_ms, webhook_outcome, "
-    "record"
+    "job_id, account_id, idempotent_key, status, queue_key, created_at_ms, finished_at_ms, webhook_outcome, record"
 )
 _INSERT_SQL = f"INSERT INTO jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _UPSERT_SQL = (
@@ -270,9 +269,7 @@ class SqliteStore:
                         group.append(self._receive.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                committed = await trio.to_thread.run_sync(
-                    self._run_group, group, limiter=self._thread_limiter
-                )
+                committed = await trio.to_thread.run_sync(self._run_group, group, limiter=self._thread_limiter)
                 self._operations += len(group)
                 self._commits += committed
                 for operation in group:

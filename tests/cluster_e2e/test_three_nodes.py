@@ -49,8 +49,16 @@ class ClusterNode:
 
     async def start(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "edge", "serve", "--config", str(self.config),
-             "--listen", f"127.0.0.1:{self.api_port}"],
+            [
+                sys.executable,
+                "-m",
+                "edge",
+                "serve",
+                "--config",
+                str(self.config),
+                "--listen",
+                f"127.0.0.1:{self.api_port}",
+            ],
             stdout=open(self.log, "ab"),  # noqa: SIM115 - the child owns the file
             stderr=subprocess.STDOUT,
         )
@@ -79,16 +87,18 @@ async def wait_for_members(client: httpx.AsyncClient, nodes: list[ClusterNode], 
                 views = [await cluster_view(client, node) for node in nodes]
             except httpx.TransportError:
                 views = []
-            if views and all(
-                {m["node"] for m in view["members"] if m["state"] == "alive"} == alive for view in views
-            ):
+            if views and all({m["node"] for m in view["members"] if m["state"] == "alive"} == alive for view in views):
                 return views
             await trio.sleep(0.1)
 
 
 async def submit(client: httpx.AsyncClient, node: ClusterNode, i: int) -> str:
-    job = {"url": f"{node.upstream}/c/{i}", "method": "POST", "body": f"job-{i}",
-           "headers": {"Authorization": CREDENTIAL}}
+    job = {
+        "url": f"{node.upstream}/c/{i}",
+        "method": "POST",
+        "body": f"job-{i}",
+        "headers": {"Authorization": CREDENTIAL},
+    }
     response = await client.post(f"{node.base_url}/api/v1/jobs", json=job, headers=auth())
     assert response.status_code == 201, (node.name, response.status_code, response.text)
     return response.json()["job_id"]
@@ -121,8 +131,7 @@ async def test_three_processes_one_queue_per_key_and_failover(nursery: trio.Nurs
     upstream_url = await serve(nursery, upstream)
     gossip = {f"n{i}": free_port() for i in (1, 2, 3)}
     nodes = [
-        ClusterNode(tmp_path, name, upstream_url, port, seeds_except(gossip, name))
-        for name, port in gossip.items()
+        ClusterNode(tmp_path, name, upstream_url, port, seeds_except(gossip, name)) for name, port in gossip.items()
     ]
     first = nodes[0]
     try:

@@ -132,8 +132,9 @@ async def test_a_member_with_the_wrong_key_cannot_join_and_is_counted(nursery: t
     intruder = await start(nursery, "mallory", seeds=[endpoint(a.member)], keyring=Keyring(b"\x07" * 32))
 
     await wait_until(
-        lambda: a.member.statistics().swim.drops.unauthenticated >= 2
-        and intruder.member.statistics().exchanges_failed >= 2,
+        lambda: (
+            a.member.statistics().swim.drops.unauthenticated >= 2 and intruder.member.statistics().exchanges_failed >= 2
+        ),
         timeout_s=3,
         what="the intruder refused twice",
     )

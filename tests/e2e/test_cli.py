@@ -28,8 +28,16 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_serve_help_explains_every_option():
     result = run_cli("serve", "--help")
     assert result.returncode == 0
-    for option in ("--config", "--listen", "--data-dir", "--join", "--cluster-bind", "--insecure-cluster",
-                   "--log-level", "EZTHROTTLE_"):
+    for option in (
+        "--config",
+        "--listen",
+        "--data-dir",
+        "--join",
+        "--cluster-bind",
+        "--insecure-cluster",
+        "--log-level",
+        "EZTHROTTLE_",
+    ):
         assert option in result.stdout
 
 

@@ -138,17 +138,13 @@ async def test_error_paths_are_problem_json(nursery: trio.Nursery, tmp_path: Pat
         assert ACCOUNT_KEY not in unauthorized.text
         await expect(await client.post("/api/v1/jobs", content=b"url=x", headers=auth()), 415)
         await expect(
-            await client.post(
-                "/api/v1/jobs", content=b"{", headers={**auth(), "content-type": "application/json"}
-            ),
+            await client.post("/api/v1/jobs", content=b"{", headers={**auth(), "content-type": "application/json"}),
             400,
         )
         big = {**job, "body": "x" * (1024 * 1024 + 10)}
         await expect(await client.post("/api/v1/jobs", json=big, headers=auth()), 413)
         await expect(await client.post("/api/v1/jobs", json={"method": "GET"}, headers=auth()), 422, "url")
-        await expect(
-            await client.post("/api/v1/jobs", json={**job, "method": "BREW"}, headers=auth()), 422, "method"
-        )
+        await expect(await client.post("/api/v1/jobs", json={**job, "method": "BREW"}, headers=auth()), 422, "method")
         bad_hook = {**job, "webhooks": [{"url": "ftp://x"}]}
         await expect(await client.post("/api/v1/jobs", json=bad_hook, headers=auth()), 422, "webhooks[0].url")
         bad_fallback = {**job, "fallback_job": {"url": "https://a.example", "trigger": {"type": "on_sunday"}}}
@@ -216,9 +212,7 @@ async def test_cancel_a_queued_job(nursery: trio.Nursery, tmp_path: Path):
 
 
 @pytest.mark.parametrize("allow_private", [False, True])
-async def test_ssrf_guard_refuses_loopback_unless_allowed(
-    nursery: trio.Nursery, tmp_path: Path, allow_private: bool
-):
+async def test_ssrf_guard_refuses_loopback_unless_allowed(nursery: trio.Nursery, tmp_path: Path, allow_private: bool):
     upstream = RateLimitedUpstream(limit_rps=100)
     up = await serve(nursery, upstream)
     node = await start_node(nursery, tmp_path, allow_private=allow_private)
@@ -227,8 +221,13 @@ async def test_ssrf_guard_refuses_loopback_unless_allowed(
         if not allow_private:
             assert response.status_code == 422
             assert response.json()["field"] == "url" and "loopback" in response.json()["detail"]
-            for target in ("http://[::1]/", "http://169.254.169.254/latest", "http://[::ffff:127.0.0.1]/",
-                           "http://10.0.0.1/", "http://localhost:8080/"):
+            for target in (
+                "http://[::1]/",
+                "http://169.254.169.254/latest",
+                "http://[::ffff:127.0.0.1]/",
+                "http://10.0.0.1/",
+                "http://localhost:8080/",
+            ):
                 refused = await client.post("/api/v1/jobs", json={"url": target}, headers=auth())
                 assert refused.status_code == 422, target
             assert upstream.arrivals == []
@@ -303,16 +302,19 @@ async def test_account_backlog_limit_refuses_with_retry_after(nursery: trio.Nurs
     async with httpx.AsyncClient(base_url=node.base_url) as client:
         later = 4_000_000_000_000
         for i in range(3):
-            ok = await client.post("/api/v1/jobs", json={"url": f"http://127.0.0.1:9/{i}", "retry_at": later},
-                                   headers=auth())
+            ok = await client.post(
+                "/api/v1/jobs", json={"url": f"http://127.0.0.1:9/{i}", "retry_at": later}, headers=auth()
+            )
             assert ok.status_code == 201
-        refused = await client.post("/api/v1/jobs", json={"url": "http://127.0.0.1:9/x", "retry_at": later},
-                                    headers=auth())
+        refused = await client.post(
+            "/api/v1/jobs", json={"url": "http://127.0.0.1:9/x", "retry_at": later}, headers=auth()
+        )
         assert refused.status_code == 429 and refused.headers["retry-after"] == "7"
         assert refused.json()["status"] == 429
         # Other accounts are not affected, and a duplicate of an accepted job is not new work.
-        other = await client.post("/api/v1/jobs", json={"url": "http://127.0.0.1:9/x", "retry_at": later},
-                                  headers=auth(OTHER_KEY))
+        other = await client.post(
+            "/api/v1/jobs", json={"url": "http://127.0.0.1:9/x", "retry_at": later}, headers=auth(OTHER_KEY)
+        )
         assert other.status_code == 201
 
 

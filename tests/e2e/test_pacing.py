@@ -55,9 +55,7 @@ async def test_configured_rate_is_never_exceeded_per_credential(nursery: trio.Nu
     target = f'[targets."{up}"]\nrps = 8\nmax_concurrent = 4\n'
     node = await start_node(nursery, tmp_path, target)
     async with httpx.AsyncClient(base_url=node.base_url) as client:
-        jobs = [
-            {"url": f"{up}/p/{i}", "headers": {"Authorization": f"Bearer key-{i % 2}"}} for i in range(16)
-        ]
+        jobs = [{"url": f"{up}/p/{i}", "headers": {"Authorization": f"Bearer key-{i % 2}"}} for i in range(16)]
         ids = await submit_all(client, jobs)
         docs = await wait_all_finished(client, ids, timeout_s=15)
         assert all(d["status"] == "success" for d in docs)
@@ -80,8 +78,7 @@ async def test_a_429_storm_never_fails_a_job(nursery: trio.Nursery, tmp_path: Pa
     async with httpx.AsyncClient(base_url=node.base_url) as client:
         retry_codes = [429, 403, 503] if style == "github" else [429, 503]
         jobs = [
-            {"url": f"{up}/s/{i}", "retry_policy": {"max_retries": 1, "retry_codes": retry_codes}}
-            for i in range(12)
+            {"url": f"{up}/s/{i}", "retry_policy": {"max_retries": 1, "retry_codes": retry_codes}} for i in range(12)
         ]
         ids = await submit_all(client, jobs)
         docs = await wait_all_finished(client, ids, timeout_s=40)

@@ -124,9 +124,7 @@ def test_served_app_runs_a_factory_in_a_child_process_and_stops_it() -> None:
 def test_running_command_waits_for_any_server_and_stops_it() -> None:
     port = free_loopback_port()
     url = f"http://127.0.0.1:{port}/"
-    with running_command(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], url
-    ) as process:
+    with running_command([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], url) as process:
         assert httpx.get(url).status_code == 200
     assert process.returncode is not None
     with pytest.raises(httpx.ConnectError):

@@ -67,9 +67,7 @@ async def leave_mid_response(server: RunningServer, how: str) -> None:
     stream = await trio.open_tcp_stream(*server.host_port)
     client = h2_client()
     for _ in range(STREAMS_PER_CONNECTION):
-        client.send_headers(
-            client.get_next_available_stream_id(), request_headers("GET", "/big"), end_stream=True
-        )
+        client.send_headers(client.get_next_available_stream_id(), request_headers("GET", "/big"), end_stream=True)
     await stream.send_all(client.data_to_send())
     received = 0
     while received < BYTES_BEFORE_LEAVING:
@@ -138,9 +136,7 @@ async def test_body_after_early_response_is_contained(caplog: pytest.LogCaptureF
             response = await http.post(f"{server.url}/fine", content=b"ok")
         assert response.text == "2 POST 2"
 
-    statuses = [
-        dict(event.headers)[b":status"] for event in events if isinstance(event, h2.events.ResponseReceived)
-    ]
+    statuses = [dict(event.headers)[b":status"] for event in events if isinstance(event, h2.events.ResponseReceived)]
     assert statuses == [b"413"]
     contained = [record for record in caplog.records if "unexpected" in record.getMessage()]
     assert len(contained) == 1

@@ -91,9 +91,7 @@ async def test_h2c_upgrade_switches_protocols_and_answers_on_stream_1() -> None:
     assert head.startswith(b"HTTP/1.1 101")
     assert b"upgrade: h2c" in head.lower()
     assert isinstance(events[0], h2.events.RemoteSettingsChanged), "the server must open with its SETTINGS"
-    status = [
-        dict(event.headers)[b":status"] for event in events if isinstance(event, h2.events.ResponseReceived)
-    ]
+    status = [dict(event.headers)[b":status"] for event in events if isinstance(event, h2.events.ResponseReceived)]
     body = b"".join(event.data for event in events if isinstance(event, h2.events.DataReceived))
     assert status == [b"200"]
     assert body == b"2 GET 0"

@@ -83,8 +83,13 @@ class Upstream:
                 send,
                 200,
                 b"{}",
-                [(b"connection", b"x-private"), (b"x-private", b"1"), (b"keep-alive", b"timeout=5"),
-                 (b"proxy-authenticate", b"Basic"), (b"x-kept", b"1")],
+                [
+                    (b"connection", b"x-private"),
+                    (b"x-private", b"1"),
+                    (b"keep-alive", b"timeout=5"),
+                    (b"proxy-authenticate", b"Basic"),
+                    (b"x-kept", b"1"),
+                ],
             )
         else:
             await self._work(scope, send)
@@ -196,6 +201,7 @@ async def harness(
 
 def protect_keys(tables: Iterable[dict[str, Any]]) -> tuple[ProtectKeyConfig, ...]:
     """`[[protect.keys]]` tables as the config loader builds them (plain keys hashed)."""
-    config = load_config(None, env={ENV_PROTECT: json.dumps([{"listen": "127.0.0.1:0", "upstream": "http://a",
-                                                               "keys": list(tables)}])})
+    config = load_config(
+        None, env={ENV_PROTECT: json.dumps([{"listen": "127.0.0.1:0", "upstream": "http://a", "keys": list(tables)}])}
+    )
     return config.protect[0].keys

@@ -37,8 +37,12 @@ async def flood_worker(client: httpx.AsyncClient, key: str, until: float, status
 
 async def test_a_flood_is_held_to_the_queue_limits_and_refused_beyond_them() -> None:
     keys = protect_keys({"key": key, "tier": "paid", "id": f"flood{n}"} for n, key in enumerate(FLOOD_KEYS))
-    settings = {"keys": keys, "max_concurrency": 8, "key_queue_length_max": KEY_QUEUE_MAX,
-                "queue_length_max": QUEUE_MAX}
+    settings = {
+        "keys": keys,
+        "max_concurrency": 8,
+        "key_queue_length_max": KEY_QUEUE_MAX,
+        "queue_length_max": QUEUE_MAX,
+    }
     statuses: Counter[int] = Counter()
     queued_max = key_queued_max = 0
     async with harness(Upstream(capacity=8, service_s=0.05), **settings) as h:
@@ -59,8 +63,9 @@ async def test_a_flood_is_held_to_the_queue_limits_and_refused_beyond_them() -> 
         # Nothing left behind (the last slots are freed just after their responses went out).
         await wait_until(lambda: (h.stats().queued, h.stats().inflight, h.stats().keys_tracked) == (0, 0, 0))
         refused = sum(
-            h.proxy.metric("ezthrottle_proxy_refused_total", listener="test", tier="paid", key=f"flood{n}",
-                           reason=reason)
+            h.proxy.metric(
+                "ezthrottle_proxy_refused_total", listener="test", tier="paid", key=f"flood{n}", reason=reason
+            )
             for n in range(len(FLOOD_KEYS))
             for reason in ("queue-full", "key-queue-full")
         )

@@ -94,4 +94,3 @@ async def test_successful_responses_carry_the_callers_ratelimit_fields() -> None
     assert first.headers["ratelimit"].startswith('"per-key";r=4;')
     assert int(second.headers["ratelimit"].split("r=")[1].split(";")[0]) <= 4
     assert "ratelimit" not in anonymous.headers  # no rate, no fields
-

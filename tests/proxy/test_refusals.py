@@ -42,8 +42,9 @@ async def test_a_key_over_its_rate_gets_429_with_retry_after_and_ratelimit_field
     assert refused.headers["retry-after"] == "1"
     assert refused.headers["ratelimit-policy"] == '"per-key";q=1;w=1'
     assert refused.headers["ratelimit"] == '"per-key";r=0;t=1'
-    refusals = h.proxy.metric("ezthrottle_proxy_refused_total", listener="test", tier="paid", key="a",
-                              reason="rate-limited")
+    refusals = h.proxy.metric(
+        "ezthrottle_proxy_refused_total", listener="test", tier="paid", key="a", reason="rate-limited"
+    )
     assert refusals == 1
 
 
@@ -83,8 +84,9 @@ async def test_a_request_queued_past_the_wait_limit_gets_503() -> None:
     assert_problem(expired, 503, "queue-timeout")
     assert expired.headers["retry-after"] == "1"
     assert 0.25 <= waited_s < 0.9
-    expiries = h.proxy.metric("ezthrottle_proxy_refused_total", listener="test", tier="free", key="anonymous",
-                              reason="queue-timeout")
+    expiries = h.proxy.metric(
+        "ezthrottle_proxy_refused_total", listener="test", tier="free", key="anonymous", reason="queue-timeout"
+    )
     assert expiries == 1
 
 

@@ -43,18 +43,18 @@ async def trickle(stream: trio.SocketStream, data: bytes, every_s: float) -> Non
 
 async def test_malformed_request_line_gets_400_from_hypercorn() -> None:
     async with harness() as h, await connect(h) as stream:
-            await stream.send_all(b"NOT A REQUEST\r\n\r\n")
-            answer = await read_answer(stream)
+        await stream.send_all(b"NOT A REQUEST\r\n\r\n")
+        answer = await read_answer(stream)
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert h.upstream.started == 0
 
 
 async def test_oversize_headers_get_431_from_hypercorn() -> None:
     async with harness() as h, await connect(h) as stream:
-            # h11 refuses an unfinished head over hypercorn's 16 KiB limit. It checks only while the head is
-            # incomplete, and reads 64 KiB at a time, so a head that arrives whole may reach 64 KiB.
-            await stream.send_all(b"GET /work HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 100_000 + b"\r\n\r\n")
-            answer = await read_answer(stream)
+        # h11 refuses an unfinished head over hypercorn's 16 KiB limit. It checks only while the head is
+        # incomplete, and reads 64 KiB at a time, so a head that arrives whole may reach 64 KiB.
+        await stream.send_all(b"GET /work HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 100_000 + b"\r\n\r\n")
+        answer = await read_answer(stream)
     assert answer.startswith(b"HTTP/1.1 431 ")
     assert h.upstream.started == 0
 
@@ -62,11 +62,11 @@ async def test_oversize_headers_get_431_from_hypercorn() -> None:
 async def test_headers_that_trickle_in_are_cut_off_without_reaching_the_upstream() -> None:
     idle_timeout_s = 1.0
     async with harness(idle_timeout_s=idle_timeout_s) as h, await connect(h) as stream, trio.open_nursery() as nursery:
-            nursery.start_soon(trickle, stream, b"GET /work HTTP/1.1\r\nhost: x\r\nx-slow: " + b"a" * 100, 0.1)
-            started = trio.current_time()
-            # The idle timeout covers a connection that has not finished its headers.
-            answer = await read_answer(stream, timeout_s=5.0)
-            nursery.cancel_scope.cancel()
+        nursery.start_soon(trickle, stream, b"GET /work HTTP/1.1\r\nhost: x\r\nx-slow: " + b"a" * 100, 0.1)
+        started = trio.current_time()
+        # The idle timeout covers a connection that has not finished its headers.
+        answer = await read_answer(stream, timeout_s=5.0)
+        nursery.cancel_scope.cancel()
     assert answer == b""  # closed, nothing half-sent
     assert idle_timeout_s - 0.1 <= trio.current_time() - started < idle_timeout_s + 2.0
     assert h.upstream.started == 0
@@ -90,12 +90,12 @@ async def test_the_configured_header_limit_applies() -> None:
 
 async def test_a_small_body_that_trickles_in_gets_408_before_taking_a_slot() -> None:
     async with harness(body_timeout_s=0.5) as h, await connect(h) as stream, trio.open_nursery() as nursery:
-            await stream.send_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n")
-            nursery.start_soon(trickle, stream, b"x" * 100, 0.05)
-            started = trio.current_time()
-            answer = await read_answer(stream)
-            elapsed_s = trio.current_time() - started
-            nursery.cancel_scope.cancel()
+        await stream.send_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n")
+        nursery.start_soon(trickle, stream, b"x" * 100, 0.05)
+        started = trio.current_time()
+        answer = await read_answer(stream)
+        elapsed_s = trio.current_time() - started
+        nursery.cancel_scope.cancel()
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert b"body-timeout" in answer
     assert 0.4 < elapsed_s < 1.5
@@ -107,14 +107,14 @@ async def test_a_small_body_that_trickles_in_gets_408_before_taking_a_slot() -> 
 async def test_a_large_body_below_the_minimum_rate_gets_408_and_frees_its_slot() -> None:
     settings = {"body_timeout_s": 0.5, "body_buffer_bytes": 1024, "body_rate_min_bytes_per_s": 10_000.0}
     async with harness(**settings) as h, await connect(h) as stream, trio.open_nursery() as nursery:
-            await stream.send_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n")
-            await stream.send_all(b"x" * 2048)  # the head: read at once, then the slot is taken
-            await wait_until(lambda: h.stats().inflight == 1)
-            nursery.start_soon(trickle, stream, b"x" * 1000, 0.05)  # 20 bytes/s
-            started = trio.current_time()
-            answer = await read_answer(stream)
-            elapsed_s = trio.current_time() - started
-            nursery.cancel_scope.cancel()
+        await stream.send_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n")
+        await stream.send_all(b"x" * 2048)  # the head: read at once, then the slot is taken
+        await wait_until(lambda: h.stats().inflight == 1)
+        nursery.start_soon(trickle, stream, b"x" * 1000, 0.05)  # 20 bytes/s
+        started = trio.current_time()
+        answer = await read_answer(stream)
+        elapsed_s = trio.current_time() - started
+        nursery.cancel_scope.cancel()
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert elapsed_s < 2.0
     assert h.stats().inflight == 0 and h.stats().tiers[-1].admitted_total == 1
@@ -139,14 +139,14 @@ async def test_oversize_bodies_get_413_whether_declared_or_chunked() -> None:
 
 async def test_a_client_that_disconnects_while_queued_gives_its_place_back() -> None:
     async with harness(max_concurrency=1) as h, await connect(h) as holder, await connect(h) as waiter:
-            await holder.send_all(b"GET /sleep?s=2 HTTP/1.1\r\nhost: x\r\n\r\n")
-            await wait_until(lambda: h.stats().inflight == 1)
-            await waiter.send_all(b"GET /work HTTP/1.1\r\nhost: x\r\n\r\n")
-            await wait_until(lambda: h.stats().queued == 1)
-            await waiter.aclose()
-            await wait_until(lambda: h.stats().queued == 0, timeout_s=1.0)
-            assert h.stats().tiers[-1].cancelled_total == 1
-            assert h.stats().inflight == 1  # the holder is untouched
+        await holder.send_all(b"GET /sleep?s=2 HTTP/1.1\r\nhost: x\r\n\r\n")
+        await wait_until(lambda: h.stats().inflight == 1)
+        await waiter.send_all(b"GET /work HTTP/1.1\r\nhost: x\r\n\r\n")
+        await wait_until(lambda: h.stats().queued == 1)
+        await waiter.aclose()
+        await wait_until(lambda: h.stats().queued == 0, timeout_s=1.0)
+        assert h.stats().tiers[-1].cancelled_total == 1
+        assert h.stats().inflight == 1  # the holder is untouched
     assert h.proxy.metric("ezthrottle_proxy_queued", listener="test", tier="free", key="anonymous") == 0
 
 

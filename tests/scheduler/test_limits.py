@@ -115,9 +115,7 @@ def test_429_backoff_is_jittered_below_its_ceiling() -> None:
     rng = Random(3)
     ceilings = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
     draws = [limits.on_response(0.0, 429, NO_SIGNALS, rng) for _ in ceilings]
-    assert all(
-        d is not None and 0.0 <= d.delay_s <= ceiling for d, ceiling in zip(draws, ceilings, strict=True)
-    )
+    assert all(d is not None and 0.0 <= d.delay_s <= ceiling for d, ceiling in zip(draws, ceilings, strict=True))
     assert len({d.delay_s for d in draws if d is not None}) == len(ceilings)
 
 
@@ -201,9 +199,7 @@ BLOCKS: list[tuple[str, int, list[tuple[str, str]], QueueDelay | None]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("status", "headers", "expected"), [c[1:] for c in BLOCKS], ids=[c[0] for c in BLOCKS]
-)
+@pytest.mark.parametrize(("status", "headers", "expected"), [c[1:] for c in BLOCKS], ids=[c[0] for c in BLOCKS])
 def test_which_responses_block_the_queue(
     status: int, headers: list[tuple[str, str]], expected: QueueDelay | None
 ) -> None:
@@ -251,10 +247,7 @@ def test_repr_is_a_status_line() -> None:
     limits = QueueLimits(rps=2.0, max_concurrent=2)
     assert repr(limits) == "QueueLimits(2/s from default, 2 in flight from default)"
     limits.on_response(1.0, 429, signals_from(("Retry-After", "4")), Random(0))
-    assert (
-        repr(limits)
-        == "QueueLimits(2/s from default, 2 in flight from default, blocked until 5 (retry-after))"
-    )
+    assert repr(limits) == "QueueLimits(2/s from default, 2 in flight from default, blocked until 5 (retry-after))"
 
 
 def footprint_bytes(obj: Any) -> int:

@@ -34,9 +34,7 @@ def violations_in(source: str) -> list[str]:
         elif isinstance(node, ast.ImportFrom) and node.module is not None:
             root = node.module.split(".")[0]
             if root == "random":
-                found += [
-                    f"from random import {a.name}" for a in node.names if a.name not in ALLOWED_FROM_RANDOM
-                ]
+                found += [f"from random import {a.name}" for a in node.names if a.name not in ALLOWED_FROM_RANDOM]
             elif root in FORBIDDEN_MODULES:
                 found.append(f"from {node.module} import ...")
         elif isinstance(node, ast.Attribute) and node.attr in FORBIDDEN_CLOCK_ATTRIBUTES:

@@ -150,9 +150,7 @@ DIALECTS: list[tuple[str, list[tuple[str, str]], dict[str, Any], dict[str, str]]
 @pytest.mark.parametrize(
     ("headers", "fields", "sources"), [case[1:] for case in DIALECTS], ids=[c[0] for c in DIALECTS]
 )
-def test_dialects_in_the_wild(
-    headers: list[tuple[str, str]], fields: dict[str, Any], sources: dict[str, str]
-) -> None:
+def test_dialects_in_the_wild(headers: list[tuple[str, str]], fields: dict[str, Any], sources: dict[str, str]) -> None:
     signals = parse(*headers)
     assert present_fields(signals) == pytest.approx(fields)
     assert signals.sources == sources
@@ -301,9 +299,7 @@ def test_openai_suffixed_headers_beat_the_unsuffixed_ones() -> None:
 
 
 def test_malformed_higher_precedence_header_falls_back_to_the_next() -> None:
-    signals = parse(
-        ("RateLimit", '"burst";r=lots'), ("x-ratelimit-remaining", "4"), ("x-ratelimit-reset", "9")
-    )
+    signals = parse(("RateLimit", '"burst";r=lots'), ("x-ratelimit-remaining", "4"), ("x-ratelimit-reset", "9"))
     assert (signals.remaining, signals.reset_after_s) == (4, 9.0)
     assert signals.malformed == ("ratelimit",)
 
@@ -321,18 +317,13 @@ def test_retry_after_and_ratelimit_t_are_both_reported() -> None:
 
 def test_rfc850_two_digit_years_more_than_50_years_ahead_are_last_century() -> None:
     wall_now_2023 = WALL_NOW
-    assert (
-        parse(("Retry-After", "Sunday, 06-Nov-94 08:49:37 GMT"), wall_now=wall_now_2023).retry_after_s == 0.0
-    )
+    assert parse(("Retry-After", "Sunday, 06-Nov-94 08:49:37 GMT"), wall_now=wall_now_2023).retry_after_s == 0.0
     # 73 -> 2073 would be 50 years ahead in 2023 (allowed), so it stays in this century: far future, capped.
-    assert parse(
-        ("Retry-After", "Tuesday, 14-Nov-73 22:14:50 GMT"), wall_now=wall_now_2023
-    ).retry_after_s == (DELAY_MAX_S)
-    # 74 -> 2074 is more than 50 years ahead: it means 1974, long past.
-    assert (
-        parse(("Retry-After", "Wednesday, 14-Nov-74 22:14:50 GMT"), wall_now=wall_now_2023).retry_after_s
-        == 0.0
+    assert parse(("Retry-After", "Tuesday, 14-Nov-73 22:14:50 GMT"), wall_now=wall_now_2023).retry_after_s == (
+        DELAY_MAX_S
     )
+    # 74 -> 2074 is more than 50 years ahead: it means 1974, long past.
+    assert parse(("Retry-After", "Wednesday, 14-Nov-74 22:14:50 GMT"), wall_now=wall_now_2023).retry_after_s == 0.0
 
 
 def test_empty_headers_give_empty_signals() -> None:
@@ -413,11 +404,7 @@ def test_mutated_and_random_values_never_raise_and_stay_in_range(seed: int) -> N
     headers: list[tuple[str, str]] = []
     for name in rng.sample(RECOGNISED_HEADERS, rng.randint(1, len(RECOGNISED_HEADERS))):
         for _ in range(rng.randint(1, 2)):
-            value = (
-                mutate(rng, VALID_SAMPLES[name])
-                if rng.random() < 0.7
-                else junk(rng, JUNK_ALPHABET + "0123456789")
-            )
+            value = mutate(rng, VALID_SAMPLES[name]) if rng.random() < 0.7 else junk(rng, JUNK_ALPHABET + "0123456789")
             headers.append((random_case(rng, name), value))
     signals = parse(*headers, wall_now=rng.uniform(0.0, 4e9))
     assert_sane(signals, {name.lower() for name, _ in headers})

@@ -107,9 +107,7 @@ def test_gcra_rate_limit_refuses_with_its_own_retry_after_and_ratelimit_fields()
     refusal = refused(scheduler.submit("k", limited, now=0.0))
     assert (refusal.reason, refusal.status_hint) == (RefusalReason.RATE_LIMITED, 429)
     assert refusal.retry_after_s == pytest.approx(0.1)
-    assert refusal.rate_limit == RateLimitStatus(
-        quota=10, window_s=1, remaining=0, reset_s=pytest.approx(0.2)
-    )
+    assert refusal.rate_limit == RateLimitStatus(quota=10, window_s=1, remaining=0, reset_s=pytest.approx(0.2))
     # A refused request costs nothing: the key may send again exactly when told to.
     admitted(scheduler.submit("k", limited, now=0.1))
     assert isinstance(scheduler.submit("unlimited", PAID, now=0.1), Admitted)

@@ -20,10 +20,7 @@ from scheduler.tiers import TIERS_BY_PRIORITY
 CAPACITY = 6
 SHARE_MAX = 0.5
 KEY_CAP = math.floor(CAPACITY * SHARE_MAX)
-POLICIES = {
-    f"key-{index}": KeyPolicy(tier=TIERS_BY_PRIORITY[index % 3], weight=1.0 + index % 4)
-    for index in range(12)
-}
+POLICIES = {f"key-{index}": KeyPolicy(tier=TIERS_BY_PRIORITY[index % 3], weight=1.0 + index % 4) for index in range(12)}
 
 
 class Model:

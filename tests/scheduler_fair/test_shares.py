@@ -90,9 +90,7 @@ def test_free_keeps_its_minimum_share_under_a_paid_flood() -> None:
 def test_a_slow_tier_is_charged_for_the_slots_it_holds_not_for_its_request_count() -> None:
     # Free requests hold their slot 10x longer; counting requests would hand free 5/7 of the slots.
     scheduler = FairScheduler(SchedulerPolicy(capacity=8))
-    up = SimulatedUpstream(
-        scheduler, service_s=lambda t: 10 * SERVICE_S if t.tier is Tier.FREE else SERVICE_S
-    )
+    up = SimulatedUpstream(scheduler, service_s=lambda t: 10 * SERVICE_S if t.tier is Tier.FREE else SERVICE_S)
     up.add_flow(Flow("paid", PAID, outstanding=40))
     up.add_flow(Flow("free", FREE, outstanding=40))
     up.measure(2.0, 22.0)

@@ -46,9 +46,7 @@ def finish(
     """Give the record the history of a job that ran twice (a 429, then the final answer) and was reported."""
     record.status = status
     record.attempts = [
-        Attempt(
-            at_ms=finished_at_ms - 2_000, duration_ms=31.5, status_code=429, delay_s=1.5, delay_reason="429"
-        ),
+        Attempt(at_ms=finished_at_ms - 2_000, duration_ms=31.5, status_code=429, delay_s=1.5, delay_reason="429"),
         Attempt(at_ms=finished_at_ms - 10, duration_ms=9.25, status_code=200 if status == "success" else 500),
     ]
     record.retries_used = 1

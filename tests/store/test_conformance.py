@@ -50,9 +50,7 @@ async def test_the_same_key_in_another_account_is_another_job(store: Store) -> N
 
 async def test_a_finished_job_keeps_its_key_until_purged(store: Store) -> None:
     await store.insert_job(make_record("job-1", idempotent_key="order-42"))
-    await store.save_job(
-        finish(make_record("job-1", idempotent_key="order-42"), finished_at_ms=CREATED_AT_MS)
-    )
+    await store.save_job(finish(make_record("job-1", idempotent_key="order-42"), finished_at_ms=CREATED_AT_MS))
 
     existing, created = await store.insert_job(make_record("job-2", idempotent_key="order-42"))
     assert created is False
@@ -125,9 +123,7 @@ async def test_unfinished_jobs_are_queued_or_running_oldest_first(store: Store) 
 
 
 async def test_jobs_with_pending_deliveries(store: Store) -> None:
-    await store.save_job(
-        finish(make_record("job-late", created_at_ms=5), finished_at_ms=50, webhook_outcome="pending")
-    )
+    await store.save_job(finish(make_record("job-late", created_at_ms=5), finished_at_ms=50, webhook_outcome="pending"))
     await store.save_job(
         finish(
             make_record("job-early", created_at_ms=3),

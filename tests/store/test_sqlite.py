@@ -77,9 +77,7 @@ async def test_every_query_uses_an_index(tmp_path: Path, sql: str, parameters: t
     scans = [step for step in plan if step.startswith(("SCAN", "SEARCH"))]
     assert scans
     assert all("USING INDEX" in step for step in scans), plan
-    assert not any("TEMP B-TREE" in step for step in plan), (
-        plan
-    )  # ordered by the index, not sorted afterwards
+    assert not any("TEMP B-TREE" in step for step in plan), plan  # ordered by the index, not sorted afterwards
 
 
 async def test_concurrent_inserts_share_commits(tmp_path: Path) -> None:

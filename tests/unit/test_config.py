@@ -183,8 +183,10 @@ ACCOUNT_B = f'[[accounts]]\nid = "b"\nkey = "{KEY_B}"\n'
 LISTEN_PROBLEM = 'server.listen: must be "host:port"'
 ORIGIN_PROBLEM = "must be an origin scheme://host[:port] with scheme http or https and no path"
 FILE_ERRORS = [
-    (ACCOUNT_A + ACCOUNT_B + 'plan = "gold"\n',
-     "accounts[1].plan: must be one of free, starter, growth, pro, enterprise (got 'gold')"),
+    (
+        ACCOUNT_A + ACCOUNT_B + 'plan = "gold"\n',
+        "accounts[1].plan: must be one of free, starter, growth, pro, enterprise (got 'gold')",
+    ),
     ('[server]\nlistn = "x"\n', "server.listn: unknown key (did you mean listen?)"),
     ("[sever]\n", "sever: unknown key (did you mean server?)"),
     ("server = 3\n", "server: must be a table (got 3)"),
@@ -202,8 +204,10 @@ FILE_ERRORS = [
     ("[defaults]\nconnect_timeout_s = 0\n", "defaults.connect_timeout_s: must be a number > 0 (got 0)"),
     ("[defaults]\nbackoff_base_s = 90\n", "defaults.backoff_base_s: must not exceed backoff_cap_s (90 > 60)"),
     ('[security]\nallow_private_targets = "yes"\n', "security.allow_private_targets: must be true or false"),
-    ("[http_client]\nmax_connections = 4\nmax_keepalive_connections = 5\n",
-     "http_client.max_keepalive_connections: must not exceed max_connections (5 > 4)"),
+    (
+        "[http_client]\nmax_connections = 4\nmax_keepalive_connections = 5\n",
+        "http_client.max_keepalive_connections: must not exceed max_connections (5 > 4)",
+    ),
     ("[webhooks]\nschedule_s = [0, 60, 30]\n", "webhooks.schedule_s: must be a list of 1-64 non-decreasing"),
     ("[webhooks]\nschedule_s = []\n", "webhooks.schedule_s: must be a list of 1-64 non-decreasing"),
     ("[jobs]\nretention_s = -1\n", "jobs.retention_s: must be a number > 0 (got -1)"),
@@ -212,20 +216,24 @@ FILE_ERRORS = [
     (ACCOUNT_A + f'key_sha256 = "{"0" * 64}"\n', "accounts[0]: needs exactly one of key or key_sha256"),
     ('[[accounts]]\nid = "a"\nkey_sha256 = "abc"\n', "accounts[0].key_sha256: must be a SHA-256 digest"),
     (ACCOUNT_A + 'pln = "pro"\n', "accounts[0].pln: unknown key (did you mean plan?)"),
-    (ACCOUNT_A + ACCOUNT_B.replace('"b"', '"a"'),
-     "accounts[1].id: duplicate account id 'a' (also accounts[0])"),
-    (ACCOUNT_A + ACCOUNT_B.replace(KEY_B, KEY_A),
-     "accounts[1]: same key as accounts[0]; keys must be unique"),
-    (ACCOUNT_A + 'webhook_secret_secondary = "whsec_0123456789abcdef"\n',
-     "accounts[0].webhook_secret_secondary: needs webhook_secret as well"),
+    (ACCOUNT_A + ACCOUNT_B.replace('"b"', '"a"'), "accounts[1].id: duplicate account id 'a' (also accounts[0])"),
+    (ACCOUNT_A + ACCOUNT_B.replace(KEY_B, KEY_A), "accounts[1]: same key as accounts[0]; keys must be unique"),
+    (
+        ACCOUNT_A + 'webhook_secret_secondary = "whsec_0123456789abcdef"\n',
+        "accounts[0].webhook_secret_secondary: needs webhook_secret as well",
+    ),
     ('[targets."https://a.example/v1"]\n', f'targets."https://a.example/v1": {ORIGIN_PROBLEM}'),
     ('[targets."ftp://a.example"]\n', f'targets."ftp://a.example": {ORIGIN_PROBLEM}'),
     ('[targets."https://a.example:99999"]\n', f'targets."https://a.example:99999": {ORIGIN_PROBLEM}'),
-    ('[targets."https://a.example"]\nrps = 0.2\n',
-     'targets."https://a.example".rps: must be a number >= 0.5 (got 0.2)'),
+    (
+        '[targets."https://a.example"]\nrps = 0.2\n',
+        'targets."https://a.example".rps: must be a number >= 0.5 (got 0.2)',
+    ),
     ('[targets."https://a.example"]\norigin = "x"\n', 'targets."https://a.example".origin: unknown key'),
-    ('[targets."https://a.example"]\n[targets."https://A.example:443"]\n',
-     'targets."https://a.example": origin https://a.example is configured twice'),
+    (
+        '[targets."https://a.example"]\n[targets."https://A.example:443"]\n',
+        'targets."https://a.example": origin https://a.example is configured twice',
+    ),
     ("[server\n", "invalid TOML"),
 ]
 
@@ -247,8 +255,7 @@ def test_missing_file_is_an_error_naming_it(in_tmp: Path) -> None:
     ("account", "secret", "key"),
     [
         ('key = "short"', "short", "accounts[0].key"),
-        ('key = "ck_aaaaaaaaaaaaaaaaa"\nwebhook_secret = "tiny-secret"', "tiny-secret",
-         "accounts[0].webhook_secret"),
+        ('key = "ck_aaaaaaaaaaaaaaaaa"\nwebhook_secret = "tiny-secret"', "tiny-secret", "accounts[0].webhook_secret"),
     ],
 )
 def test_errors_about_secrets_do_not_echo_them(in_tmp: Path, account: str, secret: str, key: str) -> None:
@@ -308,8 +315,7 @@ def test_env_json_replaces_accounts_and_targets(in_tmp: Path) -> None:
 
 
 ENV_ERRORS = [
-    ({"EZTHROTTLE_DEFAULTS_RPS": "0.1"},
-     "EZTHROTTLE_DEFAULTS_RPS: defaults.rps: must be a number >= 0.5 (got 0.1)"),
+    ({"EZTHROTTLE_DEFAULTS_RPS": "0.1"}, "EZTHROTTLE_DEFAULTS_RPS: defaults.rps: must be a number >= 0.5 (got 0.1)"),
     (
         {"EZTHROTTLE_SERVER_LISTN": "127.0.0.1:1"},
         "EZTHROTTLE_SERVER_LISTN: unknown variable (did you mean EZTHROTTLE_SERVER_LISTEN?)",
@@ -328,16 +334,16 @@ ENV_ERRORS = [
     ({"EZTHROTTLE_ACCOUNTS": "{}"}, "EZTHROTTLE_ACCOUNTS: accounts: must be an array of tables"),
     (
         {"EZTHROTTLE_ACCOUNTS": '[{"id": "a", "key": "ck_aaaaaaaaaaaaaaaaa", "plan": "gold"}]'},
-        "EZTHROTTLE_ACCOUNTS: accounts[0].plan: must be one of free, starter, growth, pro, enterprise "
-        "(got 'gold')",
+        "EZTHROTTLE_ACCOUNTS: accounts[0].plan: must be one of free, starter, growth, pro, enterprise (got 'gold')",
     ),
-    ({"EZTHROTTLE_TARGETS": '{"https://a.example": {"rsp": 3}}'},
-     'EZTHROTTLE_TARGETS: targets."https://a.example".rsp: unknown key (did you mean rps?)'),
+    (
+        {"EZTHROTTLE_TARGETS": '{"https://a.example": {"rsp": 3}}'},
+        'EZTHROTTLE_TARGETS: targets."https://a.example".rsp: unknown key (did you mean rps?)',
+    ),
     # A rule across keys blames the source that set one of them last: here the variable, not the defaults.
     (
         {"EZTHROTTLE_DEFAULTS_BACKOFF_CAP_S": "0.1"},
-        "EZTHROTTLE_DEFAULTS_BACKOFF_CAP_S: defaults.backoff_base_s: must not exceed backoff_cap_s "
-        "(0.5 > 0.1)",
+        "EZTHROTTLE_DEFAULTS_BACKOFF_CAP_S: defaults.backoff_base_s: must not exceed backoff_cap_s (0.5 > 0.1)",
     ),
 ]
 

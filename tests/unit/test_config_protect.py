@@ -110,15 +110,17 @@ def test_env_json_replaces_the_protect_sections(tmp_path: Path) -> None:
 MINIMAL = '[[protect]]\nlisten = "127.0.0.1:0"\nupstream = "http://127.0.0.1:9"\n'
 KEY = f'[[protect.keys]]\nkey = "{BIG_KEY}"\n'
 FILE_ERRORS = [
-    ("[[protect]]\nlisten = \"127.0.0.1:0\"\n", "protect[0].upstream: required"),
+    ('[[protect]]\nlisten = "127.0.0.1:0"\n', "protect[0].upstream: required"),
     (MINIMAL.replace("http://127.0.0.1:9", "http://127.0.0.1:9/v1"), "protect[0].upstream: must be an origin"),
     (MINIMAL + "listn = 1\n", "protect[0].listn: unknown key (did you mean listen?)"),
     (MINIMAL + 'key_header = "x api key"\n', "protect[0].key_header: must be an HTTP header name"),
     (MINIMAL + "reserved_share = 1\n", "protect[0].reserved_share: must be a number in (0, 1)"),
     (MINIMAL + "key_concurrency_share_max = 1.5\n", "protect[0].key_concurrency_share_max: must be a number in (0, 1]"),
     (MINIMAL + "reserved_share = 0.9\nfree_share_min = 0.2\n", "protect[0].reserved_share: reserved_share + free"),
-    (MINIMAL + "key_queue_length_max = 60\nqueue_length_max = 50\n",
-     "protect[0].key_queue_length_max: must not exceed queue_length_max (60 > 50)"),
+    (
+        MINIMAL + "key_queue_length_max = 60\nqueue_length_max = 50\n",
+        "protect[0].key_queue_length_max: must not exceed queue_length_max (60 > 50)",
+    ),
     (MINIMAL + "anonymous_burst = 3\n", "protect[0].anonymous_burst: needs anonymous_rate_per_s as well"),
     (MINIMAL + "fairness = 1\n", "protect[0].fairness: must be true or false"),
     (MINIMAL + "keys = 3\n", "protect[0].keys: must be an array of tables"),
@@ -127,8 +129,10 @@ FILE_ERRORS = [
     (MINIMAL + KEY + "weight = 0\n", "protect[0].keys[0].weight: must be a number > 0"),
     (MINIMAL + '[[protect.keys]]\nid = "x"\n', "protect[0].keys[0]: needs exactly one of key or key_sha256"),
     (MINIMAL + KEY + KEY, "protect[0]: keys[1] has the same key as keys[0]"),
-    (MINIMAL + KEY + 'id = "a"\n' + KEY.replace(BIG_KEY, SMALL_KEY) + 'id = "a"\n',
-     "protect[0]: keys[1] has the id 'a' of keys[0]"),
+    (
+        MINIMAL + KEY + 'id = "a"\n' + KEY.replace(BIG_KEY, SMALL_KEY) + 'id = "a"\n',
+        "protect[0]: keys[1] has the id 'a' of keys[0]",
+    ),
     (MINIMAL + MINIMAL, "protect[1].name: listener '127.0.0.1:0' is also protect[0]; give each a unique name"),
     ("protect = 3\n", "protect: must be an array of tables"),
 ]

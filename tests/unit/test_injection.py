@@ -14,9 +14,19 @@ import pytest
 EDGE = Path(__file__).resolve().parents[2] / "edge"
 ALLOWED = {"runtime.py"}
 FORBIDDEN_CALLS = {
-    ("time", "time"), ("time", "time_ns"), ("time", "monotonic"), ("time", "sleep"), ("time", "perf_counter"),
-    ("random", "random"), ("random", "randint"), ("random", "randrange"), ("random", "choice"),
-    ("random", "uniform"), ("random", "shuffle"), ("socket", "getaddrinfo"), ("datetime", "now"),
+    ("time", "time"),
+    ("time", "time_ns"),
+    ("time", "monotonic"),
+    ("time", "sleep"),
+    ("time", "perf_counter"),
+    ("random", "random"),
+    ("random", "randint"),
+    ("random", "randrange"),
+    ("random", "choice"),
+    ("random", "uniform"),
+    ("random", "shuffle"),
+    ("socket", "getaddrinfo"),
+    ("datetime", "now"),
     ("datetime", "utcnow"),
 }
 

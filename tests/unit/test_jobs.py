@@ -20,8 +20,12 @@ def test_defaults_follow_the_contract():
     job = validate_job({"url": "https://api.example.com/x"})
     assert job["method"] == "GET" and job["headers"] == {} and job["body"] is None
     assert job["webhook_quorum"] == 1 and job["region_policy"] == "fallback" and job["execution_mode"] == "race"
-    assert job["retry_policy"] == {"max_retries": 3, "max_reroutes": 2, "retry_codes": [429, 503],
-                                   "reroute_codes": [500, 502]}
+    assert job["retry_policy"] == {
+        "max_retries": 3,
+        "max_reroutes": 2,
+        "retry_codes": [429, 503],
+        "reroute_codes": [500, 502],
+    }
 
 
 @pytest.mark.parametrize(
@@ -37,10 +41,14 @@ def test_defaults_follow_the_contract():
         ({"url": "https://example.com/", "headers": {"X-A": "a\r\nX-B: b"}}, "headers.X-A"),
         ({"url": "https://example.com/", "headers": {"Transfer-Encoding": "chunked"}}, "headers.Transfer-Encoding"),
         ({"url": "https://example.com/", "metadata": []}, "metadata"),
-        ({"url": "https://example.com/", "webhooks": [{"url": "https://h.example", "has_quorum_vote": "yes"}]},
-         "webhooks[0].has_quorum_vote"),
-        ({"url": "https://example.com/", "webhooks": [{"url": "https://h.example"}], "webhook_quorum": 2},
-         "webhook_quorum"),
+        (
+            {"url": "https://example.com/", "webhooks": [{"url": "https://h.example", "has_quorum_vote": "yes"}]},
+            "webhooks[0].has_quorum_vote",
+        ),
+        (
+            {"url": "https://example.com/", "webhooks": [{"url": "https://h.example"}], "webhook_quorum": 2},
+            "webhook_quorum",
+        ),
         ({"url": "https://example.com/", "regions": ["IAD!"]}, "regions"),
         ({"url": "https://example.com/", "region_policy": "maybe"}, "region_policy"),
         ({"url": "https://example.com/", "execution_mode": "all"}, "execution_mode"),
@@ -49,9 +57,13 @@ def test_defaults_follow_the_contract():
         ({"url": "https://example.com/", "retry_at": True}, "retry_at"),
         ({"url": "https://example.com/", "idempotent_key": ""}, "idempotent_key"),
         ({"url": "https://example.com/", "fallback_job": {"url": "https://b.example"}}, "fallback_job.trigger"),
-        ({"url": "https://example.com/", "fallback_job": {"url": "https://b.example",
-                                                          "trigger": {"type": "on_timeout"}}},
-         "fallback_job.trigger.timeout_ms"),
+        (
+            {
+                "url": "https://example.com/",
+                "fallback_job": {"url": "https://b.example", "trigger": {"type": "on_timeout"}},
+            },
+            "fallback_job.trigger.timeout_ms",
+        ),
         ({"url": "https://example.com/", "on_failure": {"url": "ftp://x"}}, "on_failure.url"),
         ({"url": "https://bü\u200bcher.de/"}, "url"),  # a zero-width space: no IDNA form, so nothing to send
         ({"url": "https://example.com/", "webhooks": [{"url": "http://a\x7fb.example/"}]}, "webhooks[0].url"),
