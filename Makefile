@@ -15,13 +15,14 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/ezthrottle serve $(ARGS)
 
-test: $(STAMP)
-	$(BIN)/ruff check .
+# Lint first (ruff, then the type checker; [tool.mypy] in pyproject.toml says what it checks), then every test.
+test: lint
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	@command -v h2load >/dev/null && command -v wrk >/dev/null || \
@@ -29,4 +30,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .ezthrottle .pytest_cache
+	rm -rf $(VENV) .ezthrottle .pytest_cache .mypy_cache

@@ -26,14 +26,14 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import trio
 
-from edge.http_server import ASGIApp, serve_asgi
+from edge.http.server import ASGIApp, serve_asgi
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
@@ -222,7 +222,7 @@ def percentiles(values: Sequence[float], wanted: Sequence[int]) -> list[float]:
     return [ordered[min(len(ordered) - 1, max(0, -(-percent * len(ordered) // 100) - 1))] for percent in wanted]
 
 
-def alternate(measurements: dict[str, Callable[[], LoadResult]], rounds: int) -> dict[str, list[LoadResult]]:
+def alternate(measurements: Mapping[str, Callable[[], LoadResult]], rounds: int) -> dict[str, list[LoadResult]]:
     """Run each target once per round, in turn (B C B C ...), so noise spreads over all of them."""
     runs: dict[str, list[LoadResult]] = {name: [] for name in measurements}
     for _ in range(rounds):

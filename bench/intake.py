@@ -12,7 +12,7 @@ import functools
 import json
 import statistics
 import tempfile
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from bench.common import (
     served_app,
     summarize,
 )
-from edge.http_server import ASGIReceive, ASGISend
+from edge.http.server import ASGIReceive, ASGIScope, ASGISend
 
 BASELINE_FACTORY = "bench.intake:baseline_target"
 ROUNDS = 3  # per target and protocol: B C B C B C
@@ -56,7 +56,7 @@ SAMPLE_JOB = {
 ACCEPTED = json.dumps({"job_id": "job_1763674210055_853341", "status": "queued", "idempotent_key": "order-42"})
 
 
-async def baseline_app(scope: MutableMapping[str, Any], receive: ASGIReceive, send: ASGISend) -> None:
+async def baseline_app(scope: ASGIScope, receive: ASGIReceive, send: ASGISend) -> None:
     """Reads the whole body and answers 201 with a fixed job id: the floor under any real intake."""
     if scope["type"] != "http":
         return

@@ -27,7 +27,7 @@ import json
 import signal
 import sqlite3
 import tempfile
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,9 @@ import trio
 
 from bench.common import BenchTarget, ServedTarget
 from bench.intake import SAMPLE_JOB
-from edge.api import JobApi
 from edge.config import Config, load_config, with_dev_account
-from edge.http_server import ASGIReceive, ASGISend
+from edge.http.api import JobApi
+from edge.http.server import ASGIMessage, ASGIReceive, ASGIScope, ASGISend
 from edge.node import STORE_FILENAME, Node, run_node
 from edge.runtime import Runtime
 
@@ -81,7 +81,7 @@ class UniqueJobIntake:
         self._keys = itertools.count(first_key)
         self._created = 0
 
-    async def __call__(self, scope: MutableMapping[str, Any], receive: ASGIReceive, send: ASGISend) -> None:
+    async def __call__(self, scope: ASGIScope, receive: ASGIReceive, send: ASGISend) -> None:
         if scope["type"] == "lifespan":
             await self._run_node(receive, send)
             return
@@ -95,7 +95,7 @@ class UniqueJobIntake:
         if scope["path"] == JOBS_PATH and scope["method"] == "POST":
             receive = await self._with_unique_key(receive)
 
-        async def counting_send(message: MutableMapping[str, Any]) -> None:
+        async def counting_send(message: ASGIMessage) -> None:
             await send(message)
             if message["type"] == "http.response.start" and message["status"] == 201:
                 self._created += 1
@@ -114,7 +114,7 @@ class UniqueJobIntake:
         body = b"".join(chunks).replace(PLACEHOLDER_KEY.encode(), key, 1)
         replayed = False
 
-        async def replay() -> MutableMapping[str, Any]:
+        async def replay() -> ASGIMessage:
             nonlocal replayed
             if replayed:
                 return await receive()

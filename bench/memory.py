@@ -39,7 +39,6 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from collections.abc import MutableMapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ import trio
 
 from bench.common import REPO_ROOT
 from bench.job_api_target import JOBS_PATH, bench_config, bench_headers
-from edge.api import JobApi
+from edge.http.api import JobApi
 from edge.node import Node, run_node
 from edge.runtime import Runtime
 from edge.store import MemoryStoreData, open_memory_store
@@ -104,7 +103,7 @@ class KeyRegistrar:
         async def receive() -> dict[str, Any]:
             return {"type": "http.request", "body": body, "more_body": False}
 
-        async def send(message: MutableMapping[str, Any]) -> None:
+        async def send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 statuses.append(message["status"])
 
@@ -189,7 +188,7 @@ def run() -> dict[str, Any]:
     return {
         "title": "Memory per idle queue key",
         "about": __doc__.strip().splitlines()[0],
-        "targets": {"candidate": "edge.queues:QueueManager (via run_node and the job API)"},
+        "targets": {"candidate": "edge.engine.shell.queues:QueueManager (via run_node and the job API)"},
         "commands": ["python -m bench.memory"],
         "rows": [
             {

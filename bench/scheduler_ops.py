@@ -18,8 +18,7 @@ import time
 from collections import deque
 from typing import Any
 
-from scheduler.admission import Admitted
-from scheduler.fair import FairScheduler, KeyPolicy, SchedulerPolicy, Ticket
+from scheduler.fair import Admitted, FairScheduler, KeyPolicy, SchedulerPolicy, Ticket
 from scheduler.tiers import TIERS_BY_PRIORITY
 
 GOAL_OPS_PER_S = 200_000

@@ -2,7 +2,8 @@
 
 General layout (one mechanism per module; none of them imports trio, time, socket or the global random):
 - swim: `SwimNode`, the member state machine, and the only object a shell drives
-- actions: what a node asks of its shell (`SendPacket`, `OpenStream`) and reports (`MemberEvent`)
+- actions: what a node asks of its shell (`SendPacket`, `OpenStream`) and reports (`MemberEvent`,
+  `SharedChanged`)
 - membership: the member table and its fixed-order rules (alive / suspect / dead, refutation)
 - probe, suspicion, awareness, broadcast: round-robin probing, Lifeguard's suspicion timeouts, the local
   health multiplier, the retransmit queue
@@ -10,6 +11,7 @@ General layout (one mechanism per module; none of them imports trio, time, socke
   HMAC keys and their rotation
 - config: `SwimConfig` with memberlist's LAN / WAN / local presets
 - ownership: `Rendezvous`, the owner of each queue key over the live members
+- shared: `SharedMap`, cluster-wide settings as last-writer-wins registers, gossiped and carried by push-pull
 - testing: `SimCluster`, many nodes on a simulated network and virtual time (imported on its own, as
   `cluster.testing`, so production code never loads it)
 - shell (a subpackage, imported on its own as `cluster.shell`, because it is the Trio part): `ClusterMember`
@@ -21,6 +23,7 @@ from .actions import MemberEvent as MemberEvent
 from .actions import MemberEventKind as MemberEventKind
 from .actions import OpenStream as OpenStream
 from .actions import SendPacket as SendPacket
+from .actions import SharedChanged as SharedChanged
 from .config import SwimConfig as SwimConfig
 from .envelope import DropCounts as DropCounts
 from .keyring import InsecureClusterError as InsecureClusterError
@@ -28,6 +31,10 @@ from .keyring import Keyring as Keyring
 from .messages import Address as Address
 from .messages import MemberInfo as MemberInfo
 from .messages import MemberState as MemberState
+from .messages import SharedEntry as SharedEntry
+from .messages import SharedValue as SharedValue
 from .ownership import Rendezvous as Rendezvous
+from .shared import SharedMap as SharedMap
+from .shared import SharedView as SharedView
 from .swim import SwimNode as SwimNode
 from .swim import SwimStatistics as SwimStatistics

@@ -9,7 +9,9 @@ then, with each member forwarding it, it has reached everyone with high probabil
 SWIM's dissemination).
 
 An update about a node replaces any queued update about the same node: only the newest word on a member
-matters, and without this a flapping member would fill the queue with stale states.
+matters, and without this a flapping member would fill the queue with stale states. The shared map's writes
+(shared.py) use the same rule per key: their subject is ("shared", key), a tuple, so no node id can collide
+with a key.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from typing import final
 
 from sortedcontainers import SortedList
 
+# What a queued update is about: a member's node id, or (mechanism, key) for the shared map's registers.
+Subject = str | tuple[str, str]
+
 
 def retransmit_limit(retransmit_mult: int, member_count: int) -> int:
     """Times an update is sent before it is dropped: mult * ceil(log10(N + 1))."""
@@ -27,18 +32,18 @@ def retransmit_limit(retransmit_mult: int, member_count: int) -> int:
 
 @final
 class BroadcastQueue:
-    """One queued update per member, ordered by (transmits, -size, -age)."""
+    """One queued update per subject, ordered by (transmits, -size, -age)."""
 
     __slots__ = ("_entries", "_next_id", "_order", "_retransmit_mult", "_sizes")
 
     def __init__(self, retransmit_mult: int) -> None:
         self._retransmit_mult = retransmit_mult
         # (transmits, -len(payload), -id) ascending = fewest transmits, then largest, then newest.
-        self._order: SortedList = SortedList()
-        # about -> (order key, payload)
-        self._entries: dict[str, tuple[tuple[int, int, int], bytes]] = {}
+        self._order: SortedList[tuple[int, int, int, Subject]] = SortedList()
+        # about -> (order key, payload); the order key is unique (by id), so subjects are never compared.
+        self._entries: dict[Subject, tuple[tuple[int, int, int], bytes]] = {}
         # Every queued payload's length: once a datagram's free space is below the smallest, stop looking.
-        self._sizes: SortedList = SortedList()
+        self._sizes: SortedList[int] = SortedList()
         self._next_id = 0
 
     def __len__(self) -> int:
@@ -47,8 +52,8 @@ class BroadcastQueue:
     def __repr__(self) -> str:
         return f"<BroadcastQueue: {len(self._entries)} queued>"
 
-    def enqueue(self, about: str, payload: bytes) -> None:
-        """Queue an encoded update about member `about`, replacing any older one about it."""
+    def enqueue(self, about: Subject, payload: bytes) -> None:
+        """Queue an encoded update about `about`, replacing any older one about it."""
         self._discard(about)
         self._next_id += 1
         key = (0, -len(payload), -self._next_id)
@@ -56,7 +61,7 @@ class BroadcastQueue:
         self._order.add((*key, about))
         self._sizes.add(len(payload))
 
-    def pending_about(self, about: str) -> bool:
+    def pending_about(self, about: Subject) -> bool:
         return about in self._entries
 
     def take(self, bytes_available: int, member_count: int) -> list[bytes]:
@@ -65,7 +70,7 @@ class BroadcastQueue:
             return []
         limit = retransmit_limit(self._retransmit_mult, member_count)
         smallest = self._sizes[0]
-        chosen: list[tuple[int, int, int, str]] = []
+        chosen: list[tuple[int, int, int, Subject]] = []
         for transmits, negative_size, negative_id, about in self._order:
             if bytes_available < smallest:
                 break
@@ -86,7 +91,7 @@ class BroadcastQueue:
                 self._order.add((*key, about))
         return payloads
 
-    def _discard(self, about: str) -> None:
+    def _discard(self, about: Subject) -> None:
         entry = self._entries.pop(about, None)
         if entry is not None:
             self._order.remove((*entry[0], about))

@@ -3,7 +3,14 @@
 Decoding trusts nothing: every field is type-checked and bounded before a message is built, and anything wrong
 raises `MalformedMessage` (envelope.py counts it and drops the datagram). Two rules keep old and new nodes
 compatible: message tags are only appended (messages.MessageType), and fields are only appended to a schema,
-so a decoder ignores trailing fields it does not know and skips tags it does not know.
+so a decoder ignores trailing fields it does not know and skips tags it does not know. The other direction
+holds too: a field appended after a schema first shipped is marked `appended`, and when a peer that predates
+it leaves it out, the message class's default stands in (PushPull's `shared`).
+
+Shared-map entries are checked for shape here (a str key, a scalar value, a uint timestamp, a node id) but
+not for the map's size bounds: those are shared.py's, which drops and counts an over-bound entry on its own.
+A peer whose bounds are wider (a later version) then costs only its over-bound entries, not the datagram or
+the whole push-pull that carries them, members included.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from .messages import (
     Nack,
     Ping,
     PushPull,
+    Shared,
+    SharedEntry,
     Suspect,
 )
 
@@ -47,6 +56,8 @@ class _Kind:
 
     encode: Callable[[Any], Any]
     decode: Callable[[Any], Any]
+    # Added to its schema after the schema shipped: a peer that predates it may leave it out.
+    appended: bool = False
 
 
 def _identity(value: Any) -> Any:
@@ -113,9 +124,11 @@ def _encode_fields(value: Any, schema: Schema) -> list[Any]:
 
 
 def _decode_fields(cls: type[Any], schema: Schema, values: list[Any]) -> Any:
-    """Build `cls` from wire values; extra trailing values come from a newer peer and are ignored."""
-    if len(values) < len(schema):
-        raise MalformedMessage(f"{cls.__name__} needs {len(schema)} fields, got {len(values)}")
+    """Build `cls` from wire values; extra trailing values come from a newer peer and are ignored, missing
+    `appended` ones from an older peer take the class default."""
+    required = sum(not kind.appended for _name, kind in schema)
+    if len(values) < required:
+        raise MalformedMessage(f"{cls.__name__} needs {required} fields, got {len(values)}")
     return cls(**{name: kind.decode(value) for (name, kind), value in zip(schema, values, strict=False)})
 
 
@@ -146,6 +159,53 @@ def _decode_members(value: Any) -> tuple[MemberInfo, ...]:
 
 MEMBERS = _Kind(_encode_members, _decode_members)
 
+
+def _decode_shared_key(value: Any) -> str:
+    if type(value) is not str:
+        raise MalformedMessage(f"a shared key must be text, got {value!r:.40}")
+    return value
+
+
+def _decode_shared_value(value: Any) -> Any:
+    # Exact types: msgpack yields exactly these for its nil, bool, int, float and str; anything else (bytes,
+    # arrays, maps, extension types) is not a register value.
+    if type(value) not in (bool, int, float, str, type(None)):
+        raise MalformedMessage(f"a shared value must be nil, bool, int, float or text, got {value!r:.40}")
+    return value
+
+
+_SHARED_ENTRY_SCHEMA: Schema = (
+    ("key", _Kind(_identity, _decode_shared_key)),
+    ("value", _Kind(_identity, _decode_shared_value)),
+    ("wall_ms", UINT),
+    ("node", NODE_ID),
+)
+
+
+def _encode_shared_entry(entry: SharedEntry) -> list[Any]:
+    return _encode_fields(entry, _SHARED_ENTRY_SCHEMA)
+
+
+def _decode_shared_entry(value: Any) -> SharedEntry:
+    if type(value) is not list:
+        raise MalformedMessage("a shared entry must be a list")
+    entry: SharedEntry = _decode_fields(SharedEntry, _SHARED_ENTRY_SCHEMA, value)
+    return entry
+
+
+def _encode_shared_entries(entries: tuple[SharedEntry, ...]) -> list[Any]:
+    return [_encode_shared_entry(entry) for entry in entries]
+
+
+def _decode_shared_entries(value: Any) -> tuple[SharedEntry, ...]:
+    if type(value) is not list:
+        raise MalformedMessage("push-pull shared entries must be a list")
+    return tuple(_decode_shared_entry(entry) for entry in value)
+
+
+SHARED_ENTRY = _Kind(_encode_shared_entry, _decode_shared_entry)
+SHARED_ENTRIES = _Kind(_encode_shared_entries, _decode_shared_entries, appended=True)
+
 # The wire schema of every message: ONLY APPEND fields, never reorder or remove them.
 _SCHEMAS: dict[type[Message], tuple[MessageType, Schema]] = {
     Ping: (MessageType.PING, (("seq", UINT), ("target", NODE_ID))),
@@ -173,9 +233,15 @@ _SCHEMAS: dict[type[Message], tuple[MessageType, Schema]] = {
         MessageType.DEAD,
         (("node", NODE_ID), ("incarnation", UINT), ("accuser", NODE_ID), ("accuser_incarnation", UINT)),
     ),
-    PushPull: (MessageType.PUSH_PULL, (("members", MEMBERS), ("is_reply", FLAG))),
+    PushPull: (MessageType.PUSH_PULL, (("members", MEMBERS), ("is_reply", FLAG), ("shared", SHARED_ENTRIES))),
+    Shared: (MessageType.SHARED, (("entry", SHARED_ENTRY),)),
 }
 _BY_TAG: dict[int, tuple[type[Message], Schema]] = {int(tag): (cls, schema) for cls, (tag, schema) in _SCHEMAS.items()}
+
+
+def shared_entry_bytes(entry: SharedEntry) -> int:
+    """The bytes `entry` takes inside a push-pull's shared list (to fit a push-pull into its stream bound)."""
+    return len(msgpack.packb(_encode_shared_entry(entry)))
 
 
 def encode_message(message: Message) -> bytes:
@@ -192,4 +258,5 @@ def decode_message(item: Any) -> Message | None:
     if entry is None:
         return None
     cls, schema = entry
-    return _decode_fields(cls, schema, item[1:])
+    message: Message = _decode_fields(cls, schema, item[1:])
+    return message

@@ -196,19 +196,24 @@ class Envelope:
     def open(self, channel: Channel, data: bytes) -> Opened | None:
         """The checked contents of `data`, or None (counted) if it must be dropped. Never raises."""
         if len(data) > self._limits[channel]:
-            return self._drop("oversize")
+            self._drop("oversize")
+            return None
         if not data:
-            return self._drop("malformed")
+            self._drop("malformed")
+            return None
         if data[0] not in ENVELOPE_VERSIONS_ACCEPTED:
-            return self._drop("unsupported_version")
+            self._drop("unsupported_version")
+            return None
         if self._keyring is not None:
             signed, tag = data[:-TAG_BYTES], data[-TAG_BYTES:]
             if len(data) <= TAG_BYTES or not self._keyring.verify(signed, tag):
-                return self._drop("unauthenticated")
+                self._drop("unauthenticated")
+                return None
         elif self._insecure:
             signed = data
         else:
-            return self._drop("unauthenticated")
+            self._drop("unauthenticated")
+            return None
         try:
             unpacked = msgpack.unpackb(signed[1:], raw=False, use_list=True, strict_map_key=True)
             sender, epoch, counter, items = self._parse_header(channel, unpacked)
@@ -222,9 +227,11 @@ class Envelope:
         except (ValueError, TypeError, OverflowError, msgpack.UnpackException):
             # msgpack raises ValueError subclasses on garbage (ExtraData, FormatError, StackError, bad UTF-8);
             # MalformedMessage is one too.
-            return self._drop("malformed")
+            self._drop("malformed")
+            return None
         if sender == self._sender or not self._window(sender, epoch).accept(epoch, counter):
-            return self._drop("replayed")
+            self._drop("replayed")
+            return None
         return Opened(sender, messages)
 
     def _parse_header(self, channel: Channel, unpacked: Any) -> tuple[str, int, int, list[Any]]:
@@ -254,4 +261,3 @@ class Envelope:
 
     def _drop(self, reason: str) -> None:
         self._drops[reason] += 1
-        return None

@@ -7,6 +7,9 @@ come from our own code, and values from the wire are checked field by field in c
 Membership messages (`Alive`, `Suspect`, `Dead`) are ordered by incarnation: a member's incarnation only
 grows, and only the member itself raises it (to refute a suspicion). A graceful leave is a `Dead` whose
 accuser is the node itself, as in memberlist.
+
+`Shared` carries one write to the cluster's shared map (shared.py explains its ordering and bounds); it rides
+the same retransmit queue as the membership updates, and push-pull carries the whole map beside the members.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ REGION_BYTES_MAX = 64
 API_ADDRESS_BYTES_MAX = 256
 HOST_BYTES_MAX = 255
 
+# What a shared-map register may hold: scalars that msgpack carries natively and compares without surprises.
+SharedValue = bool | int | float | str | None
+
 
 class MessageType(IntEnum):
     """Wire tags. ONLY APPEND TO THIS LIST: nodes skip tags they do not know; a tag never changes meaning."""
@@ -38,6 +44,7 @@ class MessageType(IntEnum):
     ALIVE = 6
     DEAD = 7
     PUSH_PULL = 8
+    SHARED = 9
 
 
 class MemberState(IntEnum):
@@ -71,6 +78,24 @@ class MemberInfo:
     api_address: str
     incarnation: int
     state: MemberState
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SharedEntry:
+    """One last-writer-wins register of the shared map (shared.py): what a `Shared` carries, a push-pull
+    entry, and what the shell hands the caller to persist (and takes back at the next start).
+
+    `version` orders writes to one key totally: the writer's wall clock, then the writer's node id."""
+
+    key: str
+    value: SharedValue
+    wall_ms: int
+    node: str
+
+    @property
+    def version(self) -> tuple[int, str]:
+        return (self.wall_ms, self.node)
 
 
 @final
@@ -142,7 +167,19 @@ class Dead(Message):
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PushPull(Message):
-    """The sender's whole member table. A request (`is_reply=False`) is answered with the receiver's table."""
+    """The sender's whole member table and shared map. A request (`is_reply=False`) is answered with the
+    receiver's. `shared` came later than the other fields, so it is last on the wire and may be absent there
+    (from a peer that predates it): it defaults to empty."""
 
     members: tuple[MemberInfo, ...]
     is_reply: bool
+    shared: tuple[SharedEntry, ...] = ()
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Shared(Message):
+    """A write to the shared map, gossiped like a membership update (a newer one about the same key
+    replaces it in the retransmit queue)."""
+
+    entry: SharedEntry

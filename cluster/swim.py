@@ -6,7 +6,8 @@ The caller API has a few verbs, all taking `now` (seconds, monotonic):
     handle_stream(data, now) -> reply   a push-pull stream arrived; write the reply back if not None
     tick(now)                           call when now >= next_deadline()
     join(seeds) / leave(now)            start talking to seeds / announce a graceful leave
-    drain_actions()                     SendPacket / OpenStream to perform, MemberEvent to publish
+    set_shared(key, value, wall_ms=)    write a register of the shared map (shared.py); shared() reads it
+    drain_actions()                     SendPacket / OpenStream to perform, MemberEvent / SharedChanged to publish
 
 How a protocol period goes (SWIM with the Lifeguard refinements). Every probe interval, stretched by the local
 health multiplier (awareness.py), the next member of a shuffled round-robin order (probe.py) gets a `Ping`. If
@@ -16,7 +17,9 @@ fault is probably its own. If the interval ends without any ack, the target beco
 and a suspicion timer (suspicion.py) declares it dead unless it refutes first. Membership updates ride on
 every datagram and on dedicated gossip rounds to `gossip_nodes` random members (broadcast.py); periodic
 push-pull full state exchanges over a stream repair anything gossip missed, and a join is a push-pull with a
-seed.
+seed. The shared map's writes travel the same two ways: each change is queued for gossip under its key, and
+every push-pull carries the whole map (as much of it as the stream bound leaves room for; see
+`_seal_push_pull`).
 """
 
 from __future__ import annotations
@@ -28,10 +31,10 @@ from typing import TYPE_CHECKING, final
 
 import msgpack
 
-from .actions import Action, OpenStream, SendPacket
+from .actions import Action, OpenStream, SendPacket, SharedChanged
 from .awareness import Awareness
 from .broadcast import BroadcastQueue
-from .codec import decode_message, encode_message
+from .codec import decode_message, encode_message, shared_entry_bytes
 from .config import SwimConfig
 from .envelope import Channel, DropCounts, Envelope
 from .keyring import InsecureClusterError, Keyring
@@ -48,9 +51,13 @@ from .messages import (
     Nack,
     Ping,
     PushPull,
+    Shared,
+    SharedEntry,
+    SharedValue,
     Suspect,
 )
 from .probe import Probe, ProbeRing, Relay
+from .shared import SharedMap, SharedView
 
 if TYPE_CHECKING:
     from random import Random
@@ -79,6 +86,9 @@ class SwimStatistics:
     address_conflicts: int
     health_score: int
     live_members: int
+    shared_entries: int
+    shared_refused: int  # remote or restored entries over a bound, or new keys for a full map
+    push_pulls_truncated: int  # push-pulls that carried only part of the shared map (the stream bound)
 
 
 @final
@@ -101,6 +111,8 @@ class SwimNode:
         "_relays",
         "_rng",
         "_seq",
+        "_shared",
+        "_shared_cursor",
         "_stats",
     )
 
@@ -117,9 +129,12 @@ class SwimNode:
         epoch: int,
         now: float,
         insecure: bool = False,
+        shared_entries: Iterable[SharedEntry] = (),
     ) -> None:
         """`epoch` must grow across restarts of one node id (the boot wall-clock time in ms does); without a
-        `keyring` the node talks to nobody unless `insecure` (a dev flag) is set."""
+        `keyring` the node talks to nobody unless `insecure` (a dev flag) is set. `shared_entries` restores
+        the shared map as the caller saved it from `SharedChanged` (no events for them; entries over a bound
+        are dropped and counted); the first push-pull, the join, brings it up to date with the cluster."""
         identity = Alive(node=node_id, incarnation=1, address=address, region=region, api_address=api_address)
         # The checks a peer applies to our Alive: an identity that the wire would drop fails here.
         decode_message(msgpack.unpackb(encode_message(identity)))
@@ -159,6 +174,9 @@ class SwimNode:
         # deadline order: the first entry is always the next to expire.
         self._relays: dict[int, Relay] = {}
         self._seq = 0
+        self._shared = SharedMap()
+        self._shared.merge_all(shared_entries)
+        self._shared_cursor = 0  # where the next push-pull that cannot carry the whole map starts in it
         self._stats = dict.fromkeys(
             (
                 "packets_sent",
@@ -168,6 +186,7 @@ class SwimNode:
                 "probes",
                 "probes_failed",
                 "relays_refused",
+                "push_pulls_truncated",
             ),
             0,
         )
@@ -182,7 +201,8 @@ class SwimNode:
         return (
             f"<SwimNode {self._membership.local.node}: {self._membership.live_count} live, "
             f"{states.count(MemberState.DEAD)} dead, {states.count(MemberState.LEFT)} left | "
-            f"health {self._awareness.score} | {len(self._broadcasts)} queued updates>"
+            f"health {self._awareness.score} | {len(self._broadcasts)} queued updates | "
+            f"{len(self._shared)} shared>"
         )
 
     # --- the caller API ---
@@ -194,6 +214,17 @@ class SwimNode:
     def members(self) -> list[MemberInfo]:
         """Every member this node knows, itself included, dead and left ones until they are forgotten."""
         return sorted((member.info() for member in self._membership.members.values()), key=lambda m: m.node)
+
+    def shared(self) -> SharedView:
+        """The shared map as this node sees it (read-only, and live: it follows later changes)."""
+        return self._shared.view()
+
+    def set_shared(self, key: str, value: SharedValue, *, wall_ms: int) -> SharedEntry:
+        """Write a register of the shared map at wall-clock time `wall_ms` (shared.py orders the writes) and
+        gossip it; a `SharedChanged` follows in the actions. Raises ValueError over a bound (shared.py)."""
+        entry = self._shared.set(key, value, wall_ms, self._membership.local.node)
+        self._shared_changed(entry)
+        return entry
 
     def set_keyring(self, keyring: Keyring) -> None:
         """Swap in a rotated keyring (see keyring.py for the three-step rotation)."""
@@ -246,6 +277,8 @@ class SwimNode:
                     self._membership.apply_suspect(message, now)
                 case Dead():
                     self._membership.apply_dead(message, now)
+                case Shared():
+                    self._merge_shared(message.entry)
                 # PushPull travels only on streams; in a datagram it is ignored.
 
     def handle_stream(self, data: bytes, now: float) -> bytes | None:
@@ -259,6 +292,8 @@ class SwimNode:
                 if not message.is_reply:
                     reply = self._seal_push_pull(is_reply=True)  # our view before the merge, as memberlist does
                 self._membership.merge(message.members, opened.sender, now)
+                for entry in message.shared:
+                    self._merge_shared(entry)
         return reply
 
     def tick(self, now: float) -> None:
@@ -309,6 +344,8 @@ class SwimNode:
             address_conflicts=self._membership.address_conflicts,
             health_score=self._awareness.score,
             live_members=self._membership.live_count,
+            shared_entries=len(self._shared),
+            shared_refused=self._shared.refused,
             **self._stats,
         )
 
@@ -447,7 +484,55 @@ class SwimNode:
         self._outbox.append(OpenStream(address, self._seal_push_pull(is_reply=False)))
 
     def _seal_push_pull(self, *, is_reply: bool) -> bytes:
-        push_pull = PushPull(members=self._membership.snapshot(), is_reply=is_reply)
-        data = self._envelope.seal(Channel.STREAM, [encode_message(push_pull)])
+        """Our members and shared map, within stream_bytes_max.
+
+        With the default 8 MiB the whole map always fits beside thousands of members: shared.py bounds it at
+        SHARED_ENTRIES_MAX * SHARED_ENTRY_WIRE_BYTES_MAX (2.7 MB). A smaller stream bound, or a huge cluster,
+        may leave less room; then the push-pull carries as many entries as fit, starting where the last such
+        push-pull stopped, so successive exchanges still cover the whole map (counted: push_pulls_truncated)."""
+        members = self._membership.snapshot()
+        entries = self._shared.entries()
+        encoded = encode_message(PushPull(members=members, is_reply=is_reply, shared=entries))
+        budget = self._config.stream_bytes_max - self._envelope.overhead_bytes
+        if len(encoded) > budget and entries:
+            bare = encode_message(PushPull(members=members, is_reply=is_reply))
+            # The empty list's 1-byte header grows to at most 5 (array32) once it holds entries.
+            fitting = self._shared_that_fits(entries, budget - len(bare) - 4)
+            encoded = encode_message(PushPull(members=members, is_reply=is_reply, shared=fitting))
+        data = self._envelope.seal(Channel.STREAM, [encoded])
         self._stats["stream_bytes_sent"] += len(data)
         return data
+
+    def _shared_that_fits(self, entries: tuple[SharedEntry, ...], bytes_available: int) -> tuple[SharedEntry, ...]:
+        """Entries that fit in `bytes_available`, taken from the cursor on round the map; the cursor moves past
+        the last one taken, so successive truncated push-pulls go round the whole map."""
+        self._stats["push_pulls_truncated"] += 1
+        start = self._shared_cursor % len(entries)
+        chosen: list[SharedEntry] = []
+        last_taken = -1
+        for offset in range(len(entries)):
+            entry = entries[(start + offset) % len(entries)]
+            size = shared_entry_bytes(entry)
+            if size <= bytes_available:
+                bytes_available -= size
+                chosen.append(entry)
+                last_taken = offset
+        self._shared_cursor = start + last_taken + 1
+        return tuple(chosen)
+
+    # --- the shared map ---
+
+    def _merge_shared(self, entry: SharedEntry) -> None:
+        """A peer's entry: keep it if it is newer (shared.py), and then pass it on like our own write."""
+        if self._shared.merge(entry):
+            self._shared_changed(entry)
+
+    def _shared_changed(self, entry: SharedEntry) -> None:
+        """Gossip a changed entry under its key (replacing an older queued one) and report it to the shell.
+
+        An entry too large for a datagram beside the envelope (possible only with a packet_bytes_max near its
+        512-byte minimum) is not queued, since it would never be taken: push-pull alone carries it."""
+        payload = encode_message(Shared(entry=entry))
+        if len(payload) <= self._config.packet_bytes_max - self._envelope.overhead_bytes:
+            self._broadcasts.enqueue(("shared", entry.key), payload)
+        self._outbox.append(SharedChanged(entry))

@@ -9,7 +9,8 @@ Fault model, i.e. what the protocol must survive here:
   (so they also arrive out of order);
 - streams (push-pull) are reliable but delayed; a partition or a down peer refuses them;
 - partitions split nodes into groups that cannot reach each other in either direction, until `heal()`;
-- nodes crash (stop dead, lose all state) and may restart on the same address with a new epoch.
+- nodes crash (stop dead, lose all state) and may restart on the same address with a new epoch, empty or with
+  the shared-map entries they had saved (`saved_shared`, kept as the edge's store would keep them).
 Not modelled: duplicated or corrupted datagrams (the codec tests feed garbage), asymmetric links, clock drift.
 
 The event loop is a priority queue keyed by (time, insertion order): packet deliveries, stream requests and
@@ -25,14 +26,16 @@ from enum import IntEnum
 from random import Random
 from typing import final
 
-from .actions import MemberEvent, OpenStream, SendPacket
+from .actions import MemberEvent, OpenStream, SendPacket, SharedChanged
 from .config import SwimConfig
 from .keyring import Keyring
-from .messages import Address, MemberState
+from .messages import Address, MemberState, SharedEntry, SharedValue
 from .swim import SwimNode
 
 # A fixed key for simulated clusters: authentication runs on every simulated datagram, as in production.
 SIMULATION_KEY = bytes(range(32))
+# Virtual time 0 on the simulated wall clock (2023-11-14), so shared-map versions look like real ones.
+SIMULATION_WALL_MS_AT_START = 1_700_000_000_000
 
 
 class _Event(IntEnum):
@@ -82,6 +85,9 @@ class SimCluster:
         self.trace: list[TraceEntry] = []
         self.packet_bytes_sent: dict[str, int] = {}
         self.stream_bytes_sent: dict[str, int] = {}
+        # Per node, what its caller would have persisted: the entries it was started with, then the last entry
+        # each SharedChanged reported, by key. It outlives crashes, so a restart can be given it back.
+        self.saved_shared: dict[str, dict[str, SharedEntry]] = {}
         # (time, sequence, event, node it happens at, the peer's address (the node's own for a timer), bytes)
         self._queue: list[tuple[float, int, _Event, str, Address, bytes]] = []
         self._sequence = 0
@@ -105,13 +111,13 @@ class SimCluster:
     def node(self, name: str) -> SwimNode:
         return self._nodes[name]
 
-    def add_node(self) -> str:
+    def add_node(self, *, shared_entries: Iterable[SharedEntry] = ()) -> str:
         """Start a new node; it joins through the first node."""
         name = f"n{len(self._addresses):03d}"
         address = ("127.0.0.1", 20000 + len(self._addresses))
         self._addresses[name] = address
         self._names[address] = name
-        self._boot(name)
+        self._boot(name, shared_entries)
         return name
 
     def crash(self, name: str) -> None:
@@ -119,15 +125,25 @@ class SimCluster:
         del self._nodes[name]
         self._timers.pop(name, None)
 
-    def restart(self, name: str) -> None:
-        """Start a crashed node again on its address: fresh state, a higher epoch, incarnation 1, a join."""
+    def restart(self, name: str, *, shared_entries: Iterable[SharedEntry] = ()) -> None:
+        """Start a crashed node again on its address: fresh state, a higher epoch, incarnation 1, a join; its
+        shared map holds `shared_entries` (e.g. `saved_shared[name].values()`) or starts empty."""
         if name in self._nodes:
             raise ValueError(f"{name} is running")
-        self._boot(name)
+        self._boot(name, shared_entries)
 
     def leave(self, name: str) -> None:
         self._nodes[name].leave(self.now)
         self._after(name)
+
+    def set_shared(self, name: str, key: str, value: SharedValue, *, wall_ms: int | None = None) -> SharedEntry:
+        """Write to the shared map at `name`, stamped with the simulated wall clock unless `wall_ms` is given
+        (to model a clock that is skewed or stepped back)."""
+        if wall_ms is None:
+            wall_ms = SIMULATION_WALL_MS_AT_START + round(self.now * 1000)
+        written = self._nodes[name].set_shared(key, value, wall_ms=wall_ms)
+        self._after(name)
+        return written
 
     def partition(self, *groups: Iterable[str]) -> None:
         """Cut the listed groups off from each other and from every node not listed."""
@@ -195,6 +211,14 @@ class SimCluster:
     def live_view(self, observer: str) -> set[str]:
         return {node for node, state in self.view(observer).items() if state.is_live}
 
+    def shared_view(self, observer: str) -> dict[str, SharedValue]:
+        return dict(self._nodes[observer].shared().items())
+
+    def shared_agreed(self, key: str, value: SharedValue, nodes: Iterable[str] | None = None) -> bool:
+        """Every one of `nodes` (default: the running nodes) holds `value` under `key`."""
+        names = self._nodes if nodes is None else nodes
+        return all(key in self._nodes[n].shared() and self._nodes[n].shared().get(key) == value for n in names)
+
     def converged(self, expected_live: Iterable[str] | None = None) -> bool:
         """Every running node sees exactly `expected_live` (default: the running nodes) as live."""
         expected = set(self._nodes if expected_live is None else expected_live)
@@ -202,7 +226,8 @@ class SimCluster:
 
     # --- plumbing ---
 
-    def _boot(self, name: str) -> None:
+    def _boot(self, name: str, shared_entries: Iterable[SharedEntry]) -> None:
+        restored = list(shared_entries)
         boots = self._boots.get(name, 0) + 1
         self._boots[name] = boots
         node = SwimNode(
@@ -215,11 +240,13 @@ class SimCluster:
             keyring=self.keyring,
             epoch=boots,
             now=self.now,
+            shared_entries=restored,
         )
         self._nodes[name] = node
         self._timers.pop(name, None)
         self.packet_bytes_sent.setdefault(name, 0)
         self.stream_bytes_sent.setdefault(name, 0)
+        self.saved_shared[name] = {entry.key: entry for entry in restored}
         seed = next(iter(self._addresses))
         if seed != name:
             node.join([self._addresses[seed]])
@@ -258,6 +285,8 @@ class SimCluster:
             elif type(action) is MemberEvent:
                 member = action.member
                 self.trace.append(TraceEntry(self.now, name, action.kind.value, member.node, member.incarnation))
+            elif type(action) is SharedChanged:
+                self.saved_shared[name][action.entry.key] = action.entry
         at = max(node.next_deadline(), self.now)
         current = self._timers.get(name)
         if current is None or at < current[0]:

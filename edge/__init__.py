@@ -1,13 +1,17 @@
-"""EZThrottle Edge: the Trio shell of a node.
+"""EZThrottle Edge: a node of the API protection layer.
 
-General layout (each module one concern):
+General layout (bottom up; tests/test_layering.py holds the import rules between these):
+    problems    RFC 9457 problem+json errors
     config      frozen configuration from TOML + environment + flags
     runtime     what a node takes from the world: wall clock, randomness, DNS, HTTP transport
-    jobs        the job contract: validation, idempotency keys, queue keys
-    records     durable job records; store/ keeps them (SQLite with group commit, or in memory)
-    queues      one Trio task per active queue key, paced by scheduler/
-    executor    one outbound attempt; ssrf guards every target
-    webhooks    signed, durable webhook delivery; signing holds the signature scheme
-    api         the ASGI app; problems holds its RFC 9457 errors; http_server serves it with hypercorn
+    metrics     the node's Prometheus registry
+    vendor/     patches to the pinned hypercorn and httpcore; `vendor.install_all()` applies them
+    engine/     the job engine's pure core (job spec and queue keys, durable records, signing, ...);
+                engine/shell/ is its Trio shell: queues, executor, webhook delivery
+    store/      durable job records: SQLite with group commit, or in memory
+    outbound/   outbound HTTP: URL origins, the client, the SSRF guard
+    http/       the job API's ASGI app (api) and hardened hypercorn serving (server)
+    placement/  the node's place in the cluster: membership, job routing, the node-to-node API
+    proxy/      the inbound protection proxy
     node        the nursery that holds a node together; cli is the `ezthrottle` command
 """

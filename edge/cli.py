@@ -1,4 +1,11 @@
-"""The `ezthrottle` command (also `python -m edge`)."""
+"""The `ezthrottle` command (also `python -m edge`).
+
+`serve` is built in. Every other command comes from the entry-point group `ezthrottle.commands` (COMMAND_GROUP):
+the entry point's name is the command, and it loads a callable that takes the arguments after the name and
+returns the exit status; the first line of its docstring is the command's line in `ezthrottle --help`. The
+simulator registers `simulate` this way (pyproject.toml), so edge never imports it: a command's module is loaded
+only when that command runs, or when the help lists it.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,8 @@ import os
 import secrets
 import signal
 import sys
+from collections.abc import Callable, Mapping, Sequence
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 import trio
@@ -18,6 +27,10 @@ from edge.node import run_node
 from edge.runtime import Runtime
 
 DEV_KEY_FILENAME = "dev-account.key"
+COMMAND_GROUP = "ezthrottle.commands"
+BUILT_IN_COMMANDS = ("serve",)
+
+Command = Callable[[list[str]], int]
 
 SERVE_EPILOG = """\
 Every config value can also be set by an environment variable EZTHROTTLE_<SECTION>_<KEY>, for example
@@ -29,10 +42,20 @@ and prints it with a curl example.
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def registered_commands() -> dict[str, EntryPoint]:
+    """The commands other packages register, by name; a name that shadows a built-in command is ignored."""
+    found = entry_points(group=COMMAND_GROUP)
+    return {point.name: point for point in found if point.name not in BUILT_IN_COMMANDS}
+
+
+def build_parser(commands: Mapping[str, EntryPoint] | None = None) -> argparse.ArgumentParser:
+    """The top-level parser, listing `commands` (default: every registered one) beside `serve` for the help.
+
+    A registered command is only listed here: `main` hands its arguments to it before this parser runs.
+    """
     parser = argparse.ArgumentParser(prog="ezthrottle", description="EZThrottle Edge: an API protection layer.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve = commands.add_parser(
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = subcommands.add_parser(
         "serve",
         help="run one node: the job API, queues, webhooks",
         description="Run one EZThrottle Edge node: the outbound job API with its queues and webhook delivery.",
@@ -72,21 +95,33 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         help="logging verbosity (default INFO); keys and secrets are never logged",
     )
-    # Listed here for the help; `main` hands the command to the simulator's own parser before this one runs.
-    commands.add_parser(
-        "simulate", help="run a scenario on the deterministic simulator (seeds, swarm, capacity sweeps)"
-    )
+    for name, point in sorted((registered_commands() if commands is None else commands).items()):
+        subcommands.add_parser(name, help=_summary(point))
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["simulate"]:
-        # Imported here, not at the top: `serve` has no use for the simulator and starts faster without it.
-        from simulations import cli as simulate_cli
+def _summary(point: EntryPoint) -> str:
+    """A registered command's line in the help: the first line of its docstring (loading it imports its module)."""
+    try:
+        command = point.load()
+    except Exception as exc:  # a broken plug-in must not take `ezthrottle --help` down with it
+        return f"(cannot be loaded: {type(exc).__name__}: {exc})"
+    lines = (command.__doc__ or "").strip().splitlines()
+    if not lines:
+        return f"(from {point.value})"
+    first = lines[0].rstrip(".")
+    return first[:1].lower() + first[1:]
 
-        return simulate_cli.main(argv[1:])
-    args = build_parser().parse_args(argv)
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    registered = registered_commands()
+    if argv[:1] and argv[0] in registered:
+        # Loaded only now: `serve` has no use for the other commands and starts faster without them.
+        command: Command = registered[argv[0]].load()
+        return command(argv[1:])
+    # `serve` never needs the other commands' help; anything else (no command, --help, a typo) lists them all.
+    args = build_parser(registered if argv[:1] != ["serve"] else {}).parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {}
     if args.listen:

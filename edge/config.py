@@ -31,10 +31,9 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from edge.http_server import HEADER_BYTES_MAX_DEFAULT, IDLE_TIMEOUT_S_DEFAULT
-from edge.origins import canonical_origin, origin_of, parse_http_url
+from edge.outbound.origins import canonical_origin, origin_of, parse_http_url
 from scheduler import AimdPolicy, KeyPolicy, SchedulerPolicy, Tier, TierPolicy
 
 PLANS = ("free", "starter", "growth", "pro", "enterprise")
@@ -47,6 +46,12 @@ KEY_CHARS_MIN = 16  # API keys are meant to be random tokens; 16 characters is t
 WEBHOOK_SECRET_CHARS_MIN = 16  # the hosted service's minimum for webhook secrets
 SCHEDULE_STEPS_MAX = 64
 _HEADER_NAME_PATTERN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}")
+# hypercorn's own defaults, kept for the job API and every protected listener (edge/http/server.py applies them):
+# a request head up to 16 KiB (431 beyond), and 5 s for a connection with no request in progress, idle between
+# requests or still sending its headers (which is also what cuts off slowloris). Defined here, not in the server,
+# so that reading a configuration never imports the HTTP stack.
+HEADER_BYTES_MAX_DEFAULT = 16 * 1024
+IDLE_TIMEOUT_S_DEFAULT = 5.0
 
 ENV_PREFIX = "EZTHROTTLE_"
 ENV_CONFIG_PATH = "EZTHROTTLE_CONFIG"  # read by the CLI, not here
@@ -230,14 +235,17 @@ def _host_ports(value: Any) -> tuple[str, ...]:
 
 
 def _cluster_keys(value: Any) -> tuple[bytes, ...]:
-    """Cluster keys as hex strings, primary first; kept as bytes (16..64 bytes each: HMAC-SHA256 keys)."""
+    """Cluster keys as hex strings, primary first; kept as bytes (16..64 bytes each: HMAC-SHA256 keys).
+
+    Keys already in bytes pass as they are, so that `dataclasses.replace` on a loaded config (which validates
+    the kept values again) works."""
     requirement = "must be a list of hex strings of 32 to 128 hex digits (16 to 64 bytes), primary first"
     if not isinstance(value, list | tuple):
         raise _Invalid(requirement)
     keys = []
     for item in value:
         try:
-            key = bytes.fromhex(item) if isinstance(item, str) else b""
+            key = bytes.fromhex(item) if isinstance(item, str) else item if isinstance(item, bytes) else b""
         except ValueError:
             raise _Invalid(requirement) from None
         if not 16 <= len(key) <= 64:
@@ -271,6 +279,8 @@ class _Validated:
     """Base of the config dataclasses: parse and normalise every field, then apply cross-field rules."""
 
     __slots__ = ()
+    # Every subclass is a dataclass; declaring it here lets the type checker pass any of them to `fields()`.
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):
@@ -321,7 +331,7 @@ class ServerConfig(_Validated):
 
 @dataclass(frozen=True, slots=True)
 class SecurityConfig(_Validated):
-    allow_private_targets: bool = _setting(False, _boolean)  # see edge/ssrf.py
+    allow_private_targets: bool = _setting(False, _boolean)  # see edge/outbound/ssrf.py
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,21 +18,26 @@ from functools import partial
 import trio
 
 from cluster.shell import ClusterMember
-from edge.api import JobApi
-from edge.clustering import describe_cluster, keyring_of, start_membership
+from edge import vendor
 from edge.config import Config
-from edge.executor import Executor
-from edge.http_server import serve_asgi
-from edge.internal import InternalRoutes, PeerClient
+from edge.engine.records import JobRecord
+from edge.engine.shell.executor import Executor
+from edge.engine.shell.queues import QueueManager
+from edge.engine.shell.webhooks import WebhookDeliverer
+from edge.engine.spec import queue_key
+from edge.http.api import JobApi
+from edge.http.server import serve_asgi
 from edge.metrics import NodeMetrics
-from edge.outbound import OutboundHttp
+from edge.outbound.client import OutboundHttp
+from edge.outbound.ssrf import guarded_transport
+from edge.placement.account_queues import AccountQueueFlags, SharedState
+from edge.placement.membership import describe_cluster, keyring_of, start_membership
+from edge.placement.peers import InternalRoutes, PeerClient
+from edge.placement.routing import JobRouter, owns_key
+from edge.placement.shared_state import LocalSharedState, SharedStateSaver, decode_entries
 from edge.proxy import ProxyMetrics, serve_protected
-from edge.queues import QueueManager
-from edge.routing import JobRouter, owns_key
 from edge.runtime import Runtime
-from edge.ssrf import guarded_transport
 from edge.store import Store, open_sqlite_store
-from edge.webhooks import WebhookDeliverer
 
 log = logging.getLogger("ezthrottle.node")
 
@@ -56,6 +61,8 @@ class Node:
     protected: dict[str, list[str]] = field(default_factory=dict)
     # This node's cluster member when clustered: the simulator's invariants read its view of the membership.
     membership: ClusterMember | None = None
+    # Per-origin X-EZTHROTTLE-ACCOUNT-QUEUE as this node knows it (shared with the cluster when clustered).
+    account_queues: AccountQueueFlags | None = None
 
     @property
     def base_url(self) -> str:
@@ -99,21 +106,37 @@ async def run_node(
     With `serve_http=False` no socket is opened: the caller serves `Node.app` itself (the simulator mounts it on
     its simulated HTTP network), and `Node.bound` is the address the config says the API is reached at.
     """
+    # Before anything runs: the node's HTTP server and its peer connections rely on these fixes (edge/vendor).
+    vendor.install_all()
     async with contextlib.AsyncExitStack() as stack:
         if store is None:
             store = await stack.enter_async_context(open_store(config))
         outbound = await stack.enter_async_context(build_outbound(config, runtime))
         metrics = NodeMetrics()
         deliverer = WebhookDeliverer(config=config, runtime=runtime, store=store, outbound=outbound, metrics=metrics)
-        executor = Executor(outbound, runtime, allow_private_targets=config.security.allow_private_targets)
+        executor = Executor(outbound)
         stop = trio.Event()
+        saved_settings = decode_entries(await store.shared_state())
+        saver = SharedStateSaver(store)
         async with trio.open_nursery() as services:
-            membership = await start_membership(services, config, runtime) if config.cluster.enabled else None
+            services.start_soon(saver.run)
+            membership = None
+            shared: SharedState
+            if config.cluster.enabled:
+                membership = await start_membership(
+                    services, config, runtime, shared_entries=saved_settings, on_shared_change=saver.note
+                )
+                shared = membership
+            else:
+                shared = LocalSharedState(
+                    node=config.server.node_id or "local", wall_ms=runtime.wall_ms, entries=saved_settings, saver=saver
+                )
             keyring = keyring_of(config.cluster)
             peers = None
             if membership is not None:
                 peers = PeerClient(keyring=keyring, runtime=runtime, timeout_s=config.cluster.forward_deadline_s)
                 stack.push_async_callback(peers.aclose)
+            account_queues = AccountQueueFlags(config, shared)
             manager = QueueManager(
                 config=config,
                 runtime=runtime,
@@ -122,7 +145,19 @@ async def run_node(
                 webhooks=deliverer,
                 metrics=metrics,
                 owns=partial(owns_key, membership),
+                on_account_queue=account_queues.learned,
             )
+            plans = {account.id: account.plan for account in config.accounts}
+
+            def key_of(record: JobRecord) -> str:
+                """The queue key a job gets now; a job of an account no longer configured keeps its key."""
+                plan = plans.get(record.account_id)
+                if plan is None:
+                    return record.queue_key
+                enabled = account_queues.enabled(record.spec.origin)
+                return queue_key(account_id=record.account_id, plan=plan, job=record.spec, account_queue=enabled)
+
+            account_queues.subscribe(lambda origin: services.start_soon(manager.rekey, origin, key_of))
             router = JobRouter(
                 manager=manager,
                 store=store,
@@ -134,8 +169,8 @@ async def run_node(
             app = JobApi(
                 config=config,
                 runtime=runtime,
-                manager=manager,
                 router=router,
+                account_queues=account_queues,
                 metrics=metrics,
                 is_ready=lambda: ready,
                 internal=InternalRoutes(keyring=keyring, runtime=runtime, manager=manager, store=store)
@@ -145,6 +180,7 @@ async def run_node(
             )
             await services.start(manager.run)
             services.start_soon(router.hand_off_forever)
+            services.start_soon(account_queues.follow)
             await services.start(deliverer.run)
             services.start_soon(_housekeeping, config, runtime, store, manager)
             async with trio.open_nursery() as http:
@@ -166,7 +202,19 @@ async def run_node(
                 ready = True
                 log.info("listening on %s", ", ".join(bound))
                 task_status.started(
-                    Node(config, bound, manager, deliverer, store, metrics, app, stop, protected, membership)
+                    Node(
+                        config,
+                        bound,
+                        manager,
+                        deliverer,
+                        store,
+                        metrics,
+                        app,
+                        stop,
+                        protected,
+                        membership,
+                        account_queues,
+                    )
                 )
                 await stop.wait()
                 ready = False

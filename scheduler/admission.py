@@ -1,7 +1,9 @@
-"""What the fair scheduler answers: verdicts on new requests, grants, expiries, and rate-limit figures.
+"""What the fair scheduler answers that needs no ticket: refusals, outcomes, and rate-limit figures.
 
-These are small immutable values so a shell can match on them and act after the scheduler has already
-changed its state ("decide synchronously, then do the I/O"). Every refusal says whose problem it is through
+The verdicts that carry a ticket (`Admitted`, `Queued`, `Grant`, `Expired`) live beside `Ticket` in
+scheduler/fair.py, so this module needs none of the scheduler's own types (no import cycle, not even for type
+hints). All of them are small immutable values so a shell can match on them and act after the scheduler has
+already changed its state ("decide synchronously, then do the I/O"). Every refusal says whose problem it is through
 a status hint: 429 when the caller's own key is over its rate or queue budget (slow down), 503 when the
 upstream as a whole is saturated beyond the global queue budget (not the caller's fault; come back later).
 """
@@ -14,7 +16,6 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from scheduler.fair import Ticket
     from scheduler.gcra import Gcra
 
 # Guards floor() against 2.9999999 when a remaining-count division should have been exactly 3.
@@ -79,20 +80,6 @@ def rate_limit_status(gcra: Gcra, now: float) -> RateLimitStatus:
 
 
 @dataclass(frozen=True, slots=True)
-class Admitted:
-    """Go ahead now: the request holds a slot until `complete(ticket)`."""
-
-    ticket: Ticket
-
-
-@dataclass(frozen=True, slots=True)
-class Queued:
-    """Wait: a later `complete` returns a `Grant` for this ticket, or `expire` an `Expired`."""
-
-    ticket: Ticket
-
-
-@dataclass(frozen=True, slots=True)
 class Refused:
     """Turned away before queuing; nothing is held, nothing needs to be completed."""
 
@@ -104,22 +91,3 @@ class Refused:
     @property
     def status_hint(self) -> int:
         return self.reason.status_hint
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """A queued request that now holds a slot; the shell wakes its waiter."""
-
-    ticket: Ticket
-    waited_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class Expired:
-    """A queued request that waited `queue_wait_s_max` without a slot; the shell answers 503."""
-
-    ticket: Ticket
-    waited_s: float
-
-
-Verdict = Admitted | Queued | Refused

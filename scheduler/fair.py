@@ -56,18 +56,7 @@ from typing import Final
 
 from sortedcontainers import SortedList
 
-from scheduler.admission import (
-    Admitted,
-    Expired,
-    Grant,
-    Outcome,
-    Queued,
-    RateLimitStatus,
-    RefusalReason,
-    Refused,
-    Verdict,
-    rate_limit_status,
-)
+from scheduler.admission import Outcome, RateLimitStatus, RefusalReason, Refused, rate_limit_status
 from scheduler.aimd import AimdLimit, AimdPolicy
 from scheduler.gcra import Gcra
 from scheduler.tiers import TIERS_BY_PRIORITY, Tier, TierPolicy
@@ -164,6 +153,39 @@ class Ticket:
         return f"<Ticket {self.key!r} {self.tier.value} {self.state.value} cost={self.cost:g}>"
 
 
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """Go ahead now: the request holds a slot until `complete(ticket)`."""
+
+    ticket: Ticket
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """Wait: a later `complete` returns a `Grant` for this ticket, or `expire` an `Expired`."""
+
+    ticket: Ticket
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A queued request that now holds a slot; the shell wakes its waiter."""
+
+    ticket: Ticket
+    waited_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """A queued request that waited `queue_wait_s_max` without a slot; the shell answers 503."""
+
+    ticket: Ticket
+    waited_s: float
+
+
+Verdict = Admitted | Queued | Refused
+
+
 class _TierState:
     __slots__ = (
         "admitted_total",
@@ -195,7 +217,7 @@ class _TierState:
         self.hold_s_measured = False
         # Key-level SFQ within the tier: eligible keys as (start tag, unique number, key); the number keeps
         # keys out of comparisons. `key_clock` is the start tag of the last key served.
-        self.ready: SortedList = SortedList()
+        self.ready: SortedList[tuple[float, int, _KeyState]] = SortedList()
         self.key_clock = 0.0
         self.inflight = 0
         self.queued = 0
@@ -282,7 +304,7 @@ class FairScheduler:
         # Queued tickets in submission order, which is also deadline order.
         self._deadlines: OrderedDict[Ticket, None] = OrderedDict()
         # Idle rate-limited keys as (forget at, unique number, key name).
-        self._idle: SortedList = SortedList()
+        self._idle: SortedList[tuple[float, int, str]] = SortedList()
         self._inflight = 0
         # Unique numbers that keep sorted tuples from ever comparing their last element.
         self._sequence = itertools.count()

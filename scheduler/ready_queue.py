@@ -21,20 +21,24 @@ class ReadyQueue:
     __slots__ = ("_entries", "_entry_by_job", "_next_seq")
 
     def __init__(self) -> None:
-        self._entries: SortedList = SortedList()
+        self._entries: SortedList[_Entry] = SortedList()
         self._entry_by_job: dict[str, _Entry] = {}
         self._next_seq = 0
 
-    def push(self, job_id: str, eligible_at: float) -> None:
+    def push(self, job_id: str, eligible_at: float, *, seq: int | None = None) -> int:
         """Queue `job_id` from `eligible_at` on; pushing an id already queued reschedules it (to the back of
-        its new instant)."""
+        its new instant). Returns the job's place among equals (`seq`); passing a place it was given before puts
+        it back exactly there (a job that keeps its place in line)."""
         if math.isnan(eligible_at):
             raise ValueError(f"eligible_at must be a number, got {eligible_at!r} for {job_id!r}")
         self.remove(job_id)
-        entry = (eligible_at, self._next_seq, job_id)
-        self._next_seq += 1
+        if seq is None:
+            seq = self._next_seq
+            self._next_seq += 1
+        entry = (eligible_at, seq, job_id)
         self._entries.add(entry)
         self._entry_by_job[job_id] = entry
+        return seq
 
     def remove(self, job_id: str) -> bool:
         """Drop a waiting job (cancelled, or claimed elsewhere); False if it was not queued."""

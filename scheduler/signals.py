@@ -24,6 +24,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, cast
 
 # A day: longer waits are far more likely a provider bug (or a hostile upstream) than a real schedule.
 DELAY_MAX_S = 86_400.0
@@ -314,8 +315,10 @@ def parse_limit_headers(headers: Iterable[tuple[str, str]], *, wall_now: float) 
         parsed = parse(lines, wall_now)
         if not parsed:
             malformed.append(header)
-        for field_name, value in parsed.items():
+        for field_name, field_value in parsed.items():
             if field_name not in values:
-                values[field_name] = value
+                values[field_name] = field_value
                 sources[field_name] = header
-    return LimitSignals(**values, sources=sources, malformed=tuple(malformed))
+    # Each parser returns its fields in their own types (rps a float, max_concurrent an int, ...), which one
+    # dict type cannot say field by field.
+    return LimitSignals(**cast("dict[str, Any]", values), sources=sources, malformed=tuple(malformed))

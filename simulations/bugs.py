@@ -17,7 +17,7 @@ from typing import Any, final
 
 import trio
 
-from edge.records import JobRecord
+from edge.engine.records import JobRecord
 from edge.store import Store
 from edge.store.base import EncodedJob
 
@@ -57,5 +57,5 @@ class LaggingCommitStore:
 async def lagging_commits(durable: Store) -> AsyncIterator[Store]:
     """The node's store under "ack-before-commit": pending commits die with the node (its scope is cancelled)."""
     async with trio.open_nursery() as commits:
-        yield LaggingCommitStore(durable, commits)  # type: ignore[misc]
+        yield LaggingCommitStore(durable, commits)
         commits.cancel_scope.cancel()

@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a scenario on the deterministic simulator (seeds, swarm, capacity sweeps).
+
+    `ezthrottle simulate ARGS` calls this with ARGS (registered in pyproject.toml under the `ezthrottle.commands`
+    entry points; the first line above is its line in `ezthrottle --help`); `python -m simulations` with None,
+    so argparse reads sys.argv. The exit status is as the module docstring says.
+    """
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # argparse has printed its message (or the help)

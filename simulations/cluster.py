@@ -95,7 +95,7 @@ class SimulatedCluster:
         )
         scope = trio.CancelScope()
 
-        async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async def run(task_status: trio.TaskStatus[ClusterMember] = trio.TASK_STATUS_IGNORED) -> None:
             with scope:
                 await member.run(task_status=task_status)
 

@@ -1,9 +1,9 @@
 """Simulated HTTP: an httpx transport that hands each request to an in-process ASGI app, after a simulated delay.
 
-Set it as `Runtime.transport` and every outbound call of a node goes through it without a socket: jobs to
-upstreams and webhooks to receivers (edge/node.py `build_outbound`), and forwarding to other nodes (edge/internal.py
-`PeerClient`). Apps are mounted by authority ("host:port", the port explicit or the scheme's default), so a
-simulated upstream, a webhook receiver and another node's `JobApi` are all just ASGI apps.
+Set it as `Runtime.transport` and every outbound call of a node goes through it without a socket: jobs to upstreams and
+webhooks to receivers (edge/node.py `build_outbound`), and forwarding to other nodes (edge/placement/peers.py
+`PeerClient`). Apps are mounted by authority ("host:port", the port explicit or the scheme's default), so a simulated
+upstream, a webhook receiver and another node's `JobApi` are all just ASGI apps.
 
 Every request has a source host: `for_source(host)` gives the transport a node (or a client) uses, and the
 `paths` policy decides, per (source host, destination host), whether the request gets through:
@@ -31,7 +31,7 @@ from __future__ import annotations
 import enum
 import random
 import zlib
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, final
 
@@ -40,9 +40,10 @@ import trio
 
 from .determinism import Trace
 
-# The ASGI application callable, as httpx.ASGITransport takes it.
+# The ASGI application callable: scope and messages are plain dicts, as the apps it hosts (edge's job API, the
+# simulated providers and receivers) take them.
 AsgiApp = Callable[
-    [MutableMapping[str, Any], Callable[[], Awaitable[MutableMapping[str, Any]]], Callable[[Any], Awaitable[None]]],
+    [dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]],
     Awaitable[None],
 ]
 
@@ -110,7 +111,7 @@ class _Exchange:
         await trio.lowlevel.checkpoint()
         return {"type": "http.disconnect"}
 
-    async def send(self, message: MutableMapping[str, Any]) -> None:
+    async def send(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
             self.headers = list(message.get("headers", []))

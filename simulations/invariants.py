@@ -14,8 +14,8 @@ Safety, throughout (the first violation stops the run):
   each time, two times at most in a window. Windows that overlap unsettled membership are not judged: during
   a partition both sides own the key (split ownership is the design's stated limit), and while a crash is
   being detected ownership moves.
-- "one-active-queue": once membership has been settled for SETTLE_S (two hand-off sweeps, edge/routing.py), each
-  queue key has a running queue task on at most one node (each node's `QueueManager`). Unclustered nodes have no
+- "one-active-queue": once membership has been settled for SETTLE_S (two hand-off sweeps, edge/placement/routing.py),
+  each queue key has a running queue task on at most one node (each node's `QueueManager`). Unclustered nodes have no
   membership to settle, so this applies to clustered worlds only.
 Membership is "settled" at a check when every running node sees exactly the running nodes as live, no partition
 is in place, and no node's membership view changed since the previous check.
@@ -37,7 +37,7 @@ from typing import final
 
 import trio
 
-from edge.routing import HANDOFF_SWEEP_S
+from edge.placement.routing import HANDOFF_SWEEP_S
 
 from .runtime import SIMULATED_EPOCH_S
 from .workload import TERMINAL, JobEntry, Ledger

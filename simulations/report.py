@@ -165,7 +165,7 @@ def _from_jsonable(hint: Any, value: Any) -> Any:
         return None
     if isinstance(hint, types.UnionType):
         (hint,) = (member for member in typing.get_args(hint) if member is not type(None))
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         hints = typing.get_type_hints(hint)
         return hint(
             **{spec.name: _from_jsonable(hints[spec.name], value[spec.name]) for spec in dataclasses.fields(hint)}

@@ -584,7 +584,7 @@ def _convert(hint: Any, value: object) -> object:
     """`value` as the annotated type: TOML already gives str, int, float, bool, list and table."""
     if isinstance(hint, types.UnionType):  # `float | None`: TOML has no null, so only the float can appear
         (hint,) = (member for member in typing.get_args(hint) if member is not type(None))
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value)
     if typing.get_origin(hint) is tuple:
         item_hint = typing.get_args(hint)[0]

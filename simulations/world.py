@@ -45,7 +45,7 @@ from edge.config import (
     WebhooksConfig,
 )
 from edge.node import Node, run_node
-from edge.origins import parsed_url
+from edge.outbound.origins import parsed_url
 from edge.store import MemoryStoreData, Store, open_memory_store
 
 from .actors import DeliveryReport, LognormalLatency, Provider, WebhookReceiver
@@ -242,7 +242,7 @@ class World:
                 api_advertise=node.api_authority,
                 region=node.region,
                 seeds=tuple(other.gossip_address for other in self.nodes.values() if other is not node),
-                keys=(self.cluster_key,),
+                keys=(bytes.fromhex(self.cluster_key),),
                 profile=self.scenario.cluster.profile,
             )
         return Config(

@@ -1,9 +1,9 @@
 """cluster.shell: the Trio shell around the sans-I/O core, i.e. the part of cluster/ that does I/O.
 
-A subpackage rather than modules beside the core, so the core's purity scan (tests/cluster/test_purity.py) and
+A subpackage rather than modules beside the core, so the core's purity scan (tests/test_layering.py) and
 its rule that `import cluster` loads no trio keep holding without exceptions. Layout:
 - member: `ClusterMember`, which owns a `SwimNode`, feeds it packets, streams and timer ticks, performs its
-  actions, and answers the node's questions (members, owner of a key, change notifications)
+  actions, and answers the node's questions (members, owner of a key, change notifications, the shared map)
 - transport: the `Transport` contract (best-effort packets, one-shot reliable streams) and its UDP + TCP
   implementation; the simulator brings its own through `TransportFactory`
 - discovery: seeds to addresses through the injected resolver, join backoff, and the rule for which addresses

@@ -8,6 +8,9 @@ The core decides, the shell does the I/O (style.md §17): every input is one syn
 - `OpenStream` starts a push-pull exchange in the run nursery, at most `exchanges_max` at once (more are refused
   and counted: push-pull is periodic and the core retries);
 - `MemberEvent` bumps `version`, wakes `wait_changed`, and is logged;
+- `SharedChanged` calls `on_shared_change` with the entry (synchronously, so the caller can persist it before
+  anything else happens; an exception from it is logged and counted, never let into the member's tasks) and
+  wakes `wait_shared_changed`;
 - and the timer task's cancel scope is pulled in to the core's `next_deadline()`, which an input may have moved
   earlier (a new probe, a suspicion armed).
 Because nothing awaits between the core call and the drain, the core is only ever touched by one task at a time
@@ -21,6 +24,10 @@ retrying with jittered exponential backoff until some other member is live; it k
 whenever this member finds itself alone again (everyone else dead or left, e.g. after a long partition), since
 DNS may by then name new machines. A member without seeds is a first member: it waits to be joined.
 
+The shared map (cluster/shared.py) lives in the core; the shell only stamps local writes with the wall clock
+(`Runtime.wall_ms`) and hands the core, at start, the entries the caller saved (`shared_entries`). The shell
+never touches a disk: persisting is the caller's, through `on_shared_change`.
+
 Replay protection needs an epoch that grows across restarts of one node id: the boot time in wall-clock
 milliseconds from the injected runtime (`Runtime.wall_ms`). That holds unless the wall clock steps back by more
 than the time a restart takes; no state is kept on disk for it.
@@ -29,16 +36,16 @@ than the time a restart takes; no state is kept on disk for it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Protocol, final
 
 import trio
 
-from cluster.actions import MemberEvent, OpenStream, SendPacket
+from cluster.actions import MemberEvent, OpenStream, SendPacket, SharedChanged
 from cluster.config import SwimConfig
 from cluster.keyring import InsecureClusterError, Keyring
-from cluster.messages import Address, MemberInfo
+from cluster.messages import Address, MemberInfo, SharedEntry, SharedValue
 from cluster.ownership import Rendezvous
 from cluster.swim import SwimNode, SwimStatistics
 
@@ -117,6 +124,7 @@ class ClusterStatistics:
     exchanges_failed: int = 0
     exchanges_refused: int = 0  # over exchanges_max, or to a refused address
     join_attempts: int = 0
+    shared_callback_errors: int = 0  # on_shared_change raised (logged; the member carried on)
 
 
 DEFAULT_SETTINGS = ShellSettings()
@@ -154,8 +162,14 @@ class ClusterMember:
         runtime: ShellRuntime,
         transport_factory: TransportFactory = open_socket_transport,
         settings: ShellSettings = DEFAULT_SETTINGS,
+        shared_entries: Iterable[SharedEntry] = (),
+        on_shared_change: Callable[[SharedEntry], None] | None = None,
     ) -> None:
-        """Checks the addresses now; `run()` refuses a member that could talk to nobody (no keyring, not insecure)."""
+        """Checks the addresses now; `run()` refuses a member that could talk to nobody (no keyring, not insecure).
+
+        `shared_entries`: the shared map as the caller saved it, entry by entry, from `on_shared_change`; the
+        member starts with them (the join's push-pull then brings them up to date). `on_shared_change` is called
+        with every entry that changes afterwards, local writes included; it must not block."""
         self._bind = _parse_own_address(bind, "bind")
         self._advertise = None if advertise is None else _parse_own_address(advertise, "advertise")
         own_host, own_text = (self._bind[0], "bind") if self._advertise is None else (self._advertise[0], "advertise")
@@ -174,6 +188,9 @@ class ClusterMember:
         self._runtime = runtime
         self._transport_factory = transport_factory
         self._settings = settings
+        self._shared_entries = tuple(shared_entries)
+        self._on_shared_change = on_shared_change
+        self._shared_moved = trio.lowlevel.ParkingLot()
         self._node: SwimNode | None = None
         self._transport: Transport | None = None
         self._nursery: trio.Nursery | None = None
@@ -233,6 +250,34 @@ class ClusterMember:
             await self._version_moved.park()
         return self._version
 
+    # --- the shared map ---
+
+    @property
+    def shared_version(self) -> int:
+        """Grows on every change to the shared map this member sees; 0 for an empty map that never changed."""
+        return self._running_node.shared().version
+
+    def shared(self, key: str, default: SharedValue = None) -> SharedValue:
+        """The value under `key` in the shared map, or `default` if it was never set."""
+        return self._running_node.shared().get(key, default)
+
+    def shared_items(self) -> list[tuple[str, SharedValue]]:
+        """Every (key, value) of the shared map, by key."""
+        return self._running_node.shared().items()
+
+    def set_shared(self, key: str, value: SharedValue) -> SharedEntry:
+        """Write `value` under `key` for the whole cluster, stamped with the runtime's wall clock, and return
+        the entry (already passed to `on_shared_change`). Raises ValueError over a bound (cluster/shared.py)."""
+        entry = self._running_node.set_shared(key, value, wall_ms=self._runtime.wall_ms())
+        self._dispatch()
+        return entry
+
+    async def wait_shared_changed(self, after_version: int) -> int:
+        """Wait until `shared_version` is past `after_version`, and return it."""
+        while self.shared_version <= after_version:
+            await self._shared_moved.park()
+        return self.shared_version
+
     async def leave(self, timeout_s: float) -> bool:
         """Announce a graceful leave and wait until it has been gossiped its full count and sent, or `timeout_s`.
 
@@ -284,6 +329,7 @@ class ClusterMember:
                 epoch=self._runtime.wall_ms(),
                 now=trio.current_time(),
                 insecure=self._insecure,
+                shared_entries=self._shared_entries,
             )
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -323,9 +369,23 @@ class ClusterMember:
                     )
                     self._version += 1
                     self._version_moved.unpark_all()
+                case SharedChanged(entry=entry):
+                    self._shared_changed(entry)
         if self._timer is not None:
             self._timer.deadline = min(self._timer.deadline, node.next_deadline())
         self._progress.unpark_all()
+
+    def _shared_changed(self, entry: SharedEntry) -> None:
+        log.debug("cluster member %s: shared %r = %r (from %s)", self._node_id, entry.key, entry.value, entry.node)
+        if self._on_shared_change is not None:
+            try:
+                self._on_shared_change(entry)
+            except Exception:
+                # The caller's code, run inside whichever task fed the core: letting it escape would take the
+                # member down. The entry stays in the map; its next change is offered again.
+                self._counts["shared_callback_errors"] += 1
+                log.exception("cluster on_shared_change failed for %r", entry.key)
+        self._shared_moved.unpark_all()
 
     def _queue_packet(self, address: Address, data: bytes) -> None:
         if not usable_peer_address(address):

@@ -25,7 +25,7 @@ Once the response has started, a failure can only cut it short: HTTP/1.1 clients
 before the body ends.
 
 The upstream is configured by the operator, so the SSRF guard that protects the job API's outbound calls
-(edge/ssrf.py) does not apply to it: loopback and private addresses are exactly where upstreams live.
+(edge/outbound/ssrf.py) does not apply to it: loopback and private addresses are exactly where upstreams live.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import httpx
 import trio
 
 from edge.config import ProtectConfig
-from edge.http_server import ASGISend, send_whole_response
+from edge.http.server import ASGISend, send_whole_response
 from edge.problems import PROBLEM_CONTENT_TYPE, Problem
 from edge.proxy.body import BodyLimits, ClientGone, Receive, RequestBody
 from edge.proxy.callers import Caller, CallerDirectory

@@ -35,7 +35,7 @@ from typing import Any
 import trio
 
 from edge.config import ProtectConfig
-from edge.http_server import REFUSED_BODY_DRAIN_BYTES_MAX
+from edge.http.server import REFUSED_BODY_DRAIN_BYTES_MAX
 from edge.problems import Problem
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]

@@ -10,7 +10,7 @@ import httpx
 import trio
 
 from edge.config import ProtectConfig
-from edge.http_server import serve_asgi
+from edge.http.server import serve_asgi
 from edge.proxy.app import ProxyApp, upstream_transport
 from edge.proxy.gate import Gate
 from edge.proxy.metrics import ProxyMetrics

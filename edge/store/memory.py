@@ -12,33 +12,56 @@ crash can drop a node (its view closes with it) and restart it over the same dat
 A write is "durable" as soon as it is in `data`, which is the memory-store analogue of a committed SQLite
 transaction. One open view at a time is the intended use; nothing enforces it. Every operation is its own
 transaction, so `statistics().commits == statistics().operations`.
+
+Like SQLite, `save_delivery` keeps a delivery's state beside the job's `EncodedJob` (whose blob it never
+re-encodes) and every read overlays it on the decoded record; `save_job` and deletion drop it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Collection, Iterable
 from contextlib import asynccontextmanager
 from typing import final
 
 import trio
 
-from edge.records import TERMINAL_STATUSES, JobRecord
-from edge.store.base import UNFINISHED_STATUSES, EncodedJob, Store, StoreError, StoreStatistics
+from edge.engine.records import TERMINAL_STATUSES, Delivery, JobRecord
+from edge.store.base import (
+    UNFINISHED_STATUSES,
+    EncodedDelivery,
+    EncodedJob,
+    Store,
+    StoreError,
+    StoreStatistics,
+    checked_webhook_outcome,
+    delivery_index_error,
+    overlay_deliveries,
+    unknown_job_error,
+)
 
 
 @final
 class MemoryStoreData:
     """Everything a memory store keeps; outlives the store views opened over it."""
 
-    __slots__ = ("job_id_by_idempotency", "jobs")
+    __slots__ = ("deliveries", "job_id_by_idempotency", "jobs", "shared_state")
 
     def __init__(self) -> None:
+        # A job's `webhook_outcome` here is the latest one given (by save_job or save_delivery); its blob is the
+        # record as save_job last encoded it.
         self.jobs: dict[str, EncodedJob] = {}
         self.job_id_by_idempotency: dict[tuple[str, str], str] = {}
+        # Per job, the deliveries saved by save_delivery since its last save_job, by index.
+        self.deliveries: dict[str, dict[int, EncodedDelivery]] = {}
+        self.shared_state: dict[str, bytes] = {}
 
+    def decode(self, job: EncodedJob) -> JobRecord:
+        """A fresh record: the stored blob with the saved deliveries and the latest outcome on top."""
+        return overlay_deliveries(job.decode(), job.webhook_outcome, self.deliveries.get(job.job_id, {}).values())
 
-def _oldest_first(jobs: Iterable[EncodedJob]) -> list[JobRecord]:
-    return [job.decode() for job in sorted(jobs, key=lambda job: (job.created_at_ms, job.job_id))]
+    def oldest_first(self, jobs: Iterable[EncodedJob]) -> list[JobRecord]:
+        return [self.decode(job) for job in sorted(jobs, key=lambda job: (job.created_at_ms, job.job_id))]
 
 
 def _is_purgeable(job: EncodedJob, finished_before_ms: int) -> bool:
@@ -74,7 +97,7 @@ class MemoryStore:
         data = await self._begin()
         existing_id = data.job_id_by_idempotency.get(job.idempotency)
         if existing_id is not None:
-            return data.jobs[existing_id].decode(), False
+            return data.decode(data.jobs[existing_id]), False
         if job.job_id in data.jobs:
             raise StoreError(f"job_id {job.job_id!r} already exists under another idempotent_key")
         self._put(data, job)
@@ -89,7 +112,23 @@ class MemoryStore:
         previous = data.jobs.get(job.job_id)
         if previous is not None:
             del data.job_id_by_idempotency[previous.idempotency]
+        data.deliveries.pop(job.job_id, None)  # the record is the whole truth again
         self._put(data, job)
+
+    async def save_delivery(
+        self, job_id: str, index: int, delivery: Delivery, webhook_outcome: str, updated_at_ms: int
+    ) -> None:
+        saved = EncodedDelivery.of(index, delivery, updated_at_ms)
+        data = await self._begin()
+        outcome = checked_webhook_outcome(webhook_outcome)
+        job = data.jobs.get(job_id)
+        if job is None:
+            raise unknown_job_error(job_id)
+        if not 0 <= index < job.delivery_count:
+            raise delivery_index_error(job_id, index, job.delivery_count)
+        data.deliveries.setdefault(job_id, {})[index] = saved
+        if job.webhook_outcome != outcome:  # the blob is shared, not copied
+            data.jobs[job_id] = dataclasses.replace(job, webhook_outcome=outcome)
 
     @staticmethod
     def _put(data: MemoryStoreData, job: EncodedJob) -> None:
@@ -99,15 +138,15 @@ class MemoryStore:
     async def get_job(self, job_id: str) -> JobRecord | None:
         data = await self._begin()
         job = data.jobs.get(job_id)
-        return None if job is None else job.decode()
+        return None if job is None else data.decode(job)
 
     async def unfinished_jobs(self) -> list[JobRecord]:
         data = await self._begin()
-        return _oldest_first(job for job in data.jobs.values() if job.status in UNFINISHED_STATUSES)
+        return data.oldest_first(job for job in data.jobs.values() if job.status in UNFINISHED_STATUSES)
 
     async def jobs_with_pending_deliveries(self) -> list[JobRecord]:
         data = await self._begin()
-        return _oldest_first(job for job in data.jobs.values() if job.webhook_outcome == "pending")
+        return data.oldest_first(job for job in data.jobs.values() if job.webhook_outcome == "pending")
 
     async def purge_finished(self, finished_before_ms: int) -> int:
         data = await self._begin()
@@ -132,8 +171,18 @@ class MemoryStore:
             job = data.jobs.pop(job_id, None)
             if job is not None:
                 del data.job_id_by_idempotency[job.idempotency]
+                data.deliveries.pop(job_id, None)
                 deleted += 1
         return deleted
+
+    async def shared_state(self) -> dict[str, bytes]:
+        data = await self._begin()
+        return dict(data.shared_state)
+
+    async def save_shared_state(self, key: str, value: bytes) -> None:
+        value = bytes(value)
+        data = await self._begin()
+        data.shared_state[key] = value
 
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(commits=self._commits, operations=self._commits)

@@ -20,6 +20,17 @@ group commits, a reader never observes a write that could still be lost. The pri
 the current group; reads are rare (status queries, startup recovery), and a second read-only connection
 would give up the call-order guarantee for a gain we have not measured a need for.
 
+Delivery saves: a webhook delivery try must not rewrite the record (its response may be 1 MiB, and tries go on
+for up to 24 hours), and an UPDATE of a jobs row rewrites the whole row, blob included (every overflow page of
+it once the row changes size, as it does when the outcome changes). So `save_delivery` writes one small row of
+the `deliveries` table (msgpack of `Delivery.to_wire()`, and the `updated_at_ms` it was given: see base.py), and
+touches the jobs row only when the job's `webhook_outcome` changes (typically once, when its last pending
+delivery ends), because the outcome column is what the pending and purge queries filter on. A delivery's first
+save since the record's also reads the record once, to check the index; later ones find their row. Reads
+overlay the delivery rows and the outcome column on the decoded record. `save_job` deletes the job's delivery
+rows (its record is the whole truth again); a trigger deletes them with their job (`delete_jobs`,
+`purge_finished`), so they never outlive it.
+
 Errors: a constraint violation (a job_id reused with another idempotent key, a save moving a record onto a
 key owned by another job) fails only that call: SQLite rolls back just the statement. Any other SQLite error
 (disk full, I/O error, corrupt file) fails every call of the group, which is rolled back; later groups try
@@ -43,8 +54,21 @@ from typing import Any, Generic, TypeVar, final
 
 import trio
 
-from edge.records import TERMINAL_STATUSES, JobRecord
-from edge.store.base import UNFINISHED_STATUSES, EncodedJob, Store, StoreError, StoreStatistics, decode_record
+from edge.engine.records import TERMINAL_STATUSES, Delivery, JobRecord
+from edge.store.base import (
+    UNFINISHED_STATUSES,
+    EncodedDelivery,
+    EncodedJob,
+    Store,
+    StoreError,
+    StoreStatistics,
+    checked_webhook_outcome,
+    decode_record,
+    delivery_index_error,
+    overlay_deliveries,
+    stored_delivery_count,
+    unknown_job_error,
+)
 
 # A big group delays every caller in it; 512 small inserts commit in a few milliseconds.
 OPERATIONS_PER_GROUP_MAX = 512
@@ -87,6 +111,23 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         f"CREATE INDEX jobs_webhook_pending ON jobs (created_at_ms, job_id) WHERE {_IS_WEBHOOK_PENDING}",
         "CREATE INDEX jobs_finished ON jobs (finished_at_ms) WHERE finished_at_ms IS NOT NULL",
     ),
+    (
+        # Version 2: deliveries saved by `save_delivery` since the job's record was last saved.
+        """CREATE TABLE deliveries (
+            job_id TEXT NOT NULL,
+            idx INTEGER NOT NULL,
+            delivery BLOB NOT NULL,
+            updated_at_ms INTEGER NOT NULL,
+            PRIMARY KEY (job_id, idx)
+        ) WITHOUT ROWID, STRICT""",
+        """CREATE TRIGGER jobs_delete_deliveries AFTER DELETE ON jobs BEGIN
+            DELETE FROM deliveries WHERE job_id = old.job_id;
+        END""",
+    ),
+    (
+        # Version 3: the node's shared settings (edge/placement/shared_state.py), one opaque value per key.
+        "CREATE TABLE shared_state (key TEXT NOT NULL PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID, STRICT",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -102,16 +143,36 @@ _UPSERT_SQL = (
 # A new job costs one statement, a duplicate two. Only the idempotency constraint is the conflict target, so a
 # job_id reused under another key still fails with IntegrityError.
 _INSERT_UNLESS_DUPLICATE_SQL = _INSERT_SQL + " ON CONFLICT (account_id, idempotent_key) DO NOTHING"
-_SELECT_BY_IDEMPOTENCY_SQL = "SELECT record FROM jobs WHERE account_id = ? AND idempotent_key = ?"
-_SELECT_BY_ID_SQL = "SELECT record FROM jobs WHERE job_id = ?"
-_UNFINISHED_SQL = f"SELECT record FROM jobs WHERE {_IS_UNFINISHED} ORDER BY created_at_ms, job_id"
-_WEBHOOK_PENDING_SQL = f"SELECT record FROM jobs WHERE {_IS_WEBHOOK_PENDING} ORDER BY created_at_ms, job_id"
+# Reads select (job_id, webhook_outcome, record) and overlay the job's delivery rows.
+_JOB_COLUMNS = "job_id, webhook_outcome, record"
+_SELECT_BY_IDEMPOTENCY_SQL = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE account_id = ? AND idempotent_key = ?"
+_SELECT_BY_ID_SQL = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?"
+_UNFINISHED_SQL = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {_IS_UNFINISHED} ORDER BY created_at_ms, job_id"
+_WEBHOOK_PENDING_SQL = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {_IS_WEBHOOK_PENDING} ORDER BY created_at_ms, job_id"
+_DELIVERY_COLUMNS = "d.job_id, d.idx, d.delivery, d.updated_at_ms"
+_DELIVERIES_OF_JOB_SQL = f"SELECT {_DELIVERY_COLUMNS} FROM deliveries AS d WHERE d.job_id = ?"
+_DELIVERIES_OF_UNFINISHED_SQL = (
+    f"SELECT {_DELIVERY_COLUMNS} FROM jobs JOIN deliveries AS d ON d.job_id = jobs.job_id WHERE {_IS_UNFINISHED}"
+)
+_DELIVERIES_OF_WEBHOOK_PENDING_SQL = (
+    f"SELECT {_DELIVERY_COLUMNS} FROM jobs JOIN deliveries AS d ON d.job_id = jobs.job_id WHERE {_IS_WEBHOOK_PENDING}"
+)
+_SELECT_OUTCOME_SQL = "SELECT webhook_outcome FROM jobs WHERE job_id = ?"
+_SELECT_RECORD_SQL = "SELECT record FROM jobs WHERE job_id = ?"
+_UPDATE_DELIVERY_SQL = "UPDATE deliveries SET delivery = ?, updated_at_ms = ? WHERE job_id = ? AND idx = ?"
+_INSERT_DELIVERY_SQL = "INSERT INTO deliveries (job_id, idx, delivery, updated_at_ms) VALUES (?, ?, ?, ?)"
+_UPDATE_OUTCOME_SQL = "UPDATE jobs SET webhook_outcome = ? WHERE job_id = ?"
+_DELETE_DELIVERIES_SQL = "DELETE FROM deliveries WHERE job_id = ?"
 _COUNT_UNFINISHED_SQL = f"SELECT count(*) FROM jobs WHERE account_id = ? AND {_IS_UNFINISHED}"
 _PURGE_BATCH_SQL = (
     "DELETE FROM jobs WHERE job_id IN (SELECT job_id FROM jobs WHERE finished_at_ms < ? "
     f"AND {_IS_TERMINAL} AND NOT {_IS_WEBHOOK_PENDING} LIMIT ?)"
 )
 _DELETE_BY_ID_SQL = "DELETE FROM jobs WHERE job_id = ?"
+_SELECT_SHARED_STATE_SQL = "SELECT key, value FROM shared_state"
+_UPSERT_SHARED_STATE_SQL = (
+    "INSERT INTO shared_state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
 
 
 def _row(job: EncodedJob) -> tuple[Any, ...]:
@@ -131,24 +192,66 @@ def _row(job: EncodedJob) -> tuple[Any, ...]:
 # The operations below run in the worker thread, inside the group's transaction.
 
 
+def _saved_deliveries(
+    sql: str, parameters: tuple[Any, ...], connection: sqlite3.Connection
+) -> dict[str, list[EncodedDelivery]]:
+    """The delivery rows `sql` selects, by job_id."""
+    by_job: dict[str, list[EncodedDelivery]] = {}
+    for job_id, index, blob, updated_at_ms in connection.execute(sql, parameters):
+        by_job.setdefault(job_id, []).append(EncodedDelivery(index=index, blob=blob, updated_at_ms=updated_at_ms))
+    return by_job
+
+
+def _decode_one(row: tuple[str, str, bytes], connection: sqlite3.Connection) -> JobRecord:
+    job_id, webhook_outcome, blob = row
+    saved = _saved_deliveries(_DELIVERIES_OF_JOB_SQL, (job_id,), connection).get(job_id, ())
+    return overlay_deliveries(decode_record(blob), webhook_outcome, saved)
+
+
 def _insert_job(job: EncodedJob, connection: sqlite3.Connection) -> tuple[JobRecord, bool]:
     if connection.execute(_INSERT_UNLESS_DUPLICATE_SQL, _row(job)).rowcount:
+        # Delivery rows never outlive their job (the trigger), so a new job has none.
         return job.decode(), True
-    (blob,) = connection.execute(_SELECT_BY_IDEMPOTENCY_SQL, job.idempotency).fetchone()
-    return decode_record(blob), False
+    row = connection.execute(_SELECT_BY_IDEMPOTENCY_SQL, job.idempotency).fetchone()
+    return _decode_one(row, connection), False
 
 
 def _save_job(job: EncodedJob, connection: sqlite3.Connection) -> None:
     connection.execute(_UPSERT_SQL, _row(job))
+    connection.execute(_DELETE_DELIVERIES_SQL, (job.job_id,))
+
+
+def _save_delivery(job_id: str, saved: EncodedDelivery, webhook_outcome: str, connection: sqlite3.Connection) -> None:
+    """Write the delivery's row, and the jobs row only if the outcome changes. Checks come before any write."""
+    outcome = checked_webhook_outcome(webhook_outcome)
+    row = connection.execute(_SELECT_OUTCOME_SQL, (job_id,)).fetchone()
+    if row is None:
+        raise unknown_job_error(job_id)
+    updated = connection.execute(_UPDATE_DELIVERY_SQL, (saved.blob, saved.updated_at_ms, job_id, saved.index))
+    if not updated.rowcount:
+        # The delivery's first save since the record's: a row that exists was checked when it was inserted.
+        (blob,) = connection.execute(_SELECT_RECORD_SQL, (job_id,)).fetchone()
+        count = stored_delivery_count(blob)
+        if not 0 <= saved.index < count:
+            raise delivery_index_error(job_id, saved.index, count)
+        connection.execute(_INSERT_DELIVERY_SQL, (job_id, saved.index, saved.blob, saved.updated_at_ms))
+    if row[0] != outcome:
+        connection.execute(_UPDATE_OUTCOME_SQL, (outcome, job_id))
 
 
 def _get_job(job_id: str, connection: sqlite3.Connection) -> JobRecord | None:
     row = connection.execute(_SELECT_BY_ID_SQL, (job_id,)).fetchone()
-    return None if row is None else decode_record(row[0])
+    return None if row is None else _decode_one(row, connection)
 
 
-def _select_records(sql: str, connection: sqlite3.Connection) -> list[JobRecord]:
-    return [decode_record(blob) for (blob,) in connection.execute(sql)]
+def _select_records(sql: str, deliveries_sql: str, connection: sqlite3.Connection) -> list[JobRecord]:
+    """The records `sql` selects, each with the delivery rows `deliveries_sql` (the same jobs) selects."""
+    rows = connection.execute(sql).fetchall()
+    saved = _saved_deliveries(deliveries_sql, (), connection) if rows else {}
+    return [
+        overlay_deliveries(decode_record(blob), webhook_outcome, saved.get(job_id, ()))
+        for job_id, webhook_outcome, blob in rows
+    ]
 
 
 def _count_unfinished(account_id: str, connection: sqlite3.Connection) -> int:
@@ -162,6 +265,14 @@ def _purge_batch(finished_before_ms: int, connection: sqlite3.Connection) -> int
 
 def _delete_jobs(job_ids: list[str], connection: sqlite3.Connection) -> int:
     return sum(connection.execute(_DELETE_BY_ID_SQL, (job_id,)).rowcount for job_id in job_ids)
+
+
+def _shared_state(connection: sqlite3.Connection) -> dict[str, bytes]:
+    return {key: bytes(value) for key, value in connection.execute(_SELECT_SHARED_STATE_SQL)}
+
+
+def _save_shared_state(key: str, value: bytes, connection: sqlite3.Connection) -> None:
+    connection.execute(_UPSERT_SHARED_STATE_SQL, (key, value))
 
 
 @final
@@ -187,6 +298,8 @@ class _Operation(Generic[T]):
         """Run inside the group's transaction; an error that leaves the transaction intact fails only this."""
         try:
             self.result = self.run(connection)
+        except StoreError as exc:  # refused before it wrote anything (e.g. an unknown job)
+            self.error = exc
         except sqlite3.IntegrityError as exc:  # SQLite rolled back just this statement
             self.fail("conflict", exc)
         except sqlite3.Error:
@@ -226,15 +339,24 @@ class SqliteStore:
     async def save_job(self, record: JobRecord) -> None:
         await self._call("save_job", functools.partial(_save_job, EncodedJob.of(record)))
 
+    async def save_delivery(
+        self, job_id: str, index: int, delivery: Delivery, webhook_outcome: str, updated_at_ms: int
+    ) -> None:
+        saved = EncodedDelivery.of(index, delivery, updated_at_ms)
+        await self._call("save_delivery", functools.partial(_save_delivery, job_id, saved, webhook_outcome))
+
     async def get_job(self, job_id: str) -> JobRecord | None:
         return await self._call("get_job", functools.partial(_get_job, job_id))
 
     async def unfinished_jobs(self) -> list[JobRecord]:
-        return await self._call("unfinished_jobs", functools.partial(_select_records, _UNFINISHED_SQL))
+        return await self._call(
+            "unfinished_jobs", functools.partial(_select_records, _UNFINISHED_SQL, _DELIVERIES_OF_UNFINISHED_SQL)
+        )
 
     async def jobs_with_pending_deliveries(self) -> list[JobRecord]:
         return await self._call(
-            "jobs_with_pending_deliveries", functools.partial(_select_records, _WEBHOOK_PENDING_SQL)
+            "jobs_with_pending_deliveries",
+            functools.partial(_select_records, _WEBHOOK_PENDING_SQL, _DELIVERIES_OF_WEBHOOK_PENDING_SQL),
         )
 
     async def purge_finished(self, finished_before_ms: int) -> int:
@@ -250,6 +372,12 @@ class SqliteStore:
 
     async def delete_jobs(self, job_ids: Collection[str]) -> int:
         return await self._call("delete_jobs", functools.partial(_delete_jobs, list(job_ids)))
+
+    async def shared_state(self) -> dict[str, bytes]:
+        return await self._call("shared_state", _shared_state)
+
+    async def save_shared_state(self, key: str, value: bytes) -> None:
+        await self._call("save_shared_state", functools.partial(_save_shared_state, key, bytes(value)))
 
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(commits=self._commits, operations=self._operations)

@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from edge.config import Config, load_config
-from edge.http_server import serve_asgi
+from edge.http.server import serve_asgi
 from edge.node import Node, run_node
 from edge.runtime import Runtime
 from simulations.actors import Receive, Scope, Send, header, read_body, respond

@@ -89,3 +89,22 @@ def test_the_command_line_loads_the_simulator_only_for_simulate():
     probe = "import sys, edge.cli; print(sorted(m for m in sys.modules if m.split('.')[0] == 'simulations'))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert loaded.stdout.strip() == "[]"
+
+
+def test_serve_does_not_load_the_registered_commands():
+    probe = (
+        "import sys, contextlib, io, edge.cli\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    edge.cli.main(['serve', '--help'])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'simulations'))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert loaded.stdout.strip() == "[]"
+
+
+def test_help_lists_the_commands_registered_as_entry_points():
+    """`simulate` reaches edge only through the `ezthrottle.commands` entry points (pyproject.toml)."""
+    result = run_cli("--help")
+    assert result.returncode == 0
+    assert "serve" in result.stdout
+    assert "simulate  run a scenario on the deterministic simulator" in result.stdout

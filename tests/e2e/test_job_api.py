@@ -12,7 +12,7 @@ import trio
 from ezthrottle.webhook_utils import verify_webhook_signature
 
 from edge.config import load_config
-from edge.executor import RESPONSE_BYTES_MAX
+from edge.engine.shell.executor import RESPONSE_BYTES_MAX
 from edge.node import run_node
 from edge.runtime import Runtime
 from edge.store import open_memory_store
@@ -188,12 +188,13 @@ async def test_nested_jobs_are_stored_and_camel_case_is_accepted(nursery: trio.N
         assert created.status_code == 201, created.text
         record = await node.store.get_job(created.json()["job_id"])
         assert record is not None
-        assert record.spec["retry_policy"]["max_retries"] == 5
-        assert record.spec["retry_policy"]["retry_codes"] == [429, 503]
-        assert record.spec["webhooks"][0]["has_quorum_vote"] is False
-        assert record.spec["fallback_job"]["trigger"] == {"type": "on_timeout", "timeout_ms": 500}
-        assert record.spec["fallback_job"]["fallback_job"]["url"] == "https://api.example.com/c"
-        assert record.spec["on_success"]["url"] == "https://api.example.com/done"
+        spec = record.spec.to_wire()
+        assert spec["retry_policy"]["max_retries"] == 5
+        assert spec["retry_policy"]["retry_codes"] == [429, 503]
+        assert spec["webhooks"][0]["has_quorum_vote"] is False
+        assert spec["fallback_job"]["trigger"] == {"type": "on_timeout", "timeout_ms": 500}
+        assert spec["fallback_job"]["fallback_job"]["url"] == "https://api.example.com/c"
+        assert spec["on_success"]["url"] == "https://api.example.com/done"
 
 
 async def test_cancel_a_queued_job(nursery: trio.Nursery, tmp_path: Path):

@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import trio
 
-from edge.config import load_config
-from edge.node import run_node
+from edge.config import Config, load_config
+from edge.node import Node, run_node
 from edge.runtime import Runtime
 from tests.e2e.support import RateLimitedUpstream, WebhookSink, auth, serve, start_node, write_config
 
@@ -19,6 +19,22 @@ schedule_s = [0, 0.2, 0.2]
 repeat_every_s = 0.2
 give_up_after_s = 2
 """
+# How long a graceful stop may take (hypercorn drains, the queues and deliveries stop, the store closes): far more
+# than it needs, so a loaded CI machine passes, and still finite, so a stop that hangs fails the test.
+STOP_TIMEOUT_S = 30.0
+
+
+async def start_stoppable(nursery: trio.Nursery, config: Config) -> tuple[Node, trio.Event]:
+    """Start a node; the event is set once `run_node` has returned, i.e. the node has stopped completely."""
+    stopped = trio.Event()
+
+    async def run(task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await run_node(config, Runtime.real(), task_status=task_status)
+        finally:
+            stopped.set()
+
+    return await nursery.start(run), stopped
 
 
 async def job_doc(client: httpx.AsyncClient, job_id: str) -> dict:
@@ -86,7 +102,7 @@ async def test_pending_deliveries_resume_after_a_restart(tmp_path: Path):
     async with trio.open_nursery() as nursery:
         up = await serve(nursery, RateLimitedUpstream(limit_rps=100))
         hook = await serve(nursery, sink)
-        node = await nursery.start(run_node, config, Runtime.real())
+        node, stopped = await start_stoppable(nursery, config)
         async with httpx.AsyncClient(base_url=node.base_url) as client:
             created = await client.post("/api/v1/jobs", json={"url": up, "webhooks": [{"url": hook}]}, headers=auth())
             job_id = created.json()["job_id"]
@@ -94,7 +110,8 @@ async def test_pending_deliveries_resume_after_a_restart(tmp_path: Path):
                 while not sink.received:
                     await trio.sleep(0.02)
         node.stop()
-        await trio.sleep(0.2)
+        with trio.fail_after(STOP_TIMEOUT_S):  # its HTTP server, deliveries and store are closed
+            await stopped.wait()
         assert len(sink.received) == 1  # the first try failed; the second was not due before the stop
         node = await nursery.start(run_node, config, Runtime.real())
         async with httpx.AsyncClient(base_url=node.base_url) as client:

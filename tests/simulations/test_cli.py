@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import select
 import shlex
 import signal
 import subprocess
@@ -237,18 +238,62 @@ def _session_members(session: int) -> list[int]:
     return members
 
 
+# A run's outcome line, as `print_outcome` writes it ("seed 0 [load=0.25]: passed  ...").
+RUN_OUTCOME = re.compile(rb"^seed \d+.*: (?:passed|FAILED|CRASHED) ", re.MULTILINE)
+# Bounds on waits for the swarm, generous for a loaded CI machine (a run takes seconds of wall time on a laptop),
+# and still finite, so a hang fails the test.
+FIRST_OUTCOME_TIMEOUT_S = 180.0
+WORKERS_GONE_TIMEOUT_S = 30.0
+POLL_S = 0.1
+
+
+def _read_stdout_until(process: subprocess.Popen[bytes], pattern: re.Pattern[bytes], timeout_s: float) -> bytes:
+    """The process's stdout up to where `pattern` first shows; AssertionError if it exits or `timeout_s` passes.
+
+    stderr is drained meanwhile, so that a chatty process cannot fill that pipe and stall. Reads the pipes' file
+    descriptors directly, as `communicate` does afterwards for the rest.
+    """
+    assert process.stdout is not None and process.stderr is not None
+    stdout_fd, stderr_fd = process.stdout.fileno(), process.stderr.fileno()
+    received = {stdout_fd: bytearray(), stderr_fd: bytearray()}
+    open_fds = {stdout_fd, stderr_fd}
+    deadline = time.monotonic() + timeout_s
+    while not pattern.search(received[stdout_fd]):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(
+                f"no {pattern.pattern!r} on stdout after {timeout_s} s: {bytes(received[stdout_fd])!r}"
+            )
+        ready, _, _ = select.select(sorted(open_fds), [], [], remaining)
+        for fd in ready:
+            chunk = os.read(fd, 65536)
+            if chunk:
+                received[fd] += chunk
+            elif fd == stdout_fd:
+                raise AssertionError(
+                    f"the command closed stdout (exit status {process.wait()}) before {pattern.pattern!r}; "
+                    f"stderr: {bytes(received[stderr_fd])!r}"
+                )
+            else:
+                open_fds.discard(fd)
+    return bytes(received[stdout_fd])
+
+
 def test_ctrl_c_stops_a_parallel_swarm_and_its_workers() -> None:
-    command = [sys.executable, "-m", "simulations", "baseline", "--swarm", "40", "--sweep", "load=0.25", "--jobs", "2"]
+    # -u: the command's stdout is a pipe here, which Python would otherwise buffer until exit.
+    command = [sys.executable, "-u", "-m", "simulations", "baseline", "--swarm", "40", "--sweep", "load=0.25"]
+    command += ["--jobs", "2"]
     swarm = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        time.sleep(4)  # the workers have started and are inside runs
+        # The workers have started and are inside runs: the first run's outcome is out, 39 more are to come.
+        _read_stdout_until(swarm, RUN_OUTCOME, FIRST_OUTCOME_TIMEOUT_S)
         assert len(_session_members(swarm.pid)) >= 3  # the command and its two workers
         os.killpg(swarm.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole process group
         swarm.communicate(timeout=60)  # 40 runs would take minutes: it stopped early
         assert swarm.returncode != 0
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + WORKERS_GONE_TIMEOUT_S
         while _session_members(swarm.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
+            time.sleep(POLL_S)
         assert _session_members(swarm.pid) == []
     finally:
         if swarm.poll() is None:

@@ -10,8 +10,8 @@ import httpx
 import pytest
 import trio
 
-from edge.executor import AttemptResult, Executor, Timeouts
-from edge.outbound import OutboundHttp
+from edge.engine.shell.executor import AttemptResult, Executor, Timeouts
+from edge.outbound.client import OutboundHttp
 from simulations.determinism import Simulation, run_simulation
 from simulations.http import Latency, SimulatedHttp, authority_of
 from simulations.runtime import SIMULATED_EPOCH_S, simulated_runtime
@@ -47,9 +47,8 @@ async def call(executor: Executor, url: str, body: str = "") -> AttemptResult:
 
 def build(simulation: Simulation) -> tuple[SimulatedHttp, Executor, OutboundHttp]:
     http = SimulatedHttp(rng=simulation.rng_for("http"), trace=simulation.trace, latency=LATENCY)
-    runtime = simulated_runtime(simulation, "node-1", transport=http)
     outbound = OutboundHttp(http)
-    return http, Executor(outbound, runtime, allow_private_targets=True), outbound
+    return http, Executor(outbound), outbound
 
 
 def test_requests_reach_the_app_mounted_at_their_host_and_port_after_two_legs_of_latency() -> None:

@@ -6,13 +6,13 @@ import math
 import socket
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from random import Random
 
 import trio
 
-from cluster import Keyring, MemberState, SwimConfig
+from cluster import Keyring, MemberState, SharedEntry, SwimConfig
 from cluster.shell import ClusterMember, ShellSettings
 from edge.runtime import Resolver, Runtime, system_resolver
 
@@ -78,6 +78,8 @@ async def start(
     insecure: bool = False,
     runtime: Runtime | None = None,
     settings: ShellSettings = QUICK_JOIN,
+    shared_entries: Iterable[SharedEntry] = (),
+    on_shared_change: Callable[[SharedEntry], None] | None = None,
 ) -> Running:
     member = ClusterMember(
         node_id=name,
@@ -91,6 +93,8 @@ async def start(
         seeds=seeds,
         runtime=runtime or make_runtime(zlib.crc32(name.encode())),
         settings=settings,
+        shared_entries=shared_entries,
+        on_shared_change=on_shared_change,
     )
     scope = trio.CancelScope()
 

@@ -1,0 +1,462 @@
+"""The outbound queue's decisions: which job goes next and when, and what one attempt's outcome means.
+
+Decide synchronously, then do the I/O (httpcore's connection pool works this way): the shell
+(edge/engine/shell/queues.py) asks, carries out the answer, and reports back. It never judges anything itself.
+
+    queue.push(record, eligible_at)             a job waits in line (new, resumed, retried, handed over)
+    queue.next(now, wall_ms, may_dispatch)      -> Dispatch | Expire | WaitUntil | IDLE
+    queue.settle(job_id, result, now, wall_ms)  -> Settlement: the job's new record and what happens next
+    queue.cancel(job_id, wall_ms)               -> Settlement | None
+    queue.commit(settlement)                    the store saved `settlement.record`: make it the live record
+    queue.abort(settlement, now)                the save failed: the job stays as it was, and waits again
+
+A dispatched job counts as in flight from `next` until `commit` or `abort`, so the concurrency limit also covers
+the save of its outcome. Every new record is built on a copy (`JobRecord.evolve`, through the status table in
+edge/engine/lifecycle.py) and replaces the live one only at `commit`: a failed save can never leave terminal fields
+on a job that is still queued.
+
+One settlement folds both judgements of an attempt that used to be made apart: the queue-wide one
+(`scheduler.QueueLimits.on_response`: the provider's live limits, a 429 or quota block for every job of the key)
+and the job's own (`scheduler.decide_retry`: success, final failure, or a retry and its backoff). A 429 keeps the
+job's place in line and waits for the queue's block; another retry goes behind the jobs already waiting.
+
+The settlement's `next_step` names what happens after it; today that is "retry here" or "done". Multi-region
+execution adds reroutes, fallbacks and child jobs as further steps without changing the shell's loop.
+
+`Queues` holds every key of a node: the jobs index, the per-account backlog, and the limits each key learned,
+bounded by `forget_idle`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from random import Random
+from typing import Final, Literal, final
+
+from edge.engine.lifecycle import JobEvent, transition
+from edge.engine.outcome import AttemptResult
+from edge.engine.records import Attempt, JobRecord
+from scheduler import QueueLimits, ReadyQueue, decide_retry, parse_limit_headers
+
+# How long a job waits before it is tried again when the store could not save its outcome (disk full, I/O error).
+STORE_RETRY_S: Final = 5.0
+# Queue keys a node remembers. Keys are client-controlled (account, origin, credential), and an idle key keeps only
+# the limits its provider taught it (under 600 bytes, scheduler/limits.py), so 100,000 cost tens of MB. Past the
+# bound the longest-idle tenth is forgotten at once: one scan per 10,000 new keys, not one per key.
+QUEUE_KEYS_MAX: Final = 100_000
+
+AttemptLabel = Literal["success", "failed", "rate_limited", "error", "retry", "cancelled", "expired"]
+
+
+class BacklogFull(Exception):
+    """The account already has `limit` unfinished jobs on this key owner; the job is refused (429)."""
+
+    def __init__(self, account_id: str, limit: int) -> None:
+        super().__init__(f"account {account_id} has {limit} unfinished jobs")
+        self.account_id = account_id
+        self.limit = limit
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySettings:
+    """The backoff of retries that count against `max_retries` (the node's `defaults.backoff_*_s`)."""
+
+    base_s: float = 0.5
+    cap_s: float = 60.0
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Start an attempt of `record` (already marked running) now."""
+
+    record: JobRecord
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Expire:
+    """The head job's deadline passed before it could run: save `settlement`, then commit it."""
+
+    settlement: Settlement
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class WaitUntil:
+    """Nothing can go before `at` (monotonic seconds; infinity: until something is pushed or settled)."""
+
+    at: float
+
+
+@final
+class _Idle:
+    """Nothing waits and nothing is in flight: the shell may end the queue's task."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "IDLE"
+
+
+IDLE: Final = _Idle()
+Decision = Dispatch | Expire | WaitUntil | _Idle
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What an attempt (or a cancel, or an expiry) means: the job's new record and where it goes next.
+
+    `next_step` is "retry" (the record waits again, eligible at `eligible_at`) or "done" (the record is terminal).
+    The remaining fields are for the shell's metrics and for limits shared beyond this queue.
+    """
+
+    record: JobRecord
+    next_step: Literal["retry", "done"]
+    label: AttemptLabel
+    eligible_at: float = 0.0
+    keeps_place: bool = False  # a rate-limited job goes back where it was in line, ahead of later arrivals
+    # Set from the response's X-EZTHROTTLE-ACCOUNT-QUEUE: the provider says whether keys of the origin share a queue.
+    account_queue: bool | None = None
+    malformed_headers: int = 0
+    rate_limited: bool = False
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.next_step == "done"
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """A job this queue holds: its live record, and its place in line (when it may go, in monotonic seconds, and
+    its order among jobs that may go at the same instant)."""
+
+    record: JobRecord
+    eligible_at: float
+    seq: int = 0
+
+
+class OutboundQueue:
+    """One queue key: its jobs, its pacing and blocking state (`limits`), and the attempts in flight."""
+
+    __slots__ = ("_jobs", "_ready", "idle_since", "in_flight", "key", "limits", "origin", "retry")
+
+    def __init__(self, key: str, origin: str, limits: QueueLimits, retry: RetrySettings) -> None:
+        self.key = key
+        self.origin = origin
+        self.limits = limits
+        self.retry = retry
+        self.in_flight = 0
+        self.idle_since = 0.0
+        self._jobs: dict[str, _Waiting] = {}
+        self._ready = ReadyQueue()
+
+    @property
+    def depth(self) -> int:
+        """Jobs waiting in line (not in flight)."""
+        return len(self._ready)
+
+    @property
+    def is_idle(self) -> bool:
+        return not self._jobs and self.in_flight == 0
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._jobs
+
+    def record(self, job_id: str) -> JobRecord | None:
+        waiting = self._jobs.get(job_id)
+        return waiting.record if waiting else None
+
+    def records(self) -> Iterator[JobRecord]:
+        return (waiting.record for waiting in self._jobs.values())
+
+    def push(self, record: JobRecord, eligible_at: float) -> None:
+        """Put a queued job in line; it may go at `eligible_at` at the earliest."""
+        self._jobs[record.job_id] = _Waiting(record, eligible_at, self._ready.push(record.job_id, eligible_at))
+
+    def next(self, now: float, wall_ms: int, *, may_dispatch: bool = True) -> Decision:
+        """The next thing to do. `may_dispatch` False (the key is owned elsewhere for now) holds every job."""
+        if self.is_idle:
+            return IDLE
+        if not len(self._ready) or not may_dispatch or self.in_flight >= self.limits.max_concurrent:
+            return WaitUntil(float("inf"))
+        head_at = self._ready.next_eligible_at()
+        assert head_at is not None
+        go_at = max(self.limits.ready_at(now), head_at)
+        if go_at > now:
+            return WaitUntil(go_at)
+        job_id = self._ready.pop_ready(now)
+        assert job_id is not None
+        waiting = self._jobs[job_id]
+        self.in_flight += 1
+        if wall_ms >= waiting.record.deadline_at_ms:
+            expired = transition(
+                waiting.record,
+                JobEvent.EXPIRE,
+                **_finished(wall_ms),
+                error="deadline passed before the job could run",
+            )
+            return Expire(Settlement(expired, "done", "expired"))
+        self.limits.on_dispatch(now)
+        waiting.record = transition(waiting.record, JobEvent.DISPATCH)
+        return Dispatch(waiting.record)
+
+    def settle(self, job_id: str, result: AttemptResult, now: float, wall_ms: int, rng: Random) -> Settlement:
+        """Judge one attempt's outcome, for the queue (limits, blocks) and for the job (its next step)."""
+        waiting = self._jobs[job_id]
+        record = waiting.record
+        signals = parse_limit_headers(result.headers, wall_now=wall_ms / 1000)
+        queue_delay = None
+        if result.status_code is not None:
+            queue_delay = self.limits.on_response(now, result.status_code, signals, rng)
+        policy = record.spec.retry_policy
+        decision = decide_retry(
+            status_code=result.status_code,
+            error=result.error,
+            retry_codes=policy.retry_codes,
+            retries_used=record.retries_used,
+            max_retries=policy.max_retries if result.retryable else 0,
+            retry_after_s=signals.retry_after_s,
+            rng=rng,
+            base_s=self.retry.base_s,
+            cap_s=self.retry.cap_s,
+            remaining=signals.remaining,
+        )
+        delay_s, reason = decision.delay_s, decision.reason
+        if decision.kind == "retry" and not decision.counts_retry and queue_delay is not None:
+            # The job waits for the queue's block, which an earlier answer may have set further out than this one.
+            delay_s, reason = max(queue_delay.delay_s, self.limits.blocked_until - now), queue_delay.reason
+        duration_ms = result.duration_s * 1000
+        attempt = Attempt(
+            at_ms=wall_ms - int(duration_ms),
+            duration_ms=round(duration_ms, 3),
+            status_code=result.status_code,
+            error=result.error,
+        )
+        response = result.response_dict() if result.status_code is not None else None
+        # A rate-limit refusal (a 429, or a 403 that says it is one) is retried without counting: that is how
+        # decide_retry tells it from every other retry.
+        rate_limited = decision.kind == "retry" and not decision.counts_retry
+        common = {
+            "account_queue": signals.account_queue,
+            "malformed_headers": len(signals.malformed),
+            "rate_limited": rate_limited,
+        }
+        if decision.kind != "retry":
+            event = JobEvent.SUCCEED if decision.kind == "success" else JobEvent.FAIL
+            error = None if response else result.error
+            final = transition(
+                record.with_attempt(attempt), event, **_finished(wall_ms), response=response, error=error
+            )
+            return Settlement(final, "done", decision.kind, **common)  # type: ignore[arg-type]
+        label: AttemptLabel = "rate_limited" if rate_limited else "error" if result.status_code is None else "retry"
+        retry_wall_ms = wall_ms + int(delay_s * 1000)
+        if retry_wall_ms >= record.deadline_at_ms:
+            attempt.delay_reason = f"{reason}; deadline reached"
+            final = transition(
+                record.with_attempt(attempt),
+                JobEvent.FAIL,
+                **_finished(wall_ms),
+                response=response,
+                error=f"deadline reached after {reason}",
+            )
+            return Settlement(final, "done", label, **common)  # type: ignore[arg-type]
+        attempt.delay_s, attempt.delay_reason = round(delay_s, 3), reason
+        # A 429 keeps the job's place in line (the queue-wide block does the waiting); other retries go behind.
+        eligible_at = now + delay_s if decision.counts_retry else waiting.eligible_at
+        retried = transition(
+            record.with_attempt(attempt),
+            JobEvent.RETRY,
+            retries_used=record.retries_used + decision.counts_retry,
+            next_attempt_at_ms=retry_wall_ms,
+            updated_at_ms=wall_ms,
+        )
+        return Settlement(retried, "retry", label, eligible_at=eligible_at, keeps_place=rate_limited, **common)  # type: ignore[arg-type]
+
+    def cancel(self, job_id: str, wall_ms: int) -> Settlement | None:
+        """Take a waiting job out of line to cancel it; None when it is not waiting here (in flight, or unknown).
+
+        The job is out of line at once, so it cannot start while the cancel is saved; `abort` puts it back."""
+        waiting = self._jobs.get(job_id)
+        if waiting is None or waiting.record.status != "queued" or not self._ready.remove(job_id):
+            return None
+        self.in_flight += 1  # the save is in flight, like an attempt's
+        cancelled = transition(waiting.record, JobEvent.CANCEL, **_finished(wall_ms), error="cancelled by the client")
+        return Settlement(cancelled, "done", "cancelled")
+
+    def commit(self, settlement: Settlement) -> None:
+        """The store holds `settlement.record` now: it becomes the live record (or leaves, when terminal)."""
+        self.in_flight -= 1
+        job_id = settlement.record.job_id
+        if settlement.is_terminal:
+            del self._jobs[job_id]
+            return
+        waiting = self._jobs[job_id]
+        place = waiting.seq if settlement.keeps_place else None
+        waiting.record, waiting.eligible_at = settlement.record, settlement.eligible_at
+        waiting.seq = self._ready.push(job_id, settlement.eligible_at, seq=place)
+
+    def abort(self, settlement: Settlement, now: float) -> None:
+        """The store could not save `settlement.record`: the job keeps its last saved state and waits again.
+
+        The store still holds that state, so at worst the attempt is repeated (at-least-once). A job whose cancel
+        failed gets its place in line back; any other waits STORE_RETRY_S, so a failing store is not hammered."""
+        self.in_flight -= 1
+        job_id = settlement.record.job_id
+        waiting = self._jobs[job_id]
+        if waiting.record.status == "running":
+            waiting.record = transition(waiting.record, JobEvent.RESUME)
+        if settlement.label == "cancelled":
+            waiting.seq = self._ready.push(job_id, waiting.eligible_at, seq=waiting.seq)
+        else:
+            waiting.eligible_at = now + STORE_RETRY_S
+            waiting.seq = self._ready.push(job_id, waiting.eligible_at)
+
+    def take_waiting(self, wanted: Callable[[JobRecord], bool] = lambda record: True) -> list[JobRecord]:
+        """The jobs waiting in line that `wanted` names, taken out (for another queue or owner); in-flight ones
+        stay."""
+        # Only jobs in line: one whose attempt, cancel or expiry is being saved is not this queue's to give away.
+        taken = [w.record for job_id, w in self._jobs.items() if job_id in self._ready and wanted(w.record)]
+        for record in taken:
+            self._ready.remove(record.job_id)
+            del self._jobs[record.job_id]
+        return taken
+
+    def __repr__(self) -> str:
+        return f"<OutboundQueue {self.key}: {self.depth} waiting, {self.in_flight} in flight | {self.limits!r}>"
+
+
+def _finished(wall_ms: int) -> dict[str, object]:
+    return {"finished_at_ms": wall_ms, "updated_at_ms": wall_ms, "next_attempt_at_ms": None}
+
+
+class Queues:
+    """Every queue key of a node, the jobs they hold, and each account's backlog of unfinished jobs.
+
+    Keys stay after their jobs are gone, so the limits a provider's headers taught them survive between bursts;
+    `forget_idle` bounds how many distinct keys (a client-controlled number) are remembered.
+    """
+
+    def __init__(
+        self,
+        limits_for: Callable[[str], QueueLimits],
+        retry: RetrySettings,
+        *,
+        busy: Callable[[OutboundQueue], bool] = lambda queue: False,
+        keys_max: int = QUEUE_KEYS_MAX,
+    ) -> None:
+        self._limits_for = limits_for
+        self._retry = retry
+        self._busy = busy  # the shell still runs a task for the queue: never forget it then
+        self._keys_max = keys_max
+        self._queues: dict[str, OutboundQueue] = {}
+        self._queue_of_job: dict[str, OutboundQueue] = {}
+        self._backlog: Counter[str] = Counter()
+        self._admitting: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._queues)
+
+    def __iter__(self) -> Iterator[OutboundQueue]:
+        return iter(list(self._queues.values()))
+
+    def get(self, key: str) -> OutboundQueue | None:
+        return self._queues.get(key)
+
+    def queue_of(self, job_id: str) -> OutboundQueue | None:
+        return self._queue_of_job.get(job_id)
+
+    def live_job(self, job_id: str) -> JobRecord | None:
+        queue = self._queue_of_job.get(job_id)
+        return queue.record(job_id) if queue else None
+
+    @property
+    def jobs(self) -> int:
+        return len(self._queue_of_job)
+
+    def backlog(self, account_id: str) -> int:
+        """The account's unfinished jobs here, counting submissions still being saved."""
+        return self._backlog[account_id] + self._admitting[account_id]
+
+    def admit(self, account_id: str, limit: int) -> None:
+        """Take a new submission in, to be saved; BacklogFull when the account already has `limit` unfinished jobs.
+
+        Counted from here until `admitted`, so concurrent submissions see each other while they are saved."""
+        if self.backlog(account_id) >= limit:
+            raise BacklogFull(account_id, limit)
+        self._admitting[account_id] += 1
+
+    def admitted(self, account_id: str) -> None:
+        """The submission `admit` took in was saved (and pushed) or refused by the store."""
+        self._admitting[account_id] -= 1
+        if self._admitting[account_id] <= 0:
+            del self._admitting[account_id]
+
+    def push(self, record: JobRecord, eligible_at: float) -> OutboundQueue:
+        """Queue a job that is durable and unfinished; returns its key's queue."""
+        queue = self._queues.get(record.queue_key)
+        if queue is None:
+            if len(self._queues) >= self._keys_max:
+                self._forget_longest_idle(max(1, self._keys_max // 10))
+            queue = OutboundQueue(
+                record.queue_key, record.spec.origin, self._limits_for(record.spec.origin), self._retry
+            )
+            self._queues[record.queue_key] = queue
+        if record.status != "queued":
+            record = transition(record, JobEvent.RESUME)  # a finished record is refused here, before any counting
+        if record.job_id not in self._queue_of_job:
+            self._backlog[record.account_id] += 1
+        queue.push(record, eligible_at)
+        self._queue_of_job[record.job_id] = queue
+        return queue
+
+    def settled(self, settlement: Settlement) -> None:
+        """Bookkeeping after a terminal settlement was committed: the job leaves the index and its backlog."""
+        if settlement.is_terminal:
+            self._release(settlement.record)
+
+    def take_waiting(self, is_foreign: Callable[[str], bool]) -> list[JobRecord]:
+        """The waiting jobs of keys `is_foreign` names, taken out (to hand them to their owner)."""
+        taken: list[JobRecord] = []
+        for queue in self._queues.values():
+            if queue.depth and is_foreign(queue.key):
+                for record in queue.take_waiting():
+                    self._release(record)
+                    taken.append(record)
+        return taken
+
+    def take_rekeyed(self, origin: str, key_of: Callable[[JobRecord], str]) -> list[tuple[JobRecord, str]]:
+        """The waiting jobs of `origin` whose queue key is no longer `key_of(record)`, taken out, with their new key
+        (the provider switched per-credential queues on or off)."""
+        moved: list[tuple[JobRecord, str]] = []
+        for queue in self._queues.values():
+            if queue.origin == origin and queue.depth:
+                for record in queue.take_waiting(lambda r: key_of(r) != r.queue_key):
+                    self._release(record)
+                    moved.append((record, key_of(record)))
+        return moved
+
+    def forget_idle(self, now: float, idle_for_s: float) -> int:
+        """Drop keys idle for `idle_for_s` (and the limits they learned); returns how many were dropped."""
+        cutoff = now - idle_for_s
+        stale = [key for key, queue in self._queues.items() if self._forgettable(queue) and queue.idle_since <= cutoff]
+        for key in stale:
+            del self._queues[key]
+        return len(stale)
+
+    def _forget_longest_idle(self, count: int) -> None:
+        idle = sorted((q for q in self._queues.values() if self._forgettable(q)), key=lambda q: q.idle_since)
+        for queue in idle[:count]:
+            del self._queues[queue.key]
+
+    def _forgettable(self, queue: OutboundQueue) -> bool:
+        return queue.is_idle and not self._busy(queue)
+
+    def _release(self, record: JobRecord) -> None:
+        del self._queue_of_job[record.job_id]
+        self._backlog[record.account_id] -= 1
+        if self._backlog[record.account_id] <= 0:
+            del self._backlog[record.account_id]

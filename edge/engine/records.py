@@ -1,0 +1,175 @@
+"""Durable records: what the store keeps for every accepted job.
+
+A `JobRecord` is the unit of durability. The API creates it from a validated job (`edge.engine.spec`), the store commits
+it before the client hears 201, the queue task updates it after every attempt, and the webhook deliverer after
+every delivery. Records serialise to plain dicts (`to_wire` / `from_wire`) so that any store, the cluster's
+hand-off and the simulator can carry them without knowing their shape.
+
+Times are wall-clock unix milliseconds (`*_ms`): they survive a restart and cross machines. The monotonic Trio
+clock is used only for pacing inside one process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from edge.engine.spec import JobSpec
+
+JobStatus = Literal["queued", "running", "success", "failed", "cancelled"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"success", "failed", "cancelled"})
+
+DeliveryState = Literal["pending", "delivered", "failed"]
+
+# A job retried under a 429 storm for its whole deadline (24 h) may make thousands of attempts, and the record is
+# rewritten on every save: only the first few (how it started) and the last few (how it is going) are kept, and
+# `attempts_total` counts them all.
+ATTEMPTS_FIRST_KEPT: Final = 3
+ATTEMPTS_LAST_KEPT: Final = 10
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One outbound try: when, what came back, and the wait chosen after it (and why)."""
+
+    at_ms: int
+    duration_ms: float
+    status_code: int | None = None
+    error: str | None = None
+    delay_s: float | None = None
+    delay_reason: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "at_ms": self.at_ms,
+            "duration_ms": self.duration_ms,
+            "status_code": self.status_code,
+            "error": self.error,
+            "delay_s": self.delay_s,
+            "delay_reason": self.delay_reason,
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Attempt:
+        return cls(**_known(cls, data))
+
+
+@dataclass(slots=True)
+class Delivery:
+    """The state of one webhook delivery of a finished job."""
+
+    url: str
+    has_quorum_vote: bool = True
+    state: DeliveryState = "pending"
+    tries: int = 0
+    next_at_ms: int | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "has_quorum_vote": self.has_quorum_vote,
+            "state": self.state,
+            "tries": self.tries,
+            "next_at_ms": self.next_at_ms,
+            "last_status": self.last_status,
+            "last_error": self.last_error,
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Delivery:
+        return cls(**_known(cls, data))
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """An accepted job and everything that happened to it.
+
+    `spec` is the normalised job as the API validated it (see `edge.engine.spec.JobSpec.to_wire`), kept as a dict so
+    that fields added by later versions survive a round trip through an older store.
+    """
+
+    job_id: str
+    account_id: str
+    idempotent_key: str
+    queue_key: str
+    spec: JobSpec
+    created_at_ms: int
+    deadline_at_ms: int
+    status: JobStatus = "queued"
+    updated_at_ms: int = 0
+    next_attempt_at_ms: int | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    retries_used: int = 0
+    attempts_total: int = 0
+    response: dict[str, Any] | None = None
+    error: str | None = None
+    finished_at_ms: int | None = None
+    deliveries: list[Delivery] = field(default_factory=list)
+    webhook_outcome: Literal["none", "pending", "delivered", "failed"] = "none"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def has_pending_deliveries(self) -> bool:
+        return self.webhook_outcome == "pending"
+
+    @property
+    def attempts_dropped(self) -> int:
+        """Attempts made but no longer listed (see ATTEMPTS_FIRST_KEPT)."""
+        return max(0, self.attempts_total - len(self.attempts))
+
+    def evolve(self, **changes: Any) -> JobRecord:
+        """A copy with `changes` applied; lists are copied, so the copy can be changed without touching this one."""
+        changes.setdefault("attempts", [dataclasses.replace(a) for a in self.attempts])
+        changes.setdefault("deliveries", [dataclasses.replace(d) for d in self.deliveries])
+        return dataclasses.replace(self, **changes)
+
+    def with_attempt(self, attempt: Attempt, **changes: Any) -> JobRecord:
+        """A copy with one more attempt recorded, keeping the first and last few (see ATTEMPTS_FIRST_KEPT)."""
+        attempts = [*self.attempts, attempt]
+        if len(attempts) > ATTEMPTS_FIRST_KEPT + ATTEMPTS_LAST_KEPT:
+            del attempts[ATTEMPTS_FIRST_KEPT]
+        return self.evolve(attempts=attempts, attempts_total=self.attempts_total + 1, **changes)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "account_id": self.account_id,
+            "idempotent_key": self.idempotent_key,
+            "queue_key": self.queue_key,
+            "spec": self.spec.to_wire(),
+            "created_at_ms": self.created_at_ms,
+            "deadline_at_ms": self.deadline_at_ms,
+            "status": self.status,
+            "updated_at_ms": self.updated_at_ms,
+            "next_attempt_at_ms": self.next_attempt_at_ms,
+            "attempts": [a.to_wire() for a in self.attempts],
+            "retries_used": self.retries_used,
+            "attempts_total": self.attempts_total,
+            "response": self.response,
+            "error": self.error,
+            "finished_at_ms": self.finished_at_ms,
+            "deliveries": [d.to_wire() for d in self.deliveries],
+            "webhook_outcome": self.webhook_outcome,
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> JobRecord:
+        fields = _known(cls, data)
+        fields["spec"] = JobSpec.from_wire(data["spec"])
+        fields["attempts"] = [Attempt.from_wire(a) for a in data.get("attempts", ())]
+        # Records written before attempts were bounded listed every attempt.
+        fields.setdefault("attempts_total", len(fields["attempts"]))
+        fields["deliveries"] = [Delivery.from_wire(d) for d in data.get("deliveries", ())]
+        return cls(**fields)
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The fields this version knows: a record written by a newer version still loads after a downgrade."""
+    names = cls.__dataclass_fields__  # type: ignore[attr-defined]
+    return {name: value for name, value in data.items() if name in names}

@@ -1,0 +1,372 @@
+"""One queue per user per API key: a Trio task per active queue key, a nursery per task for its attempts.
+
+This is the shell of the outbound queue core (edge/engine/queue.py): every decision (which job goes next and when,
+what an attempt's outcome means, what a cancel does) is the core's; this module does the I/O it asks for.
+
+- `QueueManager.submit` makes a job durable (`Store.insert_job`) and only then puts it in its key's queue. The
+  API answers 201 after `submit` returns, so an acknowledged job is always on disk.
+- A key with waiting jobs has exactly one task, `_run_queue`, which asks the core `next(now)` and carries the
+  answer out: start an attempt in the task's nursery, save an expired job, or sleep until the time named (or until
+  something wakes it: a new job, an attempt done, an ownership change). The task ends when the core says IDLE; the
+  key's `OutboundQueue` stays, so limits learned from the provider's headers survive.
+- After an attempt, the core's `Settlement` is saved and only then committed; a failed save aborts it, and the job
+  waits again as it was.
+
+Everything that reads time uses `trio.current_time()` (pacing) or the injected wall clock (records), so the
+simulator drives this module unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection
+from typing import Any
+
+import trio
+
+from edge.config import Config
+from edge.engine.outcome import AttemptResult
+from edge.engine.queue import (
+    IDLE,
+    Dispatch,
+    Expire,
+    OutboundQueue,
+    Queues,
+    RetrySettings,
+    Settlement,
+    WaitUntil,
+)
+from edge.engine.records import JobRecord
+from edge.engine.shell.executor import Executor, Timeouts
+from edge.engine.shell.webhooks import WebhookDeliverer
+from edge.metrics import NodeMetrics
+from edge.runtime import Runtime
+from edge.store import Store, StoreError
+from scheduler import QueueLimits
+
+log = logging.getLogger("ezthrottle.queues")
+
+
+class _QueueTask:
+    """The task draining one key, and the event that wakes it."""
+
+    __slots__ = ("wakeup",)
+
+    def __init__(self) -> None:
+        self.wakeup = trio.Event()
+
+    def wake(self) -> None:
+        self.wakeup.set()
+
+
+class QueueManager:
+    """Owns every queue key of this node and the tasks that drain them."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        runtime: Runtime,
+        store: Store,
+        executor: Executor,
+        webhooks: WebhookDeliverer,
+        metrics: NodeMetrics,
+        owns: Callable[[str], bool] = lambda key: True,
+        on_account_queue: Callable[[str, bool], None] | None = None,
+    ) -> None:
+        self._config = config
+        self._owns = owns
+        self._on_account_queue = on_account_queue
+        self._runtime = runtime
+        self._store = store
+        self._executor = executor
+        self._webhooks = webhooks
+        self._metrics = metrics
+        defaults = config.defaults
+        self._tasks: dict[str, _QueueTask] = {}
+        self._queues = Queues(
+            self._initial_limits,
+            RetrySettings(defaults.backoff_base_s, defaults.backoff_cap_s),
+            busy=lambda queue: queue.key in self._tasks,
+        )
+        self._nursery: trio.Nursery | None = None
+
+    # -- service --------------------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Resume every unfinished job from the store, then serve queues until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            resumed = await self._store.unfinished_jobs()
+            for record in resumed:
+                # A job that was running when the node died is retried: at-least-once, made safe by idempotency keys.
+                self._enqueue(record)
+            if resumed:
+                log.info("resumed %d unfinished jobs", len(resumed))
+            task_status.started()
+            await trio.sleep_forever()
+
+    # -- API-facing verbs -------------------------------------------------------------------------------------
+
+    def backlog(self, account_id: str) -> int:
+        """The account's unfinished jobs held here, counting submissions still being saved."""
+        return self._queues.backlog(account_id)
+
+    async def submit(self, record: JobRecord, *, admit: bool = True) -> tuple[JobRecord, bool]:
+        """Make the job durable, then queue it. Returns the stored job and whether it is new.
+
+        With `admit`, a new job is refused (BacklogFull) when its account already has `server.account_backlog_max`
+        unfinished jobs here. The check runs on the node that holds the queue, whichever node the client called;
+        jobs handed over from another node were acknowledged already and are never refused."""
+        if admit:
+            self._queues.admit(record.account_id, self._config.server.account_backlog_max)
+        try:
+            stored, created = await self._store.insert_job(record)
+        finally:
+            if admit:
+                self._queues.admitted(record.account_id)
+        if not created:
+            return self._queues.live_job(stored.job_id) or stored, False
+        self._enqueue(stored)
+        return stored, True
+
+    def live_job(self, job_id: str) -> JobRecord | None:
+        return self._queues.live_job(job_id)
+
+    async def cancel(self, job_id: str) -> JobRecord | None:
+        """Cancel a queued job. Returns the cancelled record, or None when the job is not waiting here.
+
+        StoreError when the cancel could not be saved: the job is then back in line as it was."""
+        queue = self._queues.queue_of(job_id)
+        settlement = queue.cancel(job_id, self._runtime.wall_ms()) if queue else None
+        if queue is None or settlement is None:
+            return None
+        self._metrics.queue_depth.dec()
+        try:
+            await self._save(queue, settlement)
+        finally:
+            self._wake(queue)
+        return settlement.record
+
+    def queues_with_prefix(self, prefix: str) -> list[dict[str, Any]]:
+        """Queues whose key starts with `prefix` (an account's: "acme|"; the shared free ones: "free|")."""
+        return [self._describe(q) for q in self._queues if q.key.startswith(prefix)]
+
+    # -- cluster hand-off -----------------------------------------------------------------------------------------
+
+    def ownership_changed(self) -> None:
+        """Wake every queue task so that keys now owned elsewhere stop dispatching and owned ones resume."""
+        for task in self._tasks.values():
+            task.wake()
+
+    def detach(self, is_foreign: Callable[[str], bool]) -> list[JobRecord]:
+        """Take the waiting jobs of foreign keys out of their queues (in-flight ones finish here first)."""
+        detached = self._queues.take_waiting(is_foreign)
+        self._metrics.queue_depth.dec(len(detached))
+        self.ownership_changed()
+        return detached
+
+    def reattach(self, records: Collection[JobRecord]) -> None:
+        """Put detached jobs back (their transfer failed); they wait until a later hand-off succeeds."""
+        for record in records:
+            self._enqueue(record)
+
+    async def accept_handoff(self, records: Collection[JobRecord]) -> int:
+        """Make jobs handed over by another node durable here and queue them; returns how many were new."""
+        accepted = 0
+
+        async def accept(record: JobRecord) -> None:
+            nonlocal accepted
+            _stored, created = await self.submit(record, admit=False)
+            accepted += created
+
+        async with trio.open_nursery() as nursery:
+            for record in records:
+                nursery.start_soon(accept, record)
+        return accepted
+
+    async def rekey(self, origin: str, key_of: Callable[[JobRecord], str]) -> int:
+        """Move the waiting jobs of `origin` to the queue keys `key_of` gives them now; returns how many moved.
+
+        Each moved job is saved under its new key first; one whose save fails stays under its old key (the next
+        rekey or a restart moves it), so a job is never in two queues and never lost."""
+        moved = self._queues.take_rekeyed(origin, key_of)
+        self._metrics.queue_depth.dec(len(moved))
+        count = 0
+        for record, new_key in moved:
+            rekeyed = record.evolve(queue_key=new_key)
+            try:
+                await self._store.save_job(rekeyed)
+            except StoreError:
+                log.exception("could not move job %s to queue %s; it stays where it was", record.job_id, new_key)
+                rekeyed = record
+            else:
+                count += 1
+            self._enqueue(rekeyed)
+        if count:
+            log.info("moved %d queued jobs of %s to new queue keys", count, origin)
+        return count
+
+    def forget_idle(self, idle_for_s: float) -> int:
+        """Drop keys idle for `idle_for_s` (and the limits they learned), so distinct keys cannot grow memory
+        without bound. Returns how many were dropped."""
+        return self._queues.forget_idle(trio.current_time(), idle_for_s)
+
+    def queue_keys(self) -> list[str]:
+        return [queue.key for queue in self._queues]
+
+    def statistics(self) -> dict[str, int]:
+        return {"queues": len(self._queues), "active_queues": len(self._tasks), "jobs": self._queues.jobs}
+
+    # -- queue tasks -------------------------------------------------------------------------------------------
+
+    def _initial_limits(self, origin: str) -> QueueLimits:
+        defaults = self._config.defaults
+        target = self._config.target_for(origin)
+        rps, rps_source = defaults.rps, "default"
+        concurrency, concurrency_source = defaults.max_concurrent, "default"
+        if target is not None and target.rps is not None:
+            rps, rps_source = target.rps, "config"
+        if target is not None and target.max_concurrent is not None:
+            concurrency, concurrency_source = target.max_concurrent, "config"
+        return QueueLimits(rps, concurrency, rps_source=rps_source, concurrency_source=concurrency_source)
+
+    def _enqueue(self, record: JobRecord) -> None:
+        now = trio.current_time()
+        eligible_at = now
+        not_before_ms = record.next_attempt_at_ms or record.spec.retry_at
+        if not_before_ms:
+            eligible_at = now + max(0, not_before_ms - self._runtime.wall_ms()) / 1000
+        queue = self._queues.push(record, eligible_at)
+        self._metrics.queue_depth.inc()
+        self._wake(queue)
+
+    def _wake(self, queue: OutboundQueue) -> None:
+        """Wake the key's task, or start one."""
+        task = self._tasks.get(queue.key)
+        if task is not None:
+            task.wake()
+            return
+        assert self._nursery is not None, "QueueManager.run() must be started first"
+        self._tasks[queue.key] = _QueueTask()
+        self._metrics.active_queues.inc()
+        self._nursery.start_soon(self._run_queue, queue, name=f"queue {queue.origin}")
+
+    async def _run_queue(self, queue: OutboundQueue) -> None:
+        """Drain one key's queue: ask the core, carry out its answer, sleep until the next decision point."""
+        task = self._tasks[queue.key]
+        async with trio.open_nursery() as attempts:
+            while True:
+                decision = queue.next(trio.current_time(), self._runtime.wall_ms(), may_dispatch=self._owns(queue.key))
+                if isinstance(decision, Dispatch):
+                    self._metrics.queue_depth.dec()
+                    self._metrics.in_flight.inc()
+                    attempts.start_soon(self._attempt, queue, decision.record, name=f"attempt {decision.record.job_id}")
+                elif isinstance(decision, Expire):
+                    self._metrics.queue_depth.dec()
+                    attempts.start_soon(self._save_logged, queue, decision.settlement)
+                elif isinstance(decision, WaitUntil):
+                    with trio.move_on_at(decision.at):
+                        await task.wakeup.wait()
+                    task.wakeup = trio.Event()
+                else:
+                    assert decision is IDLE
+                    # Give up the task before any await, so a submit that arrives later starts a fresh task.
+                    queue.idle_since = trio.current_time()
+                    del self._tasks[queue.key]
+                    self._metrics.active_queues.dec()
+                    return
+
+    async def _attempt(self, queue: OutboundQueue, record: JobRecord) -> None:
+        try:
+            result = await self._send(record, queue.origin)
+            settlement = queue.settle(
+                record.job_id, result, trio.current_time(), self._runtime.wall_ms(), self._runtime.rng
+            )
+        finally:
+            self._metrics.in_flight.dec()
+        self._count(result, settlement)
+        await self._save_logged(queue, settlement)
+
+    async def _save_logged(self, queue: OutboundQueue, settlement: Settlement) -> None:
+        """Save a settlement from a queue task: a store failure is logged, and the job waits to run again."""
+        try:
+            await self._save(queue, settlement)
+        except StoreError:
+            log.exception("could not save job %s; it will run again later", settlement.record.job_id)
+        finally:
+            self._wake(queue)
+
+    async def _save(self, queue: OutboundQueue, settlement: Settlement) -> None:
+        """Save, then commit; abort when the store fails (StoreError is raised again)."""
+        record = settlement.record
+        if settlement.is_terminal:
+            record = self._webhooks.attach(record)
+        try:
+            await self._store.save_job(record)
+        except BaseException:
+            queue.abort(settlement, trio.current_time())
+            self._metrics.queue_depth.inc()
+            raise
+        queue.commit(settlement)
+        self._queues.settled(settlement)
+        if settlement.is_terminal:
+            self._metrics.jobs_finished.labels(record.status).inc()
+            if record.has_pending_deliveries:
+                self._webhooks.schedule(record)
+        else:
+            self._metrics.queue_depth.inc()
+
+    def _count(self, result: AttemptResult, settlement: Settlement) -> None:
+        if settlement.malformed_headers:
+            self._metrics.malformed_headers.inc(settlement.malformed_headers)
+        if result.status_code is not None:
+            self._metrics.upstream_latency.observe(result.duration_s)
+        if settlement.rate_limited:
+            self._metrics.upstream_429.inc()
+        self._metrics.attempts.labels(settlement.label).inc()
+        if settlement.account_queue is not None and self._on_account_queue is not None:
+            self._on_account_queue(settlement.record.spec.origin, settlement.account_queue)
+
+    async def _send(self, record: JobRecord, origin: str) -> AttemptResult:
+        spec = record.spec
+        headers = dict(spec.headers)
+        if spec.send_idempotency_key and not any(h.lower() == "idempotency-key" for h in headers):
+            headers["Idempotency-Key"] = record.idempotent_key
+        return await self._executor.execute(
+            method=spec.method,
+            url=spec.parsed_url,
+            headers=headers,
+            body=spec.body,
+            timeouts=self._timeouts(origin),
+        )
+
+    def _timeouts(self, origin: str) -> Timeouts:
+        defaults = self._config.defaults
+        target = self._config.target_for(origin)
+
+        def pick(name: str) -> float:
+            value = getattr(target, name, None) if target is not None else None
+            return float(value if value is not None else getattr(defaults, name))
+
+        return Timeouts(pick("connect_timeout_s"), pick("read_timeout_s"), pick("total_timeout_s"))
+
+    def _describe(self, queue: OutboundQueue) -> dict[str, Any]:
+        fingerprint = queue.key.rsplit("|", 1)[-1] if queue.key.count("|") == 2 else "-"
+        limits = queue.limits.snapshot()
+        blocked_until = limits.pop("blocked_until", 0.0)
+        now = trio.current_time()
+        limits["blocked_until_ms"] = (
+            self._runtime.wall_ms() + int((blocked_until - now) * 1000) if blocked_until > now else None
+        )
+        if blocked_until <= now:
+            limits["blocked_reason"] = None
+        return {
+            "queue_key": queue.key,
+            "origin": queue.origin,
+            "credential_fingerprint": None if fingerprint == "-" else fingerprint,
+            "depth": queue.depth,
+            "in_flight": queue.in_flight,
+            "active": queue.key in self._tasks,
+            **limits,
+        }

@@ -1,0 +1,192 @@
+"""Signed, durable webhook delivery of finished jobs: the shell of edge/engine/delivery.py.
+
+A finished job carries one `Delivery` per webhook (`attach`, before its record is saved). The deliverer tries each
+when it is due, with bounded concurrency, and saves only that delivery's new state after every try
+(`Store.save_delivery`), so a restart resumes exactly the deliveries still pending
+(`Store.jobs_with_pending_deliveries`) and a try never rewrites the job's record.
+
+Memory: while a job's deliveries are pending (up to 24 h), the deliverer keeps only their small state (URLs, tries,
+times) and the quorum, never the record with its response (up to 1 MiB). Each try reads the record back from the
+store for its payload and drops it afterwards.
+
+The payload is the public contract's; with an account webhook secret it is signed as
+`X-EZThrottle-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "t.body")>` (`edge.engine.signing`), which
+the public SDK's verifier accepts.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from itertools import count
+
+import httpx
+import trio
+from sortedcontainers import SortedList
+
+from edge.config import Config
+from edge.engine.delivery import DeliverySchedule, advance, first_deliveries, outcome, webhook_payload
+from edge.engine.records import Delivery, JobRecord
+from edge.engine.signing import sign_webhook
+from edge.metrics import NodeMetrics
+from edge.outbound.client import OutboundHttp, read_capped
+from edge.outbound.ssrf import refusal_of
+from edge.runtime import Runtime
+from edge.store import Store, StoreError
+
+log = logging.getLogger("ezthrottle.webhooks")
+
+SIGNATURE_HEADER = "X-EZThrottle-Signature"
+# A receiver's answer body is read up to this and dropped: enough for any acknowledgement, never a memory risk.
+RECEIVER_REPLY_BYTES_MAX = 64 * 1024
+
+
+@dataclass(slots=True)
+class _PendingJob:
+    """What the deliverer holds of a job whose deliveries are pending: small, whatever the response's size."""
+
+    account_id: str
+    quorum: int
+    finished_at_ms: int
+    deliveries: list[Delivery]
+
+
+class WebhookDeliverer:
+    """Delivers pending webhooks in due order with bounded concurrency."""
+
+    def __init__(
+        self, *, config: Config, runtime: Runtime, store: Store, outbound: OutboundHttp, metrics: NodeMetrics
+    ) -> None:
+        settings = config.webhooks
+        self._settings = settings
+        self._schedule = DeliverySchedule(settings.schedule_s, settings.repeat_every_s, settings.give_up_after_s)
+        self._secrets = {a.id: a.webhook_secret for a in config.accounts if a.webhook_secret}
+        self._runtime = runtime
+        self._store = store
+        self._outbound = outbound
+        self._timeout = httpx.Timeout(settings.timeout_s)
+        self._metrics = metrics
+        self._due: SortedList = SortedList()  # (due monotonic time, seq, job id, delivery index)
+        self._jobs: dict[str, _PendingJob] = {}
+        self._seq = count()
+        self._changed = trio.Event()
+
+    def attach(self, record: JobRecord) -> JobRecord:
+        """A copy of a job that just finished, with one pending delivery per webhook (saved by the caller)."""
+        return first_deliveries(record, self._schedule, self._runtime.wall_ms())
+
+    def schedule(self, record: JobRecord) -> None:
+        """Queue every pending delivery of a saved record."""
+        if record.job_id in self._jobs:
+            return
+        self._jobs[record.job_id] = _PendingJob(
+            account_id=record.account_id,
+            quorum=record.spec.webhook_quorum,
+            finished_at_ms=record.finished_at_ms or self._runtime.wall_ms(),
+            deliveries=list(record.deliveries),
+        )
+        for index, delivery in enumerate(record.deliveries):
+            if delivery.state == "pending":
+                self._schedule_one(record.job_id, index, delivery)
+
+    def _schedule_one(self, job_id: str, index: int, delivery: Delivery) -> None:
+        now, wall_ms = trio.current_time(), self._runtime.wall_ms()
+        next_at_ms = delivery.next_at_ms or wall_ms
+        self._due.add((now + max(0, next_at_ms - wall_ms) / 1000, next(self._seq), job_id, index))
+        self._changed.set()
+
+    def pending(self) -> int:
+        return len(self._due)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        for record in await self._store.jobs_with_pending_deliveries():
+            self.schedule(record)
+        slots = trio.Semaphore(self._settings.concurrency)
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            while True:
+                now = trio.current_time()
+                if self._due and self._due[0][0] <= now:
+                    _due, _seq, job_id, index = self._due.pop(0)
+                    await slots.acquire()
+                    nursery.start_soon(self._deliver_and_release, job_id, index, slots)
+                    continue
+                self._changed = trio.Event()
+                with trio.move_on_at(self._due[0][0] if self._due else float("inf")):
+                    await self._changed.wait()
+
+    async def _deliver_and_release(self, job_id: str, index: int, slots: trio.Semaphore) -> None:
+        try:
+            await self._deliver(job_id, index)
+        finally:
+            slots.release()
+
+    async def _deliver(self, job_id: str, index: int) -> None:
+        job = self._jobs[job_id]
+        try:
+            record = await self._store.get_job(job_id)
+        except StoreError:
+            log.exception("could not read job %s for its webhook; trying again later", job_id)
+            record = None
+        if record is None:
+            self._retry_later(job_id, index)
+            return
+        accepted, status, error = await self._post(job.deliveries[index].url, webhook_payload(record), job.account_id)
+        del record  # the response may be large: hold it no longer than the try
+        wall_ms = self._runtime.wall_ms()
+        delivery = advance(
+            job.deliveries[index],
+            accepted=accepted,
+            status=status,
+            error=error,
+            wall_ms=wall_ms,
+            finished_at_ms=job.finished_at_ms,
+            schedule=self._schedule,
+        )
+        job.deliveries[index] = delivery
+        self._metrics.webhook_deliveries.labels(
+            "delivered" if accepted else "gave_up" if delivery.state == "failed" else "retry"
+        ).inc()
+        job_outcome = outcome(job.deliveries, job.quorum)
+        try:
+            await self._store.save_delivery(job_id, index, delivery, job_outcome, wall_ms)
+        except StoreError:
+            # Not durable: a restart before a later save redelivers from the stored state (at-least-once).
+            log.exception("could not save the webhook state of job %s", job_id)
+        if delivery.state == "pending":
+            self._schedule_one(job_id, index, delivery)
+        elif job_outcome != "pending":
+            del self._jobs[job_id]
+
+    def _retry_later(self, job_id: str, index: int) -> None:
+        """The record could not be read: try again after the schedule's first retry step."""
+        steps = self._schedule.schedule_s
+        wait_ms = int((steps[1] if len(steps) > 1 else self._schedule.repeat_every_s) * 1000)
+        delivery = self._jobs[job_id].deliveries[index]
+        self._schedule_one(job_id, index, Delivery(url=delivery.url, next_at_ms=self._runtime.wall_ms() + wait_ms))
+
+    async def _post(self, url: str, body: bytes, account_id: str) -> tuple[bool, int | None, str | None]:
+        """One try: (accepted, the receiver's status, the error when no answer came)."""
+        headers = {"Content-Type": "application/json"}  # User-Agent: edge/outbound/client.py DEFAULT_HEADERS
+        secret = self._secrets.get(account_id)
+        if secret:
+            headers[SIGNATURE_HEADER] = sign_webhook(secret, body, int(self._runtime.wall_clock()))
+        try:
+            with trio.fail_after(self._settings.timeout_s):
+                async with self._outbound.stream(
+                    "POST", url, headers=headers, content=body, timeout=self._timeout
+                ) as response:
+                    # Only the status counts; the body is read (up to a bound) so the connection can be reused.
+                    await read_capped(response, RECEIVER_REPLY_BYTES_MAX)
+        except (httpx.HTTPError, trio.TooSlowError) as exc:
+            return False, None, _describe_error(exc)
+        return 200 <= response.status_code < 300, response.status_code, None
+
+
+def _describe_error(exc: BaseException) -> str:
+    refused = refusal_of(exc)
+    if refused is not None:
+        return f"target refused: {refused.reason}"
+    if isinstance(exc, trio.TooSlowError):
+        return "timeout"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,0 +1,348 @@
+"""The node's HTTP API: a plain ASGI app, served by hypercorn under Trio (`edge.http.server`).
+
+Routes:
+    POST   /api/v1/jobs            submit a job (201 new, 200 duplicate idempotent_key)
+    GET    /api/v1/jobs/{job_id}   the job, its attempts, response and webhook deliveries
+    DELETE /api/v1/jobs/{job_id}   cancel a queued job
+    GET    /api/v1/queues          the account's queues with their limits and where each came from
+    GET    /api/v1/cluster         members and this node's view of ownership
+    POST   /internal/v1/...        node-to-node calls (edge.placement.peers), authenticated with the cluster keyring
+    GET    /healthz /readyz        liveness, readiness
+    GET    /metrics                Prometheus text
+
+No web framework: the surface is small, and owning the body reading lets the API refuse an oversize body after
+reading at most the limit. Every error is RFC 9457 problem+json (`edge.problems`). API keys are compared in
+constant time (`Config.account_by_key`) and never logged; job request headers are shown by name only, since they
+usually carry the caller's credentials for the target.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+
+from edge.config import AccountConfig, Config
+from edge.engine.queue import BacklogFull
+from edge.engine.records import JobRecord
+from edge.engine.spec import JobSpec, derived_idempotent_key, queue_key, validate_job
+from edge.http.server import REFUSED_BODY_DRAIN_BYTES_MAX, send_whole_response
+from edge.metrics import NodeMetrics
+from edge.outbound.origins import parsed_url
+from edge.outbound.ssrf import forbidden_reason
+from edge.placement.account_queues import AccountQueueFlags
+from edge.placement.peers import AUTH_HEADER, InternalRoutes
+from edge.placement.peers import CONTENT_TYPE as INTERNAL_CONTENT_TYPE
+from edge.placement.peers import PREFIX as INTERNAL_PREFIX
+from edge.placement.routing import JobRouter
+from edge.problems import PROBLEM_CONTENT_TYPE, Problem
+from edge.runtime import Runtime
+from edge.store import StoreError
+
+log = logging.getLogger("ezthrottle.api")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_JOB_PATH = re.compile(r"^/api/v1/jobs/([A-Za-z0-9_\-]{1,128})$")
+_JSON = b"application/json"
+INTERNAL_BODY_BYTES_MAX = 64 * 1024 * 1024  # a hand-off batch of queued jobs
+# One encoder for every response: `json.dumps` with options builds a new encoder per call.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
+class JobApi:
+    """The ASGI application of one node."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        runtime: Runtime,
+        router: JobRouter,
+        account_queues: AccountQueueFlags,
+        metrics: NodeMetrics,
+        is_ready: Callable[[], bool],
+        internal: InternalRoutes | None = None,
+        cluster_status: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self._config = config
+        self._runtime = runtime
+        self._router = router
+        self._account_queues = account_queues
+        self._metrics = metrics
+        self._is_ready = is_ready
+        self._internal = internal
+        self._cluster_status = cluster_status
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            status, body, content_type, headers = await self._route(scope, receive)
+        except Problem as problem:
+            if problem.status in (413, 429):
+                self._metrics.jobs_refused.labels(str(problem.status)).inc()
+            status, body, content_type = problem.status, problem.body(scope.get("path")), PROBLEM_CONTENT_TYPE
+            headers = problem.headers
+        await send_whole_response(send, status, body, content_type=content_type, headers=headers)
+
+    async def _route(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes, dict[str, str]]:
+        method, path = scope["method"], scope["path"]
+        if path == "/healthz" and method == "GET":
+            return 200, b'{"status":"ok"}', _JSON, {}
+        if path == "/readyz" and method == "GET":
+            if not self._is_ready():
+                raise Problem(503, "Not ready", "the node is starting or stopping", headers={"Retry-After": "1"})
+            return 200, b'{"status":"ready"}', _JSON, {}
+        if path == "/metrics" and method == "GET":
+            return 200, self._metrics.render(), b"text/plain; version=0.0.4; charset=utf-8", {}
+        if path.startswith(INTERNAL_PREFIX) and self._internal is not None:
+            raw = await _read_body(scope, receive, INTERNAL_BODY_BYTES_MAX)
+            reply = await self._internal.handle(method, path, _header(scope, AUTH_HEADER.lower().encode()), raw)
+            return 200, reply, INTERNAL_CONTENT_TYPE.encode(), {}
+        if path == "/api/v1/cluster":
+            _allow(method, "GET")
+            self._authenticate(scope)
+            status = self._cluster_status() if self._cluster_status else {"enabled": False}
+            return 200, _dump(status), _JSON, {}
+        if path == "/api/v1/jobs":
+            _allow(method, "POST")
+            return await self._submit(scope, receive)
+        if match := _JOB_PATH.match(path):
+            _allow(method, "GET", "DELETE")
+            account = self._authenticate(scope)
+            if method == "GET":
+                return 200, _dump(self._view(await self._owned_job(account, match[1]))), _JSON, {}
+            return await self._cancel(account, match[1])
+        if path == "/api/v1/queues":
+            _allow(method, "GET")
+            account = self._authenticate(scope)
+            prefix = "free|" if account.plan == "free" else f"{account.id}|"
+            queues = await self._router.queues(prefix)
+            return 200, _dump({"account_id": account.id, "queues": queues}), _JSON, {}
+        raise Problem(404, "Not found", f"no route for {path}")
+
+    # -- jobs ------------------------------------------------------------------------------------------------
+
+    async def _submit(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes, dict[str, str]]:
+        # Read the body before judging the request: hypercorn drops the whole HTTP/2 connection (every other
+        # stream on it included) when a client keeps sending a body the app has already answered.
+        raw = await _read_body(scope, receive, self._config.server.body_bytes_max)
+        account = self._authenticate(scope)
+        content_type = _header(scope, b"content-type").split(";")[0].strip().lower()
+        if content_type != "application/json" and not content_type.endswith("+json"):
+            raise Problem(415, "Unsupported media type", "send the job as application/json")
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise Problem(400, "Malformed JSON", f"the body is not valid JSON ({exc})", kind="malformed-json") from None
+        job = validate_job(data)
+        _refuse_private(job, allow=self._config.security.allow_private_targets)
+        record = self._new_record(account, job)
+        try:
+            stored, created = await self._router.submit(record)
+        except BacklogFull as full:
+            # Decided by the key's owner, which holds the account's jobs for this key (README: "Backlog").
+            raise Problem(
+                429,
+                "Backlog full",
+                f"this account already has {full.limit} unfinished jobs",
+                kind="backlog-full",
+                headers={"Retry-After": str(self._config.server.backlog_retry_after_s)},
+            ) from None
+        except StoreError:
+            log.exception("job store failed; the job was not accepted")
+            raise Problem(
+                503,
+                "Store unavailable",
+                "the job could not be made durable; it was not accepted",
+                kind="store-unavailable",
+                headers={"Retry-After": "5"},
+            ) from None
+        (self._metrics.jobs_accepted if created else self._metrics.jobs_duplicate).inc()
+        body = {"job_id": stored.job_id, "status": stored.status, "idempotent_key": stored.idempotent_key}
+        return (201 if created else 200), _dump(body), _JSON, {"Location": f"/api/v1/jobs/{stored.job_id}"}
+
+    def _new_record(self, account: AccountConfig, job: JobSpec) -> JobRecord:
+        wall_ms = self._runtime.wall_ms()
+        deadline_ms = job.deadline_ms or int(self._config.defaults.job_deadline_s * 1000)
+        idempotent_key = job.idempotent_key or derived_idempotent_key(account.id, job)
+        job = job.with_idempotent_key(idempotent_key)
+        origin_queue = self._account_queues.enabled(job.origin)
+        return JobRecord(
+            job_id=f"job_{wall_ms}_{self._runtime.rng.randrange(10**12):012d}",
+            account_id=account.id,
+            idempotent_key=idempotent_key,
+            queue_key=queue_key(account_id=account.id, plan=account.plan, job=job, account_queue=origin_queue),
+            spec=job,
+            created_at_ms=wall_ms,
+            updated_at_ms=wall_ms,
+            deadline_at_ms=max(wall_ms, job.retry_at or 0) + deadline_ms,
+        )
+
+    async def _owned_job(self, account: AccountConfig, job_id: str) -> JobRecord:
+        """The job if this account owns it; 404 otherwise (never 403: that would confirm the id exists)."""
+        record = await self._router.find(job_id)
+        if record is None or record.account_id != account.id:
+            raise Problem(404, "Job not found", f"no job {job_id} for this account", kind="job-not-found")
+        return record
+
+    async def _cancel(self, account: AccountConfig, job_id: str) -> tuple[int, bytes, bytes, dict[str, str]]:
+        record = await self._owned_job(account, job_id)
+        try:
+            cancelled = await self._router.cancel(job_id)
+        except StoreError:
+            log.exception("job store failed; the job was not cancelled")
+            raise Problem(
+                503,
+                "Store unavailable",
+                "the cancel could not be made durable; the job is still queued",
+                kind="store-unavailable",
+                headers={"Retry-After": "5"},
+            ) from None
+        if cancelled is None:
+            raise Problem(
+                409,
+                "Job not cancellable",
+                f"job {job_id} is {record.status}; only queued jobs can be cancelled",
+                kind="not-cancellable",
+                extra={"job_status": record.status},
+            )
+        return 200, _dump(self._view(cancelled)), _JSON, {}
+
+    def _view(self, record: JobRecord) -> dict[str, Any]:
+        spec = record.spec
+        return {
+            "job_id": record.job_id,
+            "status": record.status,
+            "idempotent_key": record.idempotent_key,
+            "request": {
+                "url": spec.url,
+                "method": spec.method,
+                "header_names": sorted(spec.headers),
+                "body_bytes": len(spec.body.encode()) if spec.body is not None else 0,
+            },
+            "queue_key": record.queue_key,
+            "metadata": dict(spec.metadata),
+            "created_at_ms": record.created_at_ms,
+            "updated_at_ms": record.updated_at_ms,
+            "deadline_at_ms": record.deadline_at_ms,
+            "next_attempt_at_ms": record.next_attempt_at_ms,
+            "finished_at_ms": record.finished_at_ms,
+            "retries_used": record.retries_used,
+            "attempts_total": record.attempts_total,
+            "attempts_not_listed": record.attempts_dropped,
+            "attempts": [a.to_wire() for a in record.attempts],
+            "response": record.response,
+            "error": record.error,
+            "webhooks": {
+                "outcome": record.webhook_outcome,
+                "quorum": spec.webhook_quorum,
+                "deliveries": [d.to_wire() for d in record.deliveries],
+            },
+        }
+
+    def _authenticate(self, scope: Scope) -> AccountConfig:
+        scheme, _, token = _header(scope, b"authorization").partition(" ")
+        account = self._config.account_by_key(token.strip()) if scheme.lower() == "bearer" else None
+        if account is None:
+            raise Problem(
+                401,
+                "Unauthorized",
+                "send a known account key as 'Authorization: Bearer <key>'",
+                kind="unauthorized",
+                headers={"WWW-Authenticate": 'Bearer realm="ezthrottle"'},
+            )
+        return account
+
+
+def _refuse_private(job: JobSpec, *, allow: bool) -> None:
+    """Refuse at intake the targets the SSRF guard can judge without DNS; names are checked at connect time."""
+    if allow:
+        return
+    # Webhook URLs were parsed at validation; `parsed_url` remembers that parse.
+    urls = [("url", job.parsed_url)] + [(f"webhooks[{i}].url", parsed_url(h.url)) for i, h in enumerate(job.webhooks)]
+    for field, url in urls:
+        reason = static_refusal(url)
+        if reason:
+            raise Problem(
+                422,
+                "Target refused",
+                f"{field}: {reason} (set security.allow_private_targets to allow it)",
+                kind="target-refused",
+                field=field,
+            )
+
+
+def static_refusal(url: str | httpx.URL) -> str | None:
+    """Why the guard would refuse this URL's host without resolving it: an IP literal or a loopback name."""
+    host = (url if isinstance(url, httpx.URL) else parsed_url(url)).host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return f"{host} is a loopback name"
+    # IP literals are IPv6 (with ":") or dotted decimal IPv4; anything else is a name. Saying so here spares
+    # the usual case the two exceptions `ip_address` raises on a name.
+    if ":" not in host and not host.replace(".", "").isdigit():
+        return None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return forbidden_reason(host)
+
+
+def _allow(method: str, *allowed: str) -> None:
+    if method not in allowed:
+        raise Problem(405, "Method not allowed", f"use {', '.join(allowed)}", headers={"Allow": ", ".join(allowed)})
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return ""
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """Read the body, refusing it with 413 past `limit` bytes.
+
+    An oversize body is still drained (up to REFUSED_BODY_DRAIN_BYTES_MAX, see edge/http/server.py) before the 413
+    goes out.
+    """
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Problem(400, "Client disconnected", "the body did not arrive", kind="client-disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        more = message.get("more_body", False)
+        if size > limit and (not more or size > REFUSED_BODY_DRAIN_BYTES_MAX):
+            raise Problem(413, "Body too large", f"the request body is over {limit} bytes", kind="body-too-large")
+        if not more:
+            return b"".join(chunks)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def _dump(doc: dict[str, Any]) -> bytes:
+    return _COMPACT_JSON.encode(doc).encode()

@@ -1,0 +1,1 @@
+"""Outbound HTTP: canonical origins, the SSRF guard at connect time, and the pooled client for jobs and webhooks."""

@@ -1,0 +1,192 @@
+"""Where a job lives in the cluster: one owner per queue key, forwarding to it, and handing queues over.
+
+The owner of a queue key is chosen by rendezvous hashing over the live members (`cluster.Rendezvous`, through the
+membership shell's `owner_of`): every node computes the same owner from the same view, with no coordination
+messages. A node alone (no cluster configured) owns everything, and this module reduces to calling the local
+`QueueManager`.
+
+- Intake: a job whose key another node owns is forwarded to it (`PeerClient.submit`); the client hears 201/200
+  only after the owner made the job durable. If the owner cannot be reached, the router waits for membership to
+  change (the owner may have died) and tries the new owner, until `forward_deadline_s`; then 503 + Retry-After.
+  A forward that timed out may still have been committed by the owner; the client's retry with the same
+  idempotency key then gets 200 and the same job, never a second one.
+- Hand-off: after every membership change (and on a periodic sweep, in case a transfer failed), each node takes
+  the queued jobs of keys it no longer owns out of its queues, sends them to their owner, and deletes them only
+  after the owner accepted them (transfer, then delete; the receiver dedupes by idempotency key). A job that is in
+  flight finishes here first and moves on its next retry, so each key settles to one active queue.
+- Reads: a job is looked up locally, then on every other live member.
+
+A receiver accepts every forwarded or handed-over job even when its own view of ownership differs: durable first,
+and its own hand-off moves the job on if needed. Views that disagree for a moment cost a hop, never a job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Any, Protocol
+
+import trio
+
+from cluster import MemberInfo
+from edge.engine.records import JobRecord
+from edge.engine.shell.queues import QueueManager
+from edge.placement.peers import PeerClient, PeerError
+from edge.problems import Problem
+from edge.store import Store
+
+log = logging.getLogger("ezthrottle.routing")
+
+HANDOFF_SWEEP_S = 5.0  # how often queues are re-checked for keys owned elsewhere, besides membership changes
+HANDOFF_RETRY_S = 1.0  # the next check after a failed transfer (a new member may not serve its API yet)
+FORWARD_RETRY_S = 0.5  # the longest wait between two forwarding tries while membership has not changed
+
+
+class Membership(Protocol):
+    """What routing needs from the cluster shell."""
+
+    @property
+    def local(self) -> MemberInfo: ...
+
+    @property
+    def version(self) -> int: ...
+
+    def owner_of(self, key: str) -> MemberInfo | None: ...
+
+    def live_members(self) -> list[MemberInfo]: ...
+
+    async def wait_changed(self, after_version: int) -> int: ...
+
+
+def owns_key(membership: Membership | None, key: str) -> bool:
+    if membership is None:
+        return True
+    owner = membership.owner_of(key)
+    return owner is None or owner.node == membership.local.node
+
+
+class JobRouter:
+    """Routes the job API's calls to the node that holds the job (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        manager: QueueManager,
+        store: Store,
+        membership: Membership | None = None,
+        peers: PeerClient | None = None,
+        forward_deadline_s: float = 10.0,
+    ) -> None:
+        self._manager = manager
+        self._store = store
+        self._membership = membership
+        self._peers = peers
+        self._forward_deadline_s = forward_deadline_s
+
+    def owns(self, key: str) -> bool:
+        return owns_key(self._membership, key)
+
+    def _others(self) -> list[MemberInfo]:
+        if self._membership is None:
+            return []
+        local = self._membership.local.node
+        return [m for m in self._membership.live_members() if m.node != local]
+
+    async def submit(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        if self._membership is None or self._peers is None:
+            return await self._manager.submit(record)
+        with trio.move_on_after(self._forward_deadline_s):
+            while True:
+                owner = self._membership.owner_of(record.queue_key)
+                if owner is None or owner.node == self._membership.local.node:
+                    return await self._manager.submit(record)
+                version = self._membership.version
+                try:
+                    return await self._peers.submit(owner.api_address, record)
+                except PeerError as exc:
+                    log.warning("forwarding to %s failed (%s); waiting for membership to settle", owner.node, exc)
+                with trio.move_on_after(FORWARD_RETRY_S):
+                    await self._membership.wait_changed(version)
+        raise Problem(
+            503,
+            "Owner unavailable",
+            "the node that owns this queue could not be reached in time; the job was not accepted",
+            kind="owner-unavailable",
+            headers={"Retry-After": "2"},
+        )
+
+    async def find(self, job_id: str) -> JobRecord | None:
+        record = self._manager.live_job(job_id) or await self._store.get_job(job_id)
+        if record is not None or self._peers is None:
+            return record
+        for member in self._others():
+            try:
+                found = await self._peers.find(member.api_address, job_id)
+            except PeerError:
+                continue
+            if found is not None:
+                return found
+        return None
+
+    async def cancel(self, job_id: str) -> JobRecord | None:
+        """Cancel a queued job wherever it waits; None when no node could cancel it."""
+        if self._manager.live_job(job_id) is not None or self._peers is None:
+            return await self._manager.cancel(job_id)
+        for member in self._others():
+            try:
+                cancelled, found = await self._peers.cancel(member.api_address, job_id)
+            except PeerError:
+                continue
+            if found:
+                return cancelled if cancelled is not None and cancelled.status == "cancelled" else None
+        return None
+
+    async def queues(self, prefix: str) -> list[dict[str, Any]]:
+        """The queues with a key prefix on every live node, each marked with the node that runs it."""
+        local = self._membership.local.node if self._membership else None
+        found = [{**q, "node": local} for q in self._manager.queues_with_prefix(prefix)]
+        for member in self._others():
+            if self._peers is None:
+                break
+            try:
+                found += [{**q, "node": member.node} for q in await self._peers.queues(member.api_address, prefix)]
+            except PeerError:
+                continue
+        return found
+
+    async def hand_off_forever(self) -> None:
+        """Move queued jobs of keys owned elsewhere to their owner, after every membership change."""
+        if self._membership is None or self._peers is None:
+            return
+        version = self._membership.version
+        pause_s = HANDOFF_SWEEP_S
+        while True:
+            with trio.move_on_after(pause_s):
+                version = await self._membership.wait_changed(version)
+            self._manager.ownership_changed()
+            _moved, failed = await self.hand_off_once()
+            pause_s = HANDOFF_RETRY_S if failed else HANDOFF_SWEEP_S
+
+    async def hand_off_once(self) -> tuple[int, int]:
+        """One transfer round; returns how many jobs moved and how many stay because their transfer failed."""
+        assert self._membership is not None and self._peers is not None
+        by_owner: dict[str, list[JobRecord]] = defaultdict(list)
+        addresses: dict[str, str] = {}
+        for record in self._manager.detach(lambda key: not self.owns(key)):
+            owner = self._membership.owner_of(record.queue_key)
+            assert owner is not None
+            by_owner[owner.node].append(record)
+            addresses[owner.node] = owner.api_address
+        moved = failed = 0
+        for node, records in by_owner.items():
+            try:
+                await self._peers.hand_off(addresses[node], records)
+            except PeerError as exc:
+                log.warning("hand-off of %d jobs to %s failed (%s); keeping them", len(records), node, exc)
+                self._manager.reattach(records)
+                failed += len(records)
+                continue
+            await self._store.delete_jobs([r.job_id for r in records])
+            moved += len(records)
+            log.info("handed %d queued jobs over to %s", len(records), node)
+        return moved, failed

@@ -1,0 +1,77 @@
+"""Forwarding, hand-off and reads across two real nodes in one process (real UDP gossip, real HTTP/2 between them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import trio
+
+from tests.e2e.support import auth, free_port
+from tests.edge.placement.support import node_config, start, wait_members
+
+LATER = 4_000_000_000_000  # retry_at far in the future: jobs stay queued where they are
+
+
+def job(i: int) -> dict:
+    return {"url": f"http://127.0.0.1:9/k{i}", "headers": {"X-Api-Key": f"key-{i}"}, "retry_at": LATER}
+
+
+async def test_forwarding_reads_cancel_and_refusals(nursery: trio.Nursery, tmp_path: Path):
+    gossip = {"a": free_port(), "b": free_port()}
+    a, _ = await start(nursery, node_config(tmp_path, "a", gossip, forward_deadline_s=0.3))
+    b, b_scope = await start(nursery, node_config(tmp_path, "b", gossip))
+    await wait_members(a, 2)
+    await wait_members(b, 2)
+    async with httpx.AsyncClient(base_url=a.base_url) as client:
+        ids = [(await client.post("/api/v1/jobs", json=job(i), headers=auth())).json()["job_id"] for i in range(16)]
+        on_b = [job_id for job_id in ids if await b.store.get_job(job_id) is not None]
+        on_a = [job_id for job_id in ids if await a.store.get_job(job_id) is not None]
+        assert on_a and on_b and sorted(on_a + on_b) == sorted(ids)  # each job durable on exactly one owner
+        # Reads and cancels through either node find the job where it lives.
+        for job_id in ids:
+            assert (await client.get(f"/api/v1/jobs/{job_id}", headers=auth())).json()["status"] == "queued"
+        cancelled = await client.delete(f"/api/v1/jobs/{on_b[0]}", headers=auth())
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        stored = await b.store.get_job(on_b[0])
+        assert stored is not None and stored.status == "cancelled"
+        queues = (await client.get("/api/v1/queues", headers=auth())).json()["queues"]
+        assert {q["node"] for q in queues} == {"a", "b"} and len(queues) == 16
+        # A duplicate submitted to the other node is the same job.
+        async with httpx.AsyncClient(base_url=b.base_url) as other_entry:
+            again = await other_entry.post("/api/v1/jobs", json=job(0), headers=auth())
+        assert again.status_code == 200 and again.json()["job_id"] == ids[0]
+        # The internal API refuses unsigned calls.
+        unsigned = await client.post("/internal/v1/find", content=b"\x81\xa6job_id\xa1x")
+        assert unsigned.status_code == 401
+
+        # b dies without leaving; until a notices (longer than a's 0.3 s forwarding deadline), forwards to b
+        # fail and the client hears 503 + Retry-After; once a has declared b dead, a owns b's keys.
+        b_scope.cancel()
+        key_of_b = next(i for i in range(16) if ids[i] in on_b)
+        fresh = {**job(key_of_b), "idempotent_key": "after-b-died"}
+        refused = await client.post("/api/v1/jobs", json=fresh, headers=auth())
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"] and refused.json()["title"] == "Owner unavailable"
+        await wait_members(a, 1)
+        accepted = await client.post("/api/v1/jobs", json=fresh, headers=auth())
+        assert accepted.status_code in (200, 201) and await a.store.get_job(accepted.json()["job_id"])
+
+
+async def test_queued_jobs_move_to_a_node_that_joins(nursery: trio.Nursery, tmp_path: Path):
+    gossip = {"a": free_port(), "b": free_port()}
+    a, _ = await start(nursery, node_config(tmp_path, "a", gossip))
+    async with httpx.AsyncClient(base_url=a.base_url) as client:
+        ids = [(await client.post("/api/v1/jobs", json=job(i), headers=auth())).json()["job_id"] for i in range(16)]
+    assert all([await a.store.get_job(job_id) for job_id in ids])
+    b, _ = await start(nursery, node_config(tmp_path, "b", gossip))
+    with trio.fail_after(20):
+        while True:
+            moved = [job_id for job_id in ids if await b.store.get_job(job_id) is not None]
+            left = [job_id for job_id in ids if await a.store.get_job(job_id) is not None]
+            if moved and len(moved) + len(left) == len(ids):
+                break
+            await trio.sleep(0.1)
+    # Transfer, then delete: every job is in exactly one store, and each node queues only keys it owns.
+    assert not set(moved) & set(left)
+    assert a.manager.statistics()["jobs"] == len(left) and b.manager.statistics()["jobs"] == len(moved)
