@@ -2,7 +2,7 @@
 
 A per-node `CollectorRegistry` (not the process-global one) lets several nodes live in one process: the simulator
 and the in-process tests run many. Label sets are bounded: outcomes and kinds are fixed vocabularies, and nothing is
-labelled by account, key or URL.
+labelled by account, key or URL; region labels come from the cluster's members, not from jobs.
 """
 
 from __future__ import annotations
@@ -39,6 +39,19 @@ class NodeMetrics:
         self.upstream_latency = Histogram(
             "ezthrottle_upstream_latency_seconds",
             "Latency of outbound attempts",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.region_attempts = Counter(
+            "ezthrottle_region_attempts",
+            "Attempt legs by the region that ran them and how they ended (ok, failed, cancelled)",
+            ["region", "result"],
+            registry=r,
+        )
+        self.region_latency = Histogram(
+            "ezthrottle_region_latency_seconds",
+            "Latency of attempt legs that got an answer, by region",
+            ["region"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=r,
         )

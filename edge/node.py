@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import trio
 
@@ -21,8 +22,9 @@ from cluster.shell import ClusterMember
 from edge import vendor
 from edge.config import Config
 from edge.engine.records import JobRecord
+from edge.engine.regions import RegionHealth
 from edge.engine.shell.executor import Executor
-from edge.engine.shell.queues import QueueManager
+from edge.engine.shell.queues import LocalPlacement, Placement, QueueManager
 from edge.engine.shell.webhooks import WebhookDeliverer
 from edge.engine.spec import queue_key
 from edge.http.api import JobApi
@@ -33,6 +35,7 @@ from edge.outbound.ssrf import guarded_transport
 from edge.placement.account_queues import AccountQueueFlags, SharedState
 from edge.placement.membership import describe_cluster, keyring_of, start_membership
 from edge.placement.peers import InternalRoutes, PeerClient
+from edge.placement.regions import ClusterPlacement
 from edge.placement.routing import JobRouter, owns_key
 from edge.placement.shared_state import LocalSharedState, SharedStateSaver, decode_entries
 from edge.proxy import ProxyMetrics, serve_protected
@@ -137,11 +140,22 @@ async def run_node(
                 peers = PeerClient(keyring=keyring, runtime=runtime, timeout_s=config.cluster.forward_deadline_s)
                 stack.push_async_callback(peers.aclose)
             account_queues = AccountQueueFlags(config, shared)
+            placement: Placement = LocalPlacement(executor, region=config.cluster.region or "")
+            if membership is not None and peers is not None:
+                placement = ClusterPlacement(
+                    members=membership,
+                    peers=peers,
+                    local=executor,
+                    health=RegionHealth(),
+                    runtime=runtime,
+                    metrics=metrics,
+                )
             manager = QueueManager(
                 config=config,
                 runtime=runtime,
                 store=store,
                 executor=executor,
+                placement=placement,
                 webhooks=deliverer,
                 metrics=metrics,
                 owns=partial(owns_key, membership),
@@ -173,10 +187,15 @@ async def run_node(
                 account_queues=account_queues,
                 metrics=metrics,
                 is_ready=lambda: ready,
-                internal=InternalRoutes(keyring=keyring, runtime=runtime, manager=manager, store=store)
+                internal=InternalRoutes(
+                    keyring=keyring, runtime=runtime, manager=manager, store=store, executor=executor
+                )
                 if membership is not None
                 else None,
                 cluster_status=partial(describe_cluster, membership, config, manager) if membership else None,
+                regions_status=partial(_regions_status, placement, manager)
+                if isinstance(placement, ClusterPlacement)
+                else None,
             )
             await services.start(manager.run)
             services.start_soon(router.hand_off_forever)
@@ -245,6 +264,12 @@ async def _start_protected(
         )
         log.info("protecting %s on %s", listener.upstream, ", ".join(protected[listener.label]))
     return protected
+
+
+def _regions_status(placement: ClusterPlacement, manager: QueueManager, prefix: str) -> dict[str, Any]:
+    """GET /api/v1/regions: the regions, and health for the origins of the account's queues held here (this node
+    is the owner that measured them)."""
+    return placement.snapshot({queue["origin"] for queue in manager.queues_with_prefix(prefix)})
 
 
 async def _housekeeping(config: Config, runtime: Runtime, store: Store, manager: QueueManager) -> None:

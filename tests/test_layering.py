@@ -178,6 +178,8 @@ LAYERS = (
             "edge.config",
             "edge.runtime",
             "edge.outbound",
+            "edge.outbound.origins",
+            "edge.metrics",
         ),
     ),
     # The inbound proxy: the fair scheduler in front of an operator's upstream, served like the job API.

@@ -4,7 +4,7 @@ Decide synchronously, then do the I/O (httpcore's connection pool works this way
 (edge/engine/shell/queues.py) asks, carries out the answer, and reports back. It never judges anything itself.
 
     queue.push(record, eligible_at)             a job waits in line (new, resumed, retried, handed over)
-    queue.next(now, wall_ms, may_dispatch)      -> Dispatch | Expire | WaitUntil | IDLE
+    queue.next(now, wall_ms, may_dispatch)      -> Dispatch | Conclude | WaitUntil | IDLE
     queue.settle(job_id, result, now, wall_ms)  -> Settlement: the job's new record and what happens next
     queue.cancel(job_id, wall_ms)               -> Settlement | None
     queue.commit(settlement)                    the store saved `settlement.record`: make it the live record
@@ -30,15 +30,24 @@ bounded by `forget_idle`.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from random import Random
-from typing import Final, Literal, final
+from typing import Any, Final, Literal, final
 
+from edge.engine.legs import NO_REGION, SINGLE, LegPlan, RegionView, plan_legs
 from edge.engine.lifecycle import JobEvent, transition
 from edge.engine.outcome import AttemptResult
 from edge.engine.records import Attempt, JobRecord
-from scheduler import QueueLimits, ReadyQueue, decide_retry, parse_limit_headers
+from scheduler import (
+    LimitSignals,
+    QueueDelay,
+    QueueLimits,
+    ReadyQueue,
+    RetryDecision,
+    decide_retry,
+    parse_limit_headers,
+)
 
 # How long a job waits before it is tried again when the store could not save its outcome (disk full, I/O error).
 STORE_RETRY_S: Final = 5.0
@@ -47,7 +56,9 @@ STORE_RETRY_S: Final = 5.0
 # bound the longest-idle tenth is forgotten at once: one scan per 10,000 new keys, not one per key.
 QUEUE_KEYS_MAX: Final = 100_000
 
-AttemptLabel = Literal["success", "failed", "rate_limited", "error", "retry", "cancelled", "expired"]
+AttemptLabel = Literal[
+    "success", "failed", "rate_limited", "error", "retry", "rerouted", "cancelled", "expired", "unplaceable"
+]
 
 
 class BacklogFull(Exception):
@@ -70,17 +81,29 @@ class RetrySettings:
 @final
 @dataclass(frozen=True, slots=True)
 class Dispatch:
-    """Start an attempt of `record` (already marked running) now."""
+    """Start an attempt of `record` (already marked running) now, in the regions `legs` names (edge/engine/legs.py):
+    one leg, a race (the first success wins; cancel the others) or a fanout (every leg runs to its end)."""
 
     record: JobRecord
+    legs: LegPlan = SINGLE
 
 
 @final
 @dataclass(frozen=True, slots=True)
-class Expire:
-    """The head job's deadline passed before it could run: save `settlement`, then commit it."""
+class Conclude:
+    """An outcome decided without an attempt (the deadline passed before the job could run; no region can take
+    it): save `settlement`, then commit it."""
 
     settlement: Settlement
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LegResult:
+    """What one leg of a dispatch produced: its region, and its result (None: cancelled, a race's loser)."""
+
+    region: str
+    result: AttemptResult | None
 
 
 @final
@@ -102,7 +125,7 @@ class _Idle:
 
 
 IDLE: Final = _Idle()
-Decision = Dispatch | Expire | WaitUntil | _Idle
+Decision = Dispatch | Conclude | WaitUntil | _Idle
 
 
 @final
@@ -137,6 +160,7 @@ class _Waiting:
     record: JobRecord
     eligible_at: float
     seq: int = 0
+    legs: int = 0  # attempts of this job in flight (a race or fanout has several), released at commit or abort
 
 
 class OutboundQueue:
@@ -177,8 +201,11 @@ class OutboundQueue:
         """Put a queued job in line; it may go at `eligible_at` at the earliest."""
         self._jobs[record.job_id] = _Waiting(record, eligible_at, self._ready.push(record.job_id, eligible_at))
 
-    def next(self, now: float, wall_ms: int, *, may_dispatch: bool = True) -> Decision:
-        """The next thing to do. `may_dispatch` False (the key is owned elsewhere for now) holds every job."""
+    def next(
+        self, now: float, wall_ms: int, *, may_dispatch: bool = True, regions: RegionView | None = None
+    ) -> Decision:
+        """The next thing to do. `may_dispatch` False (the key is owned elsewhere for now) holds every job.
+        `regions` is what the owner knows of regions (a node alone: only its own)."""
         if self.is_idle:
             return IDLE
         if not len(self._ready) or not may_dispatch or self.in_flight >= self.limits.max_concurrent:
@@ -191,26 +218,95 @@ class OutboundQueue:
         job_id = self._ready.pop_ready(now)
         assert job_id is not None
         waiting = self._jobs[job_id]
-        self.in_flight += 1
-        if wall_ms >= waiting.record.deadline_at_ms:
+        record = waiting.record
+        if wall_ms >= record.deadline_at_ms:
+            waiting.legs = 1
+            self.in_flight += 1
             expired = transition(
-                waiting.record,
-                JobEvent.EXPIRE,
-                **_finished(wall_ms),
-                error="deadline passed before the job could run",
+                record, JobEvent.EXPIRE, **_finished(wall_ms), error="deadline passed before the job could run"
             )
-            return Expire(Settlement(expired, "done", "expired"))
-        self.limits.on_dispatch(now)
-        waiting.record = transition(waiting.record, JobEvent.DISPATCH)
-        return Dispatch(waiting.record)
+            return Conclude(Settlement(expired, "done", "expired"))
+        view = regions or RegionView.single()
+        plan = plan_legs(record.spec, record.regions_tried, view, slots=self.limits.max_concurrent - self.in_flight)
+        waiting.legs = max(1, len(plan.regions))
+        self.in_flight += waiting.legs
+        waiting.record = transition(record, JobEvent.DISPATCH)
+        if plan.unavailable is not None:
+            # No region can take it now: an attempt that failed at once, retried like a connection error.
+            unplaceable = AttemptResult(0.0, error=plan.unavailable)
+            leg = [LegResult(NO_REGION, unplaceable)]
+            return Conclude(self.settle_legs(job_id, leg, now, wall_ms, rng=None, regions=view))
+        for _leg in plan.regions:
+            self.limits.on_dispatch(now)  # every leg is a request the provider sees
+        return Dispatch(waiting.record, plan)
 
-    def settle(self, job_id: str, result: AttemptResult, now: float, wall_ms: int, rng: Random) -> Settlement:
-        """Judge one attempt's outcome, for the queue (limits, blocks) and for the job (its next step)."""
+    def settle(
+        self,
+        job_id: str,
+        result: AttemptResult,
+        now: float,
+        wall_ms: int,
+        rng: Random,
+        *,
+        region: str = NO_REGION,
+        regions: RegionView | None = None,
+    ) -> Settlement:
+        """Judge a single attempt's outcome (a dispatch of one leg)."""
+        return self.settle_legs(job_id, [LegResult(region, result)], now, wall_ms, rng, regions=regions)
+
+    def settle_legs(
+        self,
+        job_id: str,
+        legs: Sequence[LegResult],
+        now: float,
+        wall_ms: int,
+        rng: Random | None,
+        *,
+        regions: RegionView | None = None,
+        mode: str = "single",
+    ) -> Settlement:
+        """Judge what the legs of one dispatch produced, for the queue (limits, blocks) and for the job (its next
+        step): a success wins (a race: the first; a fanout: only when every region succeeded), a rate limit makes
+        the whole queue wait, a reroute code moves the job to another region, a retry code retries in place."""
         waiting = self._jobs[job_id]
         record = waiting.record
+        judged = [self._judge_leg(leg, now, wall_ms, rng or _NO_JITTER, record) for leg in legs]
+        account_queue = next((j.signals.account_queue for j in judged if j.signals.account_queue is not None), None)
+        common: dict[str, Any] = {
+            "account_queue": account_queue,
+            "malformed_headers": sum(len(j.signals.malformed) for j in judged),
+            "rate_limited": any(j.rate_limited for j in judged),
+        }
+        if mode == "fanout":
+            return self._settle_fanout(waiting, judged, now, wall_ms, common)
+        winner = next((j for j in judged if j.decision.kind == "success"), None)
+        if winner is not None:
+            attempts = [
+                j.attempt("won" if j is winner else "cancelled" if j.result is None else "failed") for j in judged
+            ]
+            final = transition(
+                record,
+                JobEvent.SUCCEED,
+                **record.attempts_with(attempts),
+                **_finished(wall_ms),
+                response=winner.response,
+            )
+            return Settlement(final, "done", "success", **common)
+        ran = [j for j in judged if j.result is not None] or judged
+        limited = next((j for j in ran if j.rate_limited), None)
+        if limited is None and record.spec.regions:
+            rerouted = self._reroute(waiting, ran, now, wall_ms, regions, common)
+            if rerouted is not None:
+                return rerouted
+        decisive = limited or ran[0]
+        others = [j.attempt("failed") for j in ran if j is not decisive]
+        return self._settle_one(waiting, decisive, others, now, wall_ms, common)
+
+    def _judge_leg(self, leg: LegResult, now: float, wall_ms: int, rng: Random, record: JobRecord) -> _Judged:
+        result = leg.result or AttemptResult(0.0, error="cancelled: another region won")
         signals = parse_limit_headers(result.headers, wall_now=wall_ms / 1000)
         queue_delay = None
-        if result.status_code is not None:
+        if leg.result is not None and result.status_code is not None:
             queue_delay = self.limits.on_response(now, result.status_code, signals, rng)
         policy = record.spec.retry_policy
         decision = decide_retry(
@@ -225,56 +321,128 @@ class OutboundQueue:
             cap_s=self.retry.cap_s,
             remaining=signals.remaining,
         )
-        delay_s, reason = decision.delay_s, decision.reason
-        if decision.kind == "retry" and not decision.counts_retry and queue_delay is not None:
-            # The job waits for the queue's block, which an earlier answer may have set further out than this one.
-            delay_s, reason = max(queue_delay.delay_s, self.limits.blocked_until - now), queue_delay.reason
-        duration_ms = result.duration_s * 1000
-        attempt = Attempt(
-            at_ms=wall_ms - int(duration_ms),
-            duration_ms=round(duration_ms, 3),
-            status_code=result.status_code,
-            error=result.error,
+        return _Judged(leg, result if leg.result is not None else None, signals, queue_delay, decision, wall_ms)
+
+    def _reroute(
+        self,
+        waiting: _Waiting,
+        ran: Sequence[_Judged],
+        now: float,
+        wall_ms: int,
+        regions: RegionView | None,
+        common: dict[str, Any],
+    ) -> Settlement | None:
+        """Move the job to another region at once when its legs failed with a reroute code, a connection error or a
+        timeout, it has reroutes left and some region can take it; None otherwise (the caller retries or fails)."""
+        record = waiting.record
+        policy = record.spec.retry_policy
+        reroutable = [j for j in ran if j.result is not None and _reroutable(j.result, policy.reroute_codes)]
+        if not reroutable or record.reroutes_used >= policy.max_reroutes:
+            return None
+        tried = [*record.regions_tried, *(j.leg.region for j in reroutable if j.leg.region)]
+        view = regions or RegionView.single()
+        plan = plan_legs(record.spec, tried, view, slots=1)
+        if plan.unavailable is not None or plan.regions == SINGLE.regions:
+            return None  # no other region can take it: a retry in place, or the end
+        attempts = [j.attempt("rerouted" if j in reroutable else "failed") for j in ran]
+        attempts[-1].delay_reason = "rerouted to another region"
+        moved = transition(
+            record,
+            JobEvent.RETRY,
+            **record.attempts_with(attempts),
+            reroutes_used=record.reroutes_used + 1,
+            regions_tried=list(dict.fromkeys(tried)),
+            next_attempt_at_ms=wall_ms,
+            updated_at_ms=wall_ms,
         )
-        response = result.response_dict() if result.status_code is not None else None
-        # A rate-limit refusal (a 429, or a 403 that says it is one) is retried without counting: that is how
-        # decide_retry tells it from every other retry.
-        rate_limited = decision.kind == "retry" and not decision.counts_retry
-        common = {
-            "account_queue": signals.account_queue,
-            "malformed_headers": len(signals.malformed),
-            "rate_limited": rate_limited,
-        }
+        # At once, and in the job's place in line: a reroute is the same attempt, elsewhere.
+        return Settlement(moved, "retry", "rerouted", eligible_at=waiting.eligible_at, keeps_place=True, **common)
+
+    def _settle_one(
+        self,
+        waiting: _Waiting,
+        judged: _Judged,
+        others: list[Attempt],
+        now: float,
+        wall_ms: int,
+        common: dict[str, Any],
+    ) -> Settlement:
+        """The job's next step decided by one leg's outcome (the others are recorded as they ended)."""
+        record = waiting.record
+        result, decision = judged.result_or_error, judged.decision
+        delay_s, reason = decision.delay_s, decision.reason
+        if decision.kind == "retry" and not decision.counts_retry and judged.queue_delay is not None:
+            # The job waits for the queue's block, which an earlier answer may have set further out than this one.
+            delay_s = max(judged.queue_delay.delay_s, self.limits.blocked_until - now)
+            reason = judged.queue_delay.reason
+        response = judged.response
         if decision.kind != "retry":
             event = JobEvent.SUCCEED if decision.kind == "success" else JobEvent.FAIL
-            error = None if response else result.error
+            attempts = [*others, judged.attempt("won" if decision.kind == "success" else "failed")]
             final = transition(
-                record.with_attempt(attempt), event, **_finished(wall_ms), response=response, error=error
+                record,
+                event,
+                **record.attempts_with(attempts),
+                **_finished(wall_ms),
+                response=response,
+                error=None if response else result.error,
             )
-            return Settlement(final, "done", decision.kind, **common)  # type: ignore[arg-type]
-        label: AttemptLabel = "rate_limited" if rate_limited else "error" if result.status_code is None else "retry"
+            return Settlement(final, "done", decision.kind, **common)
+        label: AttemptLabel = (
+            "rate_limited" if judged.rate_limited else "error" if result.status_code is None else "retry"
+        )
         retry_wall_ms = wall_ms + int(delay_s * 1000)
+        attempt = judged.attempt("rate_limited" if judged.rate_limited else "retried")
         if retry_wall_ms >= record.deadline_at_ms:
-            attempt.delay_reason = f"{reason}; deadline reached"
+            attempt.outcome, attempt.delay_reason = "failed", f"{reason}; deadline reached"
             final = transition(
-                record.with_attempt(attempt),
+                record,
                 JobEvent.FAIL,
+                **record.attempts_with([*others, attempt]),
                 **_finished(wall_ms),
                 response=response,
                 error=f"deadline reached after {reason}",
             )
-            return Settlement(final, "done", label, **common)  # type: ignore[arg-type]
+            return Settlement(final, "done", label, **common)
         attempt.delay_s, attempt.delay_reason = round(delay_s, 3), reason
         # A 429 keeps the job's place in line (the queue-wide block does the waiting); other retries go behind.
         eligible_at = now + delay_s if decision.counts_retry else waiting.eligible_at
         retried = transition(
-            record.with_attempt(attempt),
+            record,
             JobEvent.RETRY,
+            **record.attempts_with([*others, attempt]),
             retries_used=record.retries_used + decision.counts_retry,
             next_attempt_at_ms=retry_wall_ms,
             updated_at_ms=wall_ms,
         )
-        return Settlement(retried, "retry", label, eligible_at=eligible_at, keeps_place=rate_limited, **common)  # type: ignore[arg-type]
+        return Settlement(retried, "retry", label, eligible_at=eligible_at, keeps_place=judged.rate_limited, **common)
+
+    def _settle_fanout(
+        self, waiting: _Waiting, judged: Sequence[_Judged], now: float, wall_ms: int, common: dict[str, Any]
+    ) -> Settlement:
+        """A fanout succeeds once every region it ran in succeeded; the first failure decides otherwise."""
+        record = waiting.record
+        responses = dict(record.region_responses)
+        for j in judged:
+            if j.decision.kind == "success":
+                responses[j.leg.region] = j.response
+        failed = [j for j in judged if j.decision.kind != "success"]
+        if not failed:
+            attempts = [j.attempt("succeeded") for j in judged]
+            first = next((responses[r] for r in record.spec.regions if r in responses), None)
+            final = transition(
+                record,
+                JobEvent.SUCCEED,
+                **record.attempts_with(attempts),
+                **_finished(wall_ms),
+                response=first,
+                region_responses=responses,
+            )
+            return Settlement(final, "done", "success", **common)
+        others = [j.attempt("succeeded") for j in judged if j.decision.kind == "success"]
+        settlement = self._settle_one(waiting, failed[0], others, now, wall_ms, common)
+        settlement.record.region_responses = responses
+        return settlement
 
     def cancel(self, job_id: str, wall_ms: int) -> Settlement | None:
         """Take a waiting job out of line to cancel it; None when it is not waiting here (in flight, or unknown).
@@ -283,18 +451,19 @@ class OutboundQueue:
         waiting = self._jobs.get(job_id)
         if waiting is None or waiting.record.status != "queued" or not self._ready.remove(job_id):
             return None
+        waiting.legs = 1
         self.in_flight += 1  # the save is in flight, like an attempt's
         cancelled = transition(waiting.record, JobEvent.CANCEL, **_finished(wall_ms), error="cancelled by the client")
         return Settlement(cancelled, "done", "cancelled")
 
     def commit(self, settlement: Settlement) -> None:
         """The store holds `settlement.record` now: it becomes the live record (or leaves, when terminal)."""
-        self.in_flight -= 1
         job_id = settlement.record.job_id
+        waiting = self._jobs[job_id]
+        self._release_legs(waiting)
         if settlement.is_terminal:
             del self._jobs[job_id]
             return
-        waiting = self._jobs[job_id]
         place = waiting.seq if settlement.keeps_place else None
         waiting.record, waiting.eligible_at = settlement.record, settlement.eligible_at
         waiting.seq = self._ready.push(job_id, settlement.eligible_at, seq=place)
@@ -304,9 +473,9 @@ class OutboundQueue:
 
         The store still holds that state, so at worst the attempt is repeated (at-least-once). A job whose cancel
         failed gets its place in line back; any other waits STORE_RETRY_S, so a failing store is not hammered."""
-        self.in_flight -= 1
         job_id = settlement.record.job_id
         waiting = self._jobs[job_id]
+        self._release_legs(waiting)
         if waiting.record.status == "running":
             waiting.record = transition(waiting.record, JobEvent.RESUME)
         if settlement.label == "cancelled":
@@ -325,12 +494,71 @@ class OutboundQueue:
             del self._jobs[record.job_id]
         return taken
 
+    def _release_legs(self, waiting: _Waiting) -> None:
+        self.in_flight -= waiting.legs
+        waiting.legs = 0
+
     def __repr__(self) -> str:
         return f"<OutboundQueue {self.key}: {self.depth} waiting, {self.in_flight} in flight | {self.limits!r}>"
 
 
 def _finished(wall_ms: int) -> dict[str, object]:
     return {"finished_at_ms": wall_ms, "updated_at_ms": wall_ms, "next_attempt_at_ms": None}
+
+
+def wins(result: AttemptResult) -> bool:
+    """Whether a leg's result decides a race: a success (2xx, 3xx) wins, and the other legs are cancelled."""
+    return result.status_code is not None and 200 <= result.status_code < 400
+
+
+def _reroutable(result: AttemptResult, reroute_codes: tuple[int, ...]) -> bool:
+    """A reroute code, or no answer at all (a connection error or a timeout) that another region may not have."""
+    if result.status_code is None:
+        return result.retryable
+    return result.status_code in reroute_codes
+
+
+# Only an unplaceable job is judged without an rng, and it has no response to jitter a backoff for a 429 from.
+_NO_JITTER: Final = Random(0)
+
+
+@dataclass(slots=True)
+class _Judged:
+    """One leg judged: its result (None if it was cancelled), the provider's signals, and the retry decision."""
+
+    leg: LegResult
+    result: AttemptResult | None
+    signals: LimitSignals
+    queue_delay: QueueDelay | None
+    decision: RetryDecision
+    wall_ms: int
+
+    @property
+    def result_or_error(self) -> AttemptResult:
+        return self.result or AttemptResult(0.0, error="cancelled")
+
+    @property
+    def rate_limited(self) -> bool:
+        # A rate-limit refusal (a 429, or a 403 that says it is one) is retried without counting: that is how
+        # decide_retry tells it from every other retry.
+        return self.result is not None and self.decision.kind == "retry" and not self.decision.counts_retry
+
+    @property
+    def response(self) -> dict[str, Any] | None:
+        result = self.result
+        return result.response_dict() if result is not None and result.status_code is not None else None
+
+    def attempt(self, outcome: str) -> Attempt:
+        result = self.result_or_error
+        duration_ms = result.duration_s * 1000
+        return Attempt(
+            at_ms=self.wall_ms - int(duration_ms),
+            duration_ms=round(duration_ms, 3),
+            status_code=result.status_code,
+            error=result.error,
+            region=self.leg.region or None,
+            outcome=outcome,
+        )
 
 
 class Queues:
@@ -356,6 +584,7 @@ class Queues:
         self._queue_of_job: dict[str, OutboundQueue] = {}
         self._backlog: Counter[str] = Counter()
         self._admitting: Counter[str] = Counter()
+        self._by_idempotency: dict[tuple[str, str], str] = {}  # the unfinished jobs here, by (account, key)
 
     def __len__(self) -> int:
         return len(self._queues)
@@ -381,13 +610,20 @@ class Queues:
         """The account's unfinished jobs here, counting submissions still being saved."""
         return self._backlog[account_id] + self._admitting[account_id]
 
-    def admit(self, account_id: str, limit: int) -> None:
-        """Take a new submission in, to be saved; BacklogFull when the account already has `limit` unfinished jobs.
+    def admit(self, account_id: str, limit: int | None) -> None:
+        """Take a submission in, to be saved; BacklogFull when the account already has `limit` unfinished jobs
+        (None: never refused, a job handed over from another node that was acknowledged there already).
 
         Counted from here until `admitted`, so concurrent submissions see each other while they are saved."""
-        if self.backlog(account_id) >= limit:
+        if limit is not None and self.backlog(account_id) >= limit:
             raise BacklogFull(account_id, limit)
         self._admitting[account_id] += 1
+
+    def live_duplicate(self, account_id: str, idempotent_key: str) -> JobRecord | None:
+        """The unfinished job here that the account submitted under `idempotent_key`, if any: a resubmission of
+        it is answered with it, even when the backlog is full."""
+        job_id = self._by_idempotency.get((account_id, idempotent_key))
+        return self.live_job(job_id) if job_id is not None else None
 
     def admitted(self, account_id: str) -> None:
         """The submission `admit` took in was saved (and pushed) or refused by the store."""
@@ -409,6 +645,7 @@ class Queues:
             record = transition(record, JobEvent.RESUME)  # a finished record is refused here, before any counting
         if record.job_id not in self._queue_of_job:
             self._backlog[record.account_id] += 1
+            self._by_idempotency[(record.account_id, record.idempotent_key)] = record.job_id
         queue.push(record, eligible_at)
         self._queue_of_job[record.job_id] = queue
         return queue
@@ -457,6 +694,7 @@ class Queues:
 
     def _release(self, record: JobRecord) -> None:
         del self._queue_of_job[record.job_id]
+        self._by_idempotency.pop((record.account_id, record.idempotent_key), None)
         self._backlog[record.account_id] -= 1
         if self._backlog[record.account_id] <= 0:
             del self._backlog[record.account_id]

@@ -12,6 +12,7 @@ clock is used only for pacing inside one process.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -31,7 +32,12 @@ ATTEMPTS_LAST_KEPT: Final = 10
 
 @dataclass(slots=True)
 class Attempt:
-    """One outbound try: when, what came back, and the wait chosen after it (and why)."""
+    """One outbound try: when, where (`region`, None on the key's owner for a job without regions), what came back,
+    what it meant for the job (`outcome`), and the wait chosen after it (and why).
+
+    `outcome`: "won" (the success that decided the job), "failed", "retried" (again in place), "rate_limited" (the
+    queue waits), "rerouted" (the next attempt goes to another region), "cancelled" (a race's loser), "succeeded"
+    (one region of a fanout)."""
 
     at_ms: int
     duration_ms: float
@@ -39,9 +45,13 @@ class Attempt:
     error: str | None = None
     delay_s: float | None = None
     delay_reason: str | None = None
+    region: str | None = None
+    outcome: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
+            "region": self.region,
+            "outcome": self.outcome,
             "at_ms": self.at_ms,
             "duration_ms": self.duration_ms,
             "status_code": self.status_code,
@@ -104,6 +114,11 @@ class JobRecord:
     attempts: list[Attempt] = field(default_factory=list)
     retries_used: int = 0
     attempts_total: int = 0
+    reroutes_used: int = 0
+    # Regions a reroute moved the job away from; the next attempts go elsewhere (bounded by the job's regions).
+    regions_tried: list[str] = field(default_factory=list)
+    # A fanout's responses so far, by region (the contract's `response` is the first named region's).
+    region_responses: dict[str, Any] = field(default_factory=dict)
     response: dict[str, Any] | None = None
     error: str | None = None
     finished_at_ms: int | None = None
@@ -123,18 +138,38 @@ class JobRecord:
         """Attempts made but no longer listed (see ATTEMPTS_FIRST_KEPT)."""
         return max(0, self.attempts_total - len(self.attempts))
 
+    def copy(self) -> JobRecord:
+        """An independent copy (the spec, immutable, is shared)."""
+        return self.evolve()
+
     def evolve(self, **changes: Any) -> JobRecord:
-        """A copy with `changes` applied; lists are copied, so the copy can be changed without touching this one."""
-        changes.setdefault("attempts", [dataclasses.replace(a) for a in self.attempts])
-        changes.setdefault("deliveries", [dataclasses.replace(d) for d in self.deliveries])
-        return dataclasses.replace(self, **changes)
+        """A copy with `changes` applied; lists are copied, so the copy can be changed without touching this one.
+
+        Written out rather than `dataclasses.replace` (which runs `__init__` again): every attempt's outcome and
+        every save builds one, so its cost is on the hot path."""
+        copied = object.__new__(JobRecord)
+        for name in _SCALAR_FIELDS:
+            object.__setattr__(copied, name, getattr(self, name))
+        copied.attempts = [dataclasses.replace(a) for a in self.attempts]
+        copied.deliveries = [dataclasses.replace(d) for d in self.deliveries]
+        copied.regions_tried = list(self.regions_tried)
+        copied.region_responses = dict(self.region_responses)
+        for name, value in changes.items():
+            setattr(copied, name, value)
+        return copied
+
+    def attempts_with(self, new: Sequence[Attempt]) -> dict[str, Any]:
+        """The changes that record `new` attempts (the legs of one dispatch), keeping the first and last few (see
+        ATTEMPTS_FIRST_KEPT): pass them to `evolve` or to a lifecycle transition."""
+        attempts = [*self.attempts, *new]
+        excess = len(attempts) - (ATTEMPTS_FIRST_KEPT + ATTEMPTS_LAST_KEPT)
+        if excess > 0:
+            del attempts[ATTEMPTS_FIRST_KEPT : ATTEMPTS_FIRST_KEPT + excess]
+        return {"attempts": attempts, "attempts_total": self.attempts_total + len(new)}
 
     def with_attempt(self, attempt: Attempt, **changes: Any) -> JobRecord:
-        """A copy with one more attempt recorded, keeping the first and last few (see ATTEMPTS_FIRST_KEPT)."""
-        attempts = [*self.attempts, attempt]
-        if len(attempts) > ATTEMPTS_FIRST_KEPT + ATTEMPTS_LAST_KEPT:
-            del attempts[ATTEMPTS_FIRST_KEPT]
-        return self.evolve(attempts=attempts, attempts_total=self.attempts_total + 1, **changes)
+        """A copy with one more attempt recorded."""
+        return self.evolve(**self.attempts_with((attempt,)), **changes)
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -142,7 +177,7 @@ class JobRecord:
             "account_id": self.account_id,
             "idempotent_key": self.idempotent_key,
             "queue_key": self.queue_key,
-            "spec": self.spec.to_wire(),
+            "spec": self.spec.shared_wire(),  # read-only: encoders only read it
             "created_at_ms": self.created_at_ms,
             "deadline_at_ms": self.deadline_at_ms,
             "status": self.status,
@@ -151,6 +186,9 @@ class JobRecord:
             "attempts": [a.to_wire() for a in self.attempts],
             "retries_used": self.retries_used,
             "attempts_total": self.attempts_total,
+            "reroutes_used": self.reroutes_used,
+            "regions_tried": list(self.regions_tried),
+            "region_responses": dict(self.region_responses),
             "response": self.response,
             "error": self.error,
             "finished_at_ms": self.finished_at_ms,
@@ -167,6 +205,10 @@ class JobRecord:
         fields.setdefault("attempts_total", len(fields["attempts"]))
         fields["deliveries"] = [Delivery.from_wire(d) for d in data.get("deliveries", ())]
         return cls(**fields)
+
+
+_COPIED_FIELDS: Final = frozenset({"attempts", "deliveries", "regions_tried", "region_responses"})
+_SCALAR_FIELDS: Final = tuple(f.name for f in dataclasses.fields(JobRecord) if f.name not in _COPIED_FIELDS)
 
 
 def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:

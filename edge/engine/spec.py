@@ -78,7 +78,16 @@ RegionPolicy = Literal["fallback", "strict"]
 ExecutionMode = Literal["race", "fanout"]
 
 
+_EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
+
+
 def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A read-only copy. Most jobs have no metadata and no unknown fields: those share one empty mapping, which
+    keeps every accepted job a few objects smaller for the garbage collector (tens of thousands wait at once)."""
+    if not mapping:
+        return _EMPTY
+    if type(mapping) is MappingProxyType:
+        return mapping  # frozen by this module already
     return MappingProxyType(dict(mapping))
 
 
@@ -132,7 +141,7 @@ class RetryPolicy(_WithExtensions):
     max_retries: int = 3
     max_reroutes: int = 2
     retry_codes: tuple[int, ...] = (429, 503)
-    reroute_codes: tuple[int, ...] = (500, 502)
+    reroute_codes: tuple[int, ...] = (500, 502, 504)
     extensions: Mapping[str, Any] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
@@ -230,6 +239,7 @@ class JobSpec:
     parsed_url: httpx.URL = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
     origin: str = field(default="", compare=False)
     credential_fingerprint: str | None = field(default=None, compare=False, repr=False)
+    _wire: dict[str, Any] | None = field(default=None, init=False, compare=False, repr=False)  # see shared_wire
 
     def __post_init__(self) -> None:
         # Freeze the mappings a caller handed in, so a spec cannot change under the records that share it.
@@ -242,8 +252,12 @@ class JobSpec:
             object.__setattr__(self, "origin", canonical_origin(self.parsed_url))
             object.__setattr__(self, "credential_fingerprint", credential_fingerprint(self.headers))
 
-    def with_idempotent_key(self, key: str) -> JobSpec:
-        return dataclasses.replace(self, idempotent_key=key)
+    def shared_wire(self) -> Mapping[str, Any]:
+        """`to_wire()`, computed once and shared: for encoders that only read it (a record's every save)."""
+        if self._wire is None:
+            object.__setattr__(self, "_wire", self.to_wire())
+        assert self._wire is not None
+        return self._wire
 
     def to_wire(self) -> dict[str, Any]:
         """The stored and forwarded form: plain msgpack- and JSON-able values, the contract's field names."""
@@ -306,7 +320,7 @@ class JobSpec:
 
 # The derived fields are not on the wire; one found there (written by hand, or by a buggy peer) is dropped, never
 # kept as an extension that would write a stale value back out.
-_JOB_FIELDS: Final = _field_names(JobSpec) | {"parsed_url", "origin", "credential_fingerprint"}
+_JOB_FIELDS: Final = _field_names(JobSpec) | {"parsed_url", "origin", "credential_fingerprint", "_wire"}
 
 
 def _snake_case_view(obj: dict[str, Any]) -> dict[str, Any]:
@@ -435,7 +449,7 @@ def _retry_policy(value: Any, field: str) -> RetryPolicy:
     retry_codes = fields.get("retry_codes")
     reroute_codes = fields.get("reroute_codes")
     defaults = DEFAULT_RETRY_POLICY
-    return RetryPolicy(
+    policy = RetryPolicy(
         max_retries=_int(fields, "max_retries", f"{field}.", defaults.max_retries, 0, 100) or 0,
         max_reroutes=_int(fields, "max_reroutes", f"{field}.", defaults.max_reroutes, 0, 100) or 0,
         retry_codes=defaults.retry_codes if retry_codes is None else _status_codes(retry_codes, f"{field}.retry_codes"),
@@ -443,6 +457,7 @@ def _retry_policy(value: Any, field: str) -> RetryPolicy:
         if reroute_codes is None
         else _status_codes(reroute_codes, f"{field}.reroute_codes"),
     )
+    return DEFAULT_RETRY_POLICY if policy == DEFAULT_RETRY_POLICY else policy  # most jobs: one shared object
 
 
 def _trigger(value: Any, field: str) -> Trigger:
@@ -460,8 +475,10 @@ def _trigger(value: Any, field: str) -> Trigger:
     raise invalid(f"{field}.type", "must be on_error or on_timeout")
 
 
-def validate_job(data: Any, *, path: str = "", depth: int = 0) -> JobSpec:
-    """Validate one job object (recursively for nested jobs) and return it as a `JobSpec`."""
+def validate_job(data: Any, *, path: str = "", depth: int = 0, account_id: str | None = None) -> JobSpec:
+    """Validate one job object (recursively for nested jobs) and return it as a `JobSpec`.
+
+    With `account_id`, a job without `idempotent_key` gets the one derived from it (`derived_idempotent_key`)."""
     if depth > NESTING_DEPTH_MAX:
         raise invalid(path.rstrip(".") or "job", f"nested jobs go at most {NESTING_DEPTH_MAX} levels deep")
     if not isinstance(data, dict):
@@ -492,6 +509,8 @@ def validate_job(data: Any, *, path: str = "", depth: int = 0) -> JobSpec:
         raise invalid(f"{path}webhook_quorum", f"is {quorum} but only {voters} webhooks have a quorum vote")
     url = validate_http_url(fields.get("url"), f"{path}url")
     headers = _headers(fields.get("headers"), f"{path}headers")
+    if key is None and account_id is not None:
+        key = _derived_key(account_id, fields["url"], method.upper(), body)
     nested: dict[str, JobSpec | None] = {}
     for name in ("on_success", "on_failure"):
         value = fields.get(name)
@@ -531,8 +550,12 @@ def validate_job(data: Any, *, path: str = "", depth: int = 0) -> JobSpec:
 
 def derived_idempotent_key(account_id: str, job: JobSpec) -> str:
     """The key for a job submitted without one: the same (account, url, method, body) is the same job."""
+    return _derived_key(account_id, job.url, job.method, job.body)
+
+
+def _derived_key(account_id: str, url: str, method: str, body: str | None) -> str:
     digest = hashlib.sha256()
-    for part in (account_id, job.url, job.method, job.body or ""):
+    for part in (account_id, url, method, body or ""):
         digest.update(part.encode())
         digest.update(b"\0")
     return "auto_" + digest.hexdigest()[:40]

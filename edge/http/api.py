@@ -6,6 +6,7 @@ Routes:
     DELETE /api/v1/jobs/{job_id}   cancel a queued job
     GET    /api/v1/queues          the account's queues with their limits and where each came from
     GET    /api/v1/cluster         members and this node's view of ownership
+    GET    /api/v1/regions         regions with their members, and the health of the origins the account uses
     POST   /internal/v1/...        node-to-node calls (edge.placement.peers), authenticated with the cluster keyring
     GET    /healthz /readyz        liveness, readiness
     GET    /metrics                Prometheus text
@@ -23,6 +24,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import httpx
@@ -30,7 +32,7 @@ import httpx
 from edge.config import AccountConfig, Config
 from edge.engine.queue import BacklogFull
 from edge.engine.records import JobRecord
-from edge.engine.spec import JobSpec, derived_idempotent_key, queue_key, validate_job
+from edge.engine.spec import JobSpec, queue_key, validate_job
 from edge.http.server import REFUSED_BODY_DRAIN_BYTES_MAX, send_whole_response
 from edge.metrics import NodeMetrics
 from edge.outbound.origins import parsed_url
@@ -53,6 +55,9 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 _JOB_PATH = re.compile(r"^/api/v1/jobs/([A-Za-z0-9_\-]{1,128})$")
 _JSON = b"application/json"
 INTERNAL_BODY_BYTES_MAX = 64 * 1024 * 1024  # a hand-off batch of queued jobs
+# What a node-to-node request carries beyond one job's body: a remote attempt is the job's method, URL, headers
+# and body (all inside the submitted JSON, so within server.body_bytes_max) plus a few fields of msgpack.
+INTERNAL_ENVELOPE_BYTES_MAX = 64 * 1024
 # One encoder for every response: `json.dumps` with options builds a new encoder per call.
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
@@ -71,6 +76,7 @@ class JobApi:
         is_ready: Callable[[], bool],
         internal: InternalRoutes | None = None,
         cluster_status: Callable[[], dict[str, Any]] | None = None,
+        regions_status: Callable[[str], dict[str, Any]] | None = None,
     ) -> None:
         self._config = config
         self._runtime = runtime
@@ -80,6 +86,11 @@ class JobApi:
         self._is_ready = is_ready
         self._internal = internal
         self._cluster_status = cluster_status
+        self._regions_status = regions_status
+        # 64 MiB takes any job at the default body limit (1 MiB); a node configured for larger jobs takes one more.
+        self._internal_body_bytes_max = max(
+            INTERNAL_BODY_BYTES_MAX, config.server.body_bytes_max + INTERNAL_ENVELOPE_BYTES_MAX
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -89,6 +100,8 @@ class JobApi:
             return
         try:
             status, body, content_type, headers = await self._route(scope, receive)
+        except _CallerGone:
+            return  # the caller reset its request (or closed its connection): no one is left to answer
         except Problem as problem:
             if problem.status in (413, 429):
                 self._metrics.jobs_refused.labels(str(problem.status)).inc()
@@ -107,8 +120,13 @@ class JobApi:
         if path == "/metrics" and method == "GET":
             return 200, self._metrics.render(), b"text/plain; version=0.0.4; charset=utf-8", {}
         if path.startswith(INTERNAL_PREFIX) and self._internal is not None:
-            raw = await _read_body(scope, receive, INTERNAL_BODY_BYTES_MAX)
-            reply = await self._internal.handle(method, path, _header(scope, AUTH_HEADER.lower().encode()), raw)
+            raw = await _read_body(scope, receive, self._internal_body_bytes_max)
+            auth_header = _header(scope, AUTH_HEADER.lower().encode())
+            reply = await self._internal.handle(
+                method, path, auth_header, raw, caller_gone=partial(_until_disconnected, receive)
+            )
+            if reply is None:
+                raise _CallerGone
             return 200, reply, INTERNAL_CONTENT_TYPE.encode(), {}
         if path == "/api/v1/cluster":
             _allow(method, "GET")
@@ -124,6 +142,12 @@ class JobApi:
             if method == "GET":
                 return 200, _dump(self._view(await self._owned_job(account, match[1]))), _JSON, {}
             return await self._cancel(account, match[1])
+        if path == "/api/v1/regions":
+            _allow(method, "GET")
+            account = self._authenticate(scope)
+            prefix = "free|" if account.plan == "free" else f"{account.id}|"
+            regions = self._regions_status(prefix) if self._regions_status else {"regions": []}
+            return 200, _dump(regions), _JSON, {}
         if path == "/api/v1/queues":
             _allow(method, "GET")
             account = self._authenticate(scope)
@@ -146,7 +170,7 @@ class JobApi:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise Problem(400, "Malformed JSON", f"the body is not valid JSON ({exc})", kind="malformed-json") from None
-        job = validate_job(data)
+        job = validate_job(data, account_id=account.id)
         _refuse_private(job, allow=self._config.security.allow_private_targets)
         record = self._new_record(account, job)
         try:
@@ -170,14 +194,14 @@ class JobApi:
                 headers={"Retry-After": "5"},
             ) from None
         (self._metrics.jobs_accepted if created else self._metrics.jobs_duplicate).inc()
-        body = {"job_id": stored.job_id, "status": stored.status, "idempotent_key": stored.idempotent_key}
+        body = {"job_id": stored.job_id, "status": submit_status(stored), "idempotent_key": stored.idempotent_key}
         return (201 if created else 200), _dump(body), _JSON, {"Location": f"/api/v1/jobs/{stored.job_id}"}
 
     def _new_record(self, account: AccountConfig, job: JobSpec) -> JobRecord:
         wall_ms = self._runtime.wall_ms()
         deadline_ms = job.deadline_ms or int(self._config.defaults.job_deadline_s * 1000)
-        idempotent_key = job.idempotent_key or derived_idempotent_key(account.id, job)
-        job = job.with_idempotent_key(idempotent_key)
+        idempotent_key = job.idempotent_key
+        assert idempotent_key is not None  # validate_job derived one for the account
         origin_queue = self._account_queues.enabled(job.origin)
         return JobRecord(
             job_id=f"job_{wall_ms}_{self._runtime.rng.randrange(10**12):012d}",
@@ -264,6 +288,27 @@ class JobApi:
                 headers={"WWW-Authenticate": 'Bearer realm="ezthrottle"'},
             )
         return account
+
+
+def submit_status(record: JobRecord) -> str:
+    """The submit answer's `status`: "racing" for a queued job that races several regions (the public SDKs'
+    integration test asserts it), else the job's status."""
+    spec = record.spec
+    if record.status == "queued" and spec.execution_mode == "race" and len(spec.regions) > 1:
+        return "racing"
+    return record.status
+
+
+class _CallerGone(Exception):
+    """An internal call ended early because its caller went away; nothing is sent."""
+
+
+async def _until_disconnected(receive: Receive) -> None:
+    """Return once the client has gone. Only for after the whole body was read: then the next message can only be
+    `http.disconnect` (hypercorn sends it when an HTTP/2 stream is reset or a connection closes; it does not cancel
+    the app)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _refuse_private(job: JobSpec, *, allow: bool) -> None:

@@ -56,6 +56,7 @@ class AccountQueueFlags:
         self._config = config
         self._shared = shared
         self._known = self._snapshot()  # what `on_change` callbacks were last told, by origin
+        self._configured: dict[str, bool] = {}  # the config's answer by origin, looked up once
         self._on_change: list[Callable[[str], None]] = []
 
     def subscribe(self, on_change: Callable[[str], None]) -> None:
@@ -65,10 +66,15 @@ class AccountQueueFlags:
         learned = self._shared.shared(SHARED_KEY_PREFIX + origin)
         if isinstance(learned, bool):
             return learned
-        target = self._config.target_for(origin)
-        if target is not None and target.account_queue is not None:
-            return target.account_queue
-        return self._config.defaults.account_queue
+        configured = self._configured.get(origin)
+        if configured is None:
+            target = self._config.target_for(origin)
+            configured = target.account_queue if target is not None and target.account_queue is not None else None
+            configured = self._config.defaults.account_queue if configured is None else configured
+            if len(self._configured) >= ORIGINS_MAX:
+                self._configured.clear()  # a cache of the immutable config: forgetting it costs a lookup
+            self._configured[origin] = configured
+        return configured
 
     def learned(self, origin: str, value: bool) -> None:
         """A response for `origin` carried the header: a new value is shared (and so saved), and `on_change` runs."""

@@ -14,25 +14,46 @@ Routes (all POST, so that every request is signed over a body):
     find      a job by id, if this node holds it                -> {record | None}
     cancel    cancel a queued job held here                     -> {record | None, found}
     queues    queues with a key prefix                          -> {queues}
+    attempt   run one outbound attempt here                     -> the attempt's result (below)
 
-Forwards are deadline-bounded, so requests get cancelled mid-stream; httpcore 1.0.9 needs a patch for that
-(edge/vendor/httpcore.py explains it), which `edge.node.run_node` installs with the other vendor patches.
+Remote attempts (multi-region execution): the key's owner keeps the queue, the pacing and the job record; an
+attempt "in region R" is run by a node of R through that node's own `Executor`, SSRF guard included, and the
+answer carries what the attempt produced. The serving node keeps no job state: when the caller goes away (it
+cancelled a race's loser, or died), the attempt is cancelled, which closes its upstream connection.
+
+    request  {method, url, headers: [[name, value], ...] | {name: value}, body: str | None,
+              timeouts: {connect_s, read_s, total_s}}
+    reply    {status_code: int | None, headers: [[name, value], ...], body: str, body_truncated, error: str | None,
+              retryable, duration_s}   (`edge.engine.outcome.AttemptResult`, field for field)
+
+Cancellation end to end: the caller cancels its `PeerClient.attempt`; httpcore (patched, edge/vendor/httpcore.py)
+sends RST_STREAM at once; hypercorn 0.18.0 does not cancel the app for a reset stream but puts `http.disconnect`
+on its `receive()`, which the API hands to `InternalRoutes.handle` as `caller_gone`; the attempt runs beside a task
+waiting on it, and is cancelled when it returns.
+
+Forwards are deadline-bounded and attempts get cancelled, so requests end mid-stream; httpcore 1.0.9 needs a patch
+for that (edge/vendor/httpcore.py explains it), which `edge.node.run_node` installs with the other vendor patches.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import msgpack
+import trio
 
 from cluster import Keyring
+from edge.engine.outcome import AttemptResult
 from edge.engine.queue import BacklogFull
 from edge.engine.records import JobRecord
+from edge.engine.shell.executor import Executor, Timeouts
 from edge.engine.shell.queues import QueueManager
-from edge.outbound.client import OutboundHttp
+from edge.outbound.client import OutboundHttp, read_capped
+from edge.outbound.origins import parse_http_url
 from edge.problems import Problem
 from edge.runtime import Runtime
 from edge.store import Store
@@ -43,6 +64,16 @@ PREFIX = "/internal/v1/"
 AUTH_HEADER = "X-EZThrottle-Cluster"
 CLOCK_SKEW_S_MAX = 30.0
 CONTENT_TYPE = "application/msgpack"
+# A reply larger than this is refused rather than held in memory. Replies are records, lists of queues, or an
+# attempt's result, whose body the serving executor caps at 1 MiB (up to 3 MiB as UTF-8 once undecodable bytes
+# are replaced); the largest request the API takes is as large (edge/http/api.py, INTERNAL_BODY_BYTES_MAX).
+REPLY_BYTES_MAX = 64 * 1024 * 1024
+# The longest attempt a node runs for a peer. Its caller normally gives up first (`PeerClient.attempt`); this
+# bounds what a peer that vanished without closing its connection (a partition) can leave running here.
+ATTEMPT_TIMEOUT_S_MAX = 3600.0
+
+# Waits until the caller of the request being served has gone (its stream was reset or its connection closed).
+CallerGone = Callable[[], Awaitable[None]]
 
 
 def _signed_part(timestamp: str, method: str, path: str, body: bytes) -> bytes:
@@ -85,15 +116,21 @@ class PeerClient:
     """Calls other nodes' internal API."""
 
     def __init__(self, *, keyring: Keyring | None, runtime: Runtime, timeout_s: float) -> None:
+        """`timeout_s` bounds each network step of a call (connect, each read and write); the forward deadline."""
         self._keyring = keyring
         self._runtime = runtime
         self._outbound = OutboundHttp(runtime.transport or httpx.AsyncHTTPTransport(http1=False, http2=True))
+        self._timeout_s = timeout_s
         self._timeout = httpx.Timeout(timeout_s)
 
     async def aclose(self) -> None:
         await self._outbound.aclose()
 
-    async def _call(self, api_address: str, route: str, doc: dict[str, Any]) -> dict[str, Any]:
+    async def _call(
+        self, api_address: str, route: str, doc: dict[str, Any], *, deadline_s: float | None = None
+    ) -> dict[str, Any]:
+        """One signed call; with `deadline_s`, the whole call (reply included) must end within it, and the peer
+        may stay silent that long (a remote attempt says nothing until its upstream answered)."""
         path = PREFIX + route
         body = _pack(doc)
         headers = {"Content-Type": CONTENT_TYPE}
@@ -101,15 +138,21 @@ class PeerClient:
             headers[AUTH_HEADER] = sign_request(
                 self._keyring, method="POST", path=path, body=body, wall_s=self._runtime.wall_clock()
             )
+        timeout = self._timeout if deadline_s is None else httpx.Timeout(self._timeout_s, read=deadline_s)
         try:
-            async with self._outbound.stream(
-                "POST", f"http://{api_address}{path}", headers=headers, content=body, timeout=self._timeout
-            ) as response:
-                reply = await response.aread()
+            with trio.fail_after(math.inf if deadline_s is None else deadline_s):
+                async with self._outbound.stream(
+                    "POST", f"http://{api_address}{path}", headers=headers, content=body, timeout=timeout
+                ) as response:
+                    reply, truncated = await read_capped(response, REPLY_BYTES_MAX)
+        except trio.TooSlowError:
+            raise PeerError(f"{api_address}: no answer within {deadline_s:g} s") from None
         except httpx.HTTPError as exc:
             raise PeerError(f"{api_address}: {type(exc).__name__}") from exc
         if response.status_code != 200:
             raise PeerError(f"{api_address}: HTTP {response.status_code}")
+        if truncated:
+            raise PeerError(f"{api_address}: reply over {REPLY_BYTES_MAX} bytes")
         try:
             return _unpack(reply)
         except (ValueError, msgpack.ExtraData) as exc:
@@ -138,15 +181,122 @@ class PeerClient:
     async def queues(self, api_address: str, prefix: str) -> list[dict[str, Any]]:
         return list((await self._call(api_address, "queues", {"prefix": prefix}))["queues"])
 
+    async def attempt(
+        self,
+        api_address: str,
+        *,
+        method: str,
+        url: str | httpx.URL,
+        headers: dict[str, str],
+        body: str | None,
+        timeouts: Timeouts,
+    ) -> AttemptResult:
+        """Run one attempt on the node at `api_address` and return what it produced there.
+
+        The call may take the attempt's whole `total_s` plus the forward deadline (for reaching the peer and
+        carrying the answer back). PeerError when the peer cannot be reached, refuses the call or does not answer
+        in that time; the caller decides where to go next. Cancelling this call resets its HTTP/2 stream, and the
+        serving node then cancels the attempt (the module docstring).
+        """
+        doc = {
+            "method": method,
+            "url": str(url),
+            "headers": [[name, value] for name, value in headers.items()],
+            "body": body,
+            "timeouts": {"connect_s": timeouts.connect_s, "read_s": timeouts.read_s, "total_s": timeouts.total_s},
+        }
+        reply = await self._call(api_address, "attempt", doc, deadline_s=timeouts.total_s + self._timeout_s)
+        try:
+            return attempt_result_from_wire(reply)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PeerError(f"{api_address}: unreadable attempt reply ({exc})") from None
+
+
+def attempt_result_to_wire(result: AttemptResult) -> dict[str, Any]:
+    return {
+        "status_code": result.status_code,
+        "headers": [[name, value] for name, value in result.headers],
+        "body": result.body,
+        "body_truncated": result.body_truncated,
+        "error": result.error,
+        "retryable": result.retryable,
+        "duration_s": result.duration_s,
+    }
+
+
+def attempt_result_from_wire(doc: dict[str, Any]) -> AttemptResult:
+    """The inverse of `attempt_result_to_wire`; KeyError, TypeError or ValueError for anything else."""
+    status_code, error = doc["status_code"], doc["error"]
+    if status_code is not None and type(status_code) is not int:
+        raise TypeError("status_code is not an integer")
+    if error is not None and not isinstance(error, str):
+        raise TypeError("error is not a string")
+    if status_code is None and error is None:
+        raise ValueError("neither a status code nor an error")
+    duration_s = doc["duration_s"]
+    if type(duration_s) not in (int, float) or not math.isfinite(duration_s) or duration_s < 0:
+        raise ValueError("duration_s is not a duration")
+    return AttemptResult(
+        duration_s=float(duration_s),
+        status_code=status_code,
+        headers=tuple(_string_pairs(doc["headers"], "headers")),
+        body=_string(doc["body"], "body"),
+        body_truncated=_flag(doc["body_truncated"], "body_truncated"),
+        error=error,
+        retryable=_flag(doc["retryable"], "retryable"),
+    )
+
+
+def _string(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{field} is not a string")
+    return value
+
+
+def _flag(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{field} is not a boolean")
+    return value
+
+
+def _string_pairs(value: Any, field: str) -> list[tuple[str, str]]:
+    """`[[name, value], ...]` or `{name: value}` as a list of string pairs."""
+    if isinstance(value, dict):
+        value = list(value.items())
+    if not isinstance(value, list):
+        raise TypeError(f"{field} is neither a list of pairs nor a map")
+    pairs: list[tuple[str, str]] = []
+    for item in value:
+        if not isinstance(item, list | tuple) or len(item) != 2 or not all(isinstance(part, str) for part in item):
+            raise TypeError(f"{field} holds something other than a pair of strings")
+        pairs.append((item[0], item[1]))
+    return pairs
+
+
+def _timeout_s(timeouts: Any, name: str) -> float:
+    value = timeouts[name]
+    if type(value) not in (int, float) or not 0 < value <= ATTEMPT_TIMEOUT_S_MAX:
+        raise Problem(
+            400,
+            "Malformed request",
+            f"timeouts.{name} must be a number of seconds in (0, {ATTEMPT_TIMEOUT_S_MAX:g}]",
+            field=f"timeouts.{name}",
+        )
+    return float(value)
+
 
 class InternalRoutes:
-    """The serving side: authenticate, then hand each call to the local queue manager and store."""
+    """The serving side: authenticate, then hand each call to the local queue manager and store, or (attempts) to
+    the node's executor."""
 
-    def __init__(self, *, keyring: Keyring | None, runtime: Runtime, manager: QueueManager, store: Store) -> None:
+    def __init__(
+        self, *, keyring: Keyring | None, runtime: Runtime, manager: QueueManager, store: Store, executor: Executor
+    ) -> None:
         self._keyring = keyring
         self._runtime = runtime
         self._manager = manager
         self._store = store
+        self._executor = executor
         self._routes: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
             "jobs": self._jobs,
             "handoff": self._handoff,
@@ -154,23 +304,71 @@ class InternalRoutes:
             "cancel": self._cancel,
             "queues": self._queues,
         }
+        # Routes whose work is abandoned when the caller goes away; None from them means it went away.
+        self._watched_routes: dict[str, Callable[[dict[str, Any], CallerGone], Awaitable[dict[str, Any] | None]]] = {
+            "attempt": self._attempt,
+        }
 
-    async def handle(self, method: str, path: str, auth_header: str, body: bytes) -> bytes:
+    async def handle(
+        self, method: str, path: str, auth_header: str, body: bytes, *, caller_gone: CallerGone | None = None
+    ) -> bytes | None:
+        """The reply to one call, or None when the caller went away before it (only a route that watches for that
+        ends early, and only when `caller_gone` is given: it returns once the caller has gone)."""
         if self._keyring is not None and not verify_request(
             self._keyring, auth_header, method=method, path=path, body=body, wall_s=self._runtime.wall_clock()
         ):
             raise Problem(401, "Unauthorized", "cluster authentication failed", kind="cluster-unauthorized")
-        route = self._routes.get(path.removeprefix(PREFIX))
-        if route is None or method != "POST":
+        name = path.removeprefix(PREFIX)
+        if method != "POST" or (name not in self._routes and name not in self._watched_routes):
             raise Problem(404, "Not found", f"no internal route {path}")
         try:
             doc = _unpack(body)
         except (ValueError, msgpack.ExtraData):
             raise Problem(400, "Malformed request", "the body is not a msgpack map") from None
         try:
-            return _pack(await route(doc))
+            if name in self._routes:
+                return _pack(await self._routes[name](doc))
+            reply = await self._watched_routes[name](doc, caller_gone or trio.sleep_forever)
         except (KeyError, TypeError) as exc:
             raise Problem(400, "Malformed request", f"missing or mistyped field: {exc}") from None
+        return None if reply is None else _pack(reply)
+
+    async def _attempt(self, doc: dict[str, Any], caller_gone: CallerGone) -> dict[str, Any] | None:
+        method, url = _string(doc["method"], "method"), _string(doc["url"], "url")
+        try:
+            parsed = parse_http_url(url)
+        except ValueError as exc:
+            raise Problem(400, "Malformed request", f"url: {exc}", field="url") from None
+        headers: dict[str, str] = {}
+        for name, value in _string_pairs(doc["headers"], "headers"):
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value  # RFC 9110 §5.3
+        body = doc["body"]
+        if body is not None:
+            body = _string(body, "body")
+        raw_timeouts = doc["timeouts"]
+        if not isinstance(raw_timeouts, dict):
+            raise TypeError("timeouts is not a map")
+        timeouts = Timeouts(
+            connect_s=_timeout_s(raw_timeouts, "connect_s"),
+            read_s=_timeout_s(raw_timeouts, "read_s"),
+            total_s=_timeout_s(raw_timeouts, "total_s"),
+        )
+        result: AttemptResult | None = None
+        async with trio.open_nursery() as nursery:
+
+            async def abandon_when_gone() -> None:
+                await caller_gone()
+                nursery.cancel_scope.cancel()  # the executor's request is cancelled: its connection closes
+
+            nursery.start_soon(abandon_when_gone)
+            result = await self._executor.execute(
+                method=method, url=parsed, headers=headers, body=body, timeouts=timeouts
+            )
+            nursery.cancel_scope.cancel()
+        if result is None:
+            log.debug("a remote attempt was abandoned: its caller went away")
+            return None
+        return attempt_result_to_wire(result)
 
     async def _jobs(self, doc: dict[str, Any]) -> dict[str, Any]:
         try:

@@ -93,7 +93,7 @@ class MemoryStore:
         return self._data
 
     async def insert_job(self, record: JobRecord) -> tuple[JobRecord, bool]:
-        job = EncodedJob.of(record)
+        job, copy = EncodedJob.of(record), record.copy()  # what was stored, without decoding it back
         data = await self._begin()
         existing_id = data.job_id_by_idempotency.get(job.idempotency)
         if existing_id is not None:
@@ -101,7 +101,7 @@ class MemoryStore:
         if job.job_id in data.jobs:
             raise StoreError(f"job_id {job.job_id!r} already exists under another idempotent_key")
         self._put(data, job)
-        return job.decode(), True
+        return copy, True
 
     async def save_job(self, record: JobRecord) -> None:
         job = EncodedJob.of(record)

@@ -208,10 +208,11 @@ def _decode_one(row: tuple[str, str, bytes], connection: sqlite3.Connection) -> 
     return overlay_deliveries(decode_record(blob), webhook_outcome, saved)
 
 
-def _insert_job(job: EncodedJob, connection: sqlite3.Connection) -> tuple[JobRecord, bool]:
+def _insert_job(job: EncodedJob, copy: JobRecord, connection: sqlite3.Connection) -> tuple[JobRecord, bool]:
     if connection.execute(_INSERT_UNLESS_DUPLICATE_SQL, _row(job)).rowcount:
-        # Delivery rows never outlive their job (the trigger), so a new job has none.
-        return job.decode(), True
+        # Delivery rows never outlive their job (the trigger), so a new job has none. `copy` was taken with the
+        # encoding, so it is what was stored, without decoding it back.
+        return copy, True
     row = connection.execute(_SELECT_BY_IDEMPOTENCY_SQL, job.idempotency).fetchone()
     return _decode_one(row, connection), False
 
@@ -334,7 +335,8 @@ class SqliteStore:
         return operation.outcome()
 
     async def insert_job(self, record: JobRecord) -> tuple[JobRecord, bool]:
-        return await self._call("insert_job", functools.partial(_insert_job, EncodedJob.of(record)))
+        job, copy = EncodedJob.of(record), record.copy()
+        return await self._call("insert_job", functools.partial(_insert_job, job, copy))
 
     async def save_job(self, record: JobRecord) -> None:
         await self._call("save_job", functools.partial(_save_job, EncodedJob.of(record)))

@@ -20,21 +20,26 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import Any, Protocol
 
+import httpx
 import trio
 
 from edge.config import Config
+from edge.engine.legs import RegionView
 from edge.engine.outcome import AttemptResult
 from edge.engine.queue import (
     IDLE,
+    BacklogFull,
+    Conclude,
     Dispatch,
-    Expire,
+    LegResult,
     OutboundQueue,
     Queues,
     RetrySettings,
     Settlement,
     WaitUntil,
+    wins,
 )
 from edge.engine.records import JobRecord
 from edge.engine.shell.executor import Executor, Timeouts
@@ -45,6 +50,52 @@ from edge.store import Store, StoreError
 from scheduler import QueueLimits
 
 log = logging.getLogger("ezthrottle.queues")
+
+
+class AttemptRunner(Protocol):
+    """Runs one attempt and reports its result, never raising for network trouble (Executor, or a remote node)."""
+
+    async def execute(
+        self,
+        *,
+        method: str,
+        url: str | httpx.URL,
+        headers: dict[str, str],
+        body: str | None,
+        timeouts: Timeouts,
+    ) -> AttemptResult: ...
+
+
+class Placement(Protocol):
+    """Where attempts run: what the owner knows of regions, and a runner for each (edge/placement/regions.py)."""
+
+    def view(self) -> RegionView: ...
+
+    def runner(self, region: str, key: str) -> AttemptRunner: ...
+
+    def started(self, origin: str, region: str) -> None: ...
+
+    def finished(self, origin: str, region: str, result: AttemptResult | None) -> None: ...
+
+
+class LocalPlacement:
+    """A node alone: every attempt runs here, whatever region it names."""
+
+    def __init__(self, executor: AttemptRunner, region: str = "") -> None:
+        self._executor = executor
+        self._view = RegionView.single(region)
+
+    def view(self) -> RegionView:
+        return self._view
+
+    def runner(self, region: str, key: str) -> AttemptRunner:
+        return self._executor
+
+    def started(self, origin: str, region: str) -> None:
+        pass
+
+    def finished(self, origin: str, region: str, result: AttemptResult | None) -> None:
+        pass
 
 
 class _QueueTask:
@@ -72,6 +123,7 @@ class QueueManager:
         webhooks: WebhookDeliverer,
         metrics: NodeMetrics,
         owns: Callable[[str], bool] = lambda key: True,
+        placement: Placement | None = None,
         on_account_queue: Callable[[str, bool], None] | None = None,
     ) -> None:
         self._config = config
@@ -79,7 +131,7 @@ class QueueManager:
         self._on_account_queue = on_account_queue
         self._runtime = runtime
         self._store = store
-        self._executor = executor
+        self._placement: Placement = placement or LocalPlacement(executor)
         self._webhooks = webhooks
         self._metrics = metrics
         defaults = config.defaults
@@ -118,13 +170,17 @@ class QueueManager:
         With `admit`, a new job is refused (BacklogFull) when its account already has `server.account_backlog_max`
         unfinished jobs here. The check runs on the node that holds the queue, whichever node the client called;
         jobs handed over from another node were acknowledged already and are never refused."""
-        if admit:
-            self._queues.admit(record.account_id, self._config.server.account_backlog_max)
+        try:
+            self._queues.admit(record.account_id, self._config.server.account_backlog_max if admit else None)
+        except BacklogFull:
+            duplicate = self._queues.live_duplicate(record.account_id, record.idempotent_key)
+            if duplicate is None:
+                raise
+            return duplicate, False
         try:
             stored, created = await self._store.insert_job(record)
         finally:
-            if admit:
-                self._queues.admitted(record.account_id)
+            self._queues.admitted(record.account_id)
         if not created:
             return self._queues.live_job(stored.job_id) or stored, False
         self._enqueue(stored)
@@ -257,12 +313,17 @@ class QueueManager:
         task = self._tasks[queue.key]
         async with trio.open_nursery() as attempts:
             while True:
-                decision = queue.next(trio.current_time(), self._runtime.wall_ms(), may_dispatch=self._owns(queue.key))
+                decision = queue.next(
+                    trio.current_time(),
+                    self._runtime.wall_ms(),
+                    may_dispatch=self._owns(queue.key),
+                    regions=self._placement.view(),
+                )
                 if isinstance(decision, Dispatch):
                     self._metrics.queue_depth.dec()
                     self._metrics.in_flight.inc()
-                    attempts.start_soon(self._attempt, queue, decision.record, name=f"attempt {decision.record.job_id}")
-                elif isinstance(decision, Expire):
+                    attempts.start_soon(self._attempt, queue, decision, name=f"attempt {decision.record.job_id}")
+                elif isinstance(decision, Conclude):
                     self._metrics.queue_depth.dec()
                     attempts.start_soon(self._save_logged, queue, decision.settlement)
                 elif isinstance(decision, WaitUntil):
@@ -277,16 +338,56 @@ class QueueManager:
                     self._metrics.active_queues.dec()
                     return
 
-    async def _attempt(self, queue: OutboundQueue, record: JobRecord) -> None:
+    async def _attempt(self, queue: OutboundQueue, dispatch: Dispatch) -> None:
+        record, plan = dispatch.record, dispatch.legs
         try:
-            result = await self._send(record, queue.origin)
-            settlement = queue.settle(
-                record.job_id, result, trio.current_time(), self._runtime.wall_ms(), self._runtime.rng
+            if plan.mode == "single":
+                legs = [LegResult(plan.regions[0], await self._run_leg(queue, record, plan.regions[0]))]
+            else:
+                legs = await self._run_legs(queue, record, plan.regions, race=plan.mode == "race")
+            settlement = queue.settle_legs(
+                record.job_id,
+                legs,
+                trio.current_time(),
+                self._runtime.wall_ms(),
+                self._runtime.rng,
+                regions=self._placement.view(),
+                mode=plan.mode,
             )
         finally:
             self._metrics.in_flight.dec()
-        self._count(result, settlement)
+        for leg in legs:
+            if leg.result is not None:
+                self._count(leg.result)
+        self._count_settlement(settlement)
         await self._save_logged(queue, settlement)
+
+    async def _run_legs(
+        self, queue: OutboundQueue, record: JobRecord, regions: tuple[str, ...], *, race: bool
+    ) -> list[LegResult]:
+        """Every leg at once in one nursery: a race cancels the others when one wins; a fanout waits for all."""
+        results: dict[str, AttemptResult | None] = dict.fromkeys(regions)
+        async with trio.open_nursery() as legs:
+
+            async def leg(region: str) -> None:
+                result = await self._run_leg(queue, record, region)
+                results[region] = result
+                if race and wins(result):
+                    legs.cancel_scope.cancel()  # the losers' cancel scopes end their requests, here or remote
+
+            for region in regions:
+                legs.start_soon(leg, region, name=f"attempt {record.job_id} in {region or 'owner'}")
+        return [LegResult(region, results[region]) for region in regions]
+
+    async def _run_leg(self, queue: OutboundQueue, record: JobRecord, region: str) -> AttemptResult:
+        origin = queue.origin
+        self._placement.started(origin, region)
+        result: AttemptResult | None = None
+        try:
+            result = await self._send(self._placement.runner(region, queue.key), record, origin)
+            return result
+        finally:
+            self._placement.finished(origin, region, result)  # None: cancelled (a race's loser)
 
     async def _save_logged(self, queue: OutboundQueue, settlement: Settlement) -> None:
         """Save a settlement from a queue task: a store failure is logged, and the job waits to run again."""
@@ -317,23 +418,25 @@ class QueueManager:
         else:
             self._metrics.queue_depth.inc()
 
-    def _count(self, result: AttemptResult, settlement: Settlement) -> None:
-        if settlement.malformed_headers:
-            self._metrics.malformed_headers.inc(settlement.malformed_headers)
+    def _count(self, result: AttemptResult) -> None:
         if result.status_code is not None:
             self._metrics.upstream_latency.observe(result.duration_s)
+
+    def _count_settlement(self, settlement: Settlement) -> None:
+        if settlement.malformed_headers:
+            self._metrics.malformed_headers.inc(settlement.malformed_headers)
         if settlement.rate_limited:
             self._metrics.upstream_429.inc()
         self._metrics.attempts.labels(settlement.label).inc()
         if settlement.account_queue is not None and self._on_account_queue is not None:
             self._on_account_queue(settlement.record.spec.origin, settlement.account_queue)
 
-    async def _send(self, record: JobRecord, origin: str) -> AttemptResult:
+    async def _send(self, runner: AttemptRunner, record: JobRecord, origin: str) -> AttemptResult:
         spec = record.spec
         headers = dict(spec.headers)
         if spec.send_idempotency_key and not any(h.lower() == "idempotency-key" for h in headers):
             headers["Idempotency-Key"] = record.idempotent_key
-        return await self._executor.execute(
+        return await runner.execute(
             method=spec.method,
             url=spec.parsed_url,
             headers=headers,

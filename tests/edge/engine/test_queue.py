@@ -17,8 +17,8 @@ from edge.engine.outcome import AttemptResult
 from edge.engine.queue import (
     IDLE,
     STORE_RETRY_S,
+    Conclude,
     Dispatch,
-    Expire,
     OutboundQueue,
     Queues,
     RetrySettings,
@@ -162,7 +162,7 @@ def test_next_expires_a_job_past_its_deadline(deadline_at_ms: int, expired: bool
     queue = make_queue()
     queue.push(make_record(deadline_at_ms=deadline_at_ms), NOW0)
     decision = queue.next(NOW0, WALL0)
-    assert isinstance(decision, Expire if expired else Dispatch)
+    assert isinstance(decision, Conclude if expired else Dispatch)
     assert queue.in_flight == 1
 
 
@@ -172,7 +172,7 @@ def test_an_expiry_counts_in_flight_until_commit():
     queue.push(make_record("fresh"), NOW0)
 
     decision = queue.next(NOW0, WALL0)
-    assert isinstance(decision, Expire)
+    assert isinstance(decision, Conclude)
     settlement = decision.settlement
     assert (settlement.next_step, settlement.label, settlement.is_terminal) == ("done", "expired", True)
     expired = settlement.record
@@ -501,12 +501,12 @@ def test_abort_of_an_expiry_waits_store_retry_s_then_expires_again():
     record = make_record(deadline_at_ms=WALL0 - 1)
     queue.push(record, NOW0)
     decision = queue.next(NOW0, WALL0)
-    assert isinstance(decision, Expire)
+    assert isinstance(decision, Conclude)
 
     queue.abort(decision.settlement, NOW0)
     assert queue.in_flight == 0 and queue.record("job-1") == record
     assert queue.next(NOW0, WALL0) == WaitUntil(NOW0 + STORE_RETRY_S)
-    assert isinstance(queue.next(NOW0 + STORE_RETRY_S, WALL0 + 5000), Expire)
+    assert isinstance(queue.next(NOW0 + STORE_RETRY_S, WALL0 + 5000), Conclude)
 
 
 def test_abort_of_a_cancel_gives_the_job_its_place_back():
@@ -552,7 +552,7 @@ def test_cancel_of_a_running_unknown_or_expiring_job_is_none():
     queue.push(make_record("running"), NOW0 - 1)
     queue.push(make_record("expiring", deadline_at_ms=WALL0), NOW0)
     dispatch(queue)
-    assert isinstance(queue.next(NOW0 + 1, WALL0), Expire)
+    assert isinstance(queue.next(NOW0 + 1, WALL0), Conclude)
     in_flight = queue.in_flight
 
     for job_id in ("running", "unknown", "expiring"):
@@ -660,7 +660,7 @@ def test_cancelled_and_expired_jobs_are_released_when_settled():
     queues.push(make_record("b", deadline_at_ms=WALL0), NOW0)
     cancel = queue.cancel("a", WALL0)
     expiry = queue.next(NOW0, WALL0)
-    assert cancel is not None and isinstance(expiry, Expire)
+    assert cancel is not None and isinstance(expiry, Conclude)
     for settlement in (cancel, expiry.settlement):
         queue.commit(settlement)
         queues.settled(settlement)
@@ -792,7 +792,7 @@ def out_of_line(pending: str) -> tuple[Queues, OutboundQueue, Settlement]:
         assert settlement is not None
     else:
         decision = queue.next(NOW0, WALL0)
-        assert isinstance(decision, Expire)
+        assert isinstance(decision, Conclude)
         settlement = decision.settlement
     assert queue.record("a").status == "queued" and queue.depth == 1  # type: ignore[union-attr]
     return queues, queue, settlement

@@ -24,7 +24,7 @@ def test_defaults_follow_the_contract():
         "max_retries": 3,
         "max_reroutes": 2,
         "retry_codes": [429, 503],
-        "reroute_codes": [500, 502],
+        "reroute_codes": [500, 502, 504],
     }
 
 
