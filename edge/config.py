@@ -172,6 +172,13 @@ def _header_name(value: Any) -> str:
     return value.lower()
 
 
+def _ip_literal(value: Any) -> str:
+    try:
+        return str(ipaddress.ip_address(value if isinstance(value, str) else ""))
+    except ValueError:
+        raise _Invalid("must be an IP address literal of this machine (IPv4 or IPv6), such as 10.0.0.5") from None
+
+
 def _path(value: Any) -> Path:
     if not isinstance(value, str | Path) or not str(value):
         raise _Invalid("must be a non-empty path")
@@ -363,6 +370,9 @@ class HttpClientConfig(_Validated):
     max_connections: int = _setting(200, _integer(1))
     max_keepalive_connections: int = _setting(100, _integer(0))
     keepalive_expiry_s: float = _setting(30, _number(0))
+    # Bind outbound connections (jobs, webhooks) to this local address: a fixed egress source for providers'
+    # allow-lists; on one machine, a way to tell nodes apart (all of 127.0.0.0/8 is loopback on Linux).
+    source_address: str | None = _setting(None, _optional(_ip_literal), text=True)
 
     def _check(self) -> None:
         if self.max_keepalive_connections > self.max_connections:

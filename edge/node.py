@@ -92,6 +92,7 @@ def build_outbound(config: Config, runtime: Runtime) -> OutboundHttp:
             max_connections=settings.max_connections,
             max_keepalive_connections=settings.max_keepalive_connections,
             keepalive_expiry_s=settings.keepalive_expiry_s,
+            local_address=settings.source_address,
         )
     )
 

@@ -249,9 +249,10 @@ class _GuardedTransport(httpx.AsyncHTTPTransport):
     streams leak in httpcore 1.0.9 (stack-notes), and racing cancels requests all the time.
     """
 
-    def __init__(self, *, resolver: Resolver, limits: httpx.Limits) -> None:
+    def __init__(self, *, resolver: Resolver, limits: httpx.Limits, local_address: str | None = None) -> None:
         super().__init__(limits=limits, http1=True, http2=False)
         self._pool = httpcore.AsyncConnectionPool(
+            local_address=local_address,
             ssl_context=httpx.create_ssl_context(),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
@@ -269,8 +270,10 @@ def guarded_transport(
     max_connections: int,
     max_keepalive_connections: int,
     keepalive_expiry_s: float,
+    local_address: str | None = None,
 ) -> httpx.AsyncBaseTransport:
-    """The outbound transport for jobs and webhooks: pooled HTTP/1.1, address-checked at connect time.
+    """The outbound transport for jobs and webhooks: pooled HTTP/1.1, address-checked at connect time, its
+    connections bound to `local_address` when one is given.
 
     With `allow_private` it is a plain pooled transport (the operator opted out of the policy).
     Pass it to `httpx.AsyncClient(transport=...)`; an explicit transport also stops httpx from routing through
@@ -282,5 +285,5 @@ def guarded_transport(
         keepalive_expiry=keepalive_expiry_s,
     )
     if allow_private:
-        return httpx.AsyncHTTPTransport(limits=limits, http1=True, http2=False)
-    return _GuardedTransport(resolver=resolver, limits=limits)
+        return httpx.AsyncHTTPTransport(limits=limits, http1=True, http2=False, local_address=local_address)
+    return _GuardedTransport(resolver=resolver, limits=limits, local_address=local_address)

@@ -16,15 +16,26 @@ KEY_HEX = "7a" * 32
 
 
 def node_config(
-    tmp_path: Path, name: str, gossip: dict[str, int], *, forward_deadline_s: float = 5.0, server_extra: str = ""
+    tmp_path: Path,
+    name: str,
+    gossip: dict[str, int],
+    *,
+    forward_deadline_s: float = 5.0,
+    server_extra: str = "",
+    region: str | None = None,
+    extra: str = "",
 ) -> Config:
-    """A node of a loopback cluster: gossip on `gossip[name]`, the other ports as seeds, its own data dir."""
+    """A node of a loopback cluster: gossip on `gossip[name]`, the other ports as seeds, its own data dir.
+    `region` goes in [cluster]; `extra` is more TOML after it (whole sections)."""
     seeds = ", ".join(f'"127.0.0.1:{port}"' for peer, port in gossip.items() if peer != name)
     api_port = free_port()
     cluster = (
         f'[cluster]\nbind = "127.0.0.1:{gossip[name]}"\nseeds = [{seeds}]\nkeys = ["{KEY_HEX}"]\n'
         f'profile = "local"\nforward_deadline_s = {forward_deadline_s}\njoin_wait_s = 1\n'
     )
+    if region is not None:
+        cluster += f'region = "{region}"\n'
+    cluster += extra
     directory = tmp_path / name
     directory.mkdir(exist_ok=True)
     path = write_config(directory, cluster, server_extra=f'node_id = "{name}"\n{server_extra}')

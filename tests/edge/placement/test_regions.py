@@ -1,0 +1,181 @@
+"""Attempts in regions, end to end: three real nodes in one process (real UDP gossip, real HTTP/2 between them), one
+per region, each binding its outbound connections to its own loopback source address (`[http_client]
+source_address`), so a real upstream on 127.0.0.1 can tell which region ran each attempt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from edge.node import Node
+from tests.e2e.support import auth, free_port, serve
+from tests.edge.placement.support import node_config, start, wait_members
+
+REGIONS = {"iad": "127.0.0.11", "lax": "127.0.0.12", "ord": "127.0.0.13"}
+REGION_OF_SOURCE = {address: region for region, address in REGIONS.items()}
+# Pacing and concurrency out of the way: a race's three legs start together.
+LIMITS = "[defaults]\nrps = 1000\nmax_concurrent = 8\nmax_retries = 0\n"
+
+
+@dataclass
+class Visit:
+    region: str
+    path: str
+    started: float
+    status: int
+    disconnected: float | None = None
+    answered: float | None = None
+
+
+@dataclass
+class RegionUpstream:
+    """Answers by region (the caller's source address): a delay and a status per region, recording every visit and
+    whether the caller hung up before the answer."""
+
+    delays: dict[str, float] = field(default_factory=dict)
+    statuses: dict[str, int] = field(default_factory=dict)
+    visits: list[Visit] = field(default_factory=list)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        region = REGION_OF_SOURCE.get(scope["client"][0], "?")
+        visit = Visit(region, scope["path"], trio.current_time(), self.statuses.get(region, 200))
+        self.visits.append(visit)
+        while (await receive()).get("more_body"):
+            pass
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                if (await receive())["type"] == "http.disconnect":
+                    visit.disconnected = trio.current_time()
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            await trio.sleep(self.delays.get(region, 0.0))
+            body = f'{{"region":"{region}"}}'.encode()
+            headers = [(b"content-type", b"application/json")]
+            await send({"type": "http.response.start", "status": visit.status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            visit.answered = trio.current_time()
+            nursery.cancel_scope.cancel()
+
+    def regions_seen(self) -> list[str]:
+        return [visit.region for visit in self.visits]
+
+
+@dataclass
+class Cluster:
+    nodes: dict[str, Node]
+    scopes: dict[str, trio.CancelScope]
+    upstream: RegionUpstream
+    url: str
+
+    async def submit(self, client: httpx.AsyncClient, **job: Any) -> dict[str, Any]:
+        answer = await client.post("/api/v1/jobs", json={"url": f"{self.url}/x", **job}, headers=auth())
+        assert answer.status_code == 201, answer.text
+        return dict(answer.json())
+
+    async def finished(self, client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
+        with trio.fail_after(20):
+            while True:
+                view = (await client.get(f"/api/v1/jobs/{job_id}", headers=auth())).json()
+                if view["status"] in ("success", "failed", "cancelled"):
+                    return dict(view)
+                await trio.sleep(0.05)
+
+
+@pytest.fixture
+async def cluster(nursery: trio.Nursery, tmp_path: Path) -> Cluster:
+    upstream = RegionUpstream()
+    url = await serve(nursery, upstream)
+    gossip = {region: free_port() for region in REGIONS}
+    nodes, scopes = {}, {}
+    for region, source in REGIONS.items():
+        extra = f'{LIMITS}[http_client]\nsource_address = "{source}"\n'
+        config = node_config(tmp_path, region, gossip, region=region, extra=extra)
+        nodes[region], scopes[region] = await start(nursery, config)
+    for node in nodes.values():
+        await wait_members(node, len(REGIONS))
+    return Cluster(nodes, scopes, upstream, url)
+
+
+async def test_an_attempt_runs_in_the_region_the_job_names(cluster: Cluster) -> None:
+    async with httpx.AsyncClient(base_url=cluster.nodes["iad"].base_url) as client:
+        for region in REGIONS:
+            job = await cluster.submit(client, regions=[region], idempotent_key=f"in-{region}")
+            assert job["status"] == "queued"
+            view = await cluster.finished(client, job["job_id"])
+            assert view["status"] == "success" and [a["region"] for a in view["attempts"]] == [region]
+        regions = (await client.get("/api/v1/regions", headers=auth())).json()
+    assert cluster.upstream.regions_seen() == list(REGIONS)
+    # The view is the owner's of the node asked; every region is up on every node.
+    assert {r["region"] for r in regions["regions"] if r["up"]} == set(REGIONS)
+
+
+async def test_a_race_is_won_by_the_fastest_region_and_the_losers_are_cut_off(cluster: Cluster) -> None:
+    cluster.upstream.delays.update(iad=0.05, lax=0.5, ord=1.5)
+    async with httpx.AsyncClient(base_url=cluster.nodes["ord"].base_url) as client:
+        job = await cluster.submit(client, regions=list(REGIONS), idempotent_key="race")
+        assert job["status"] == "racing"
+        view = await cluster.finished(client, job["job_id"])
+    assert view["status"] == "success" and view["response"]["body"] == '{"region":"iad"}'
+    outcomes = {a["region"]: a["outcome"] for a in view["attempts"]}
+    assert outcomes == {"iad": "won", "lax": "cancelled", "ord": "cancelled"}
+    visits = {visit.region: visit for visit in cluster.upstream.visits}
+    assert sorted(visits) == sorted(REGIONS)  # every region was started
+    won_at = visits["iad"].answered
+    assert won_at is not None
+    for loser in ("lax", "ord"):
+        # The upstream sees each loser hang up, soon after the win, long before its own answer was due.
+        disconnected = visits[loser].disconnected
+        assert disconnected is not None and visits[loser].answered is None
+        assert disconnected - won_at < 0.25, (loser, disconnected - won_at)
+
+
+async def test_a_500_reroutes_to_another_region(cluster: Cluster) -> None:
+    cluster.upstream.statuses["iad"] = 500
+    async with httpx.AsyncClient(base_url=cluster.nodes["lax"].base_url) as client:
+        job = await cluster.submit(client, regions=["iad"], idempotent_key="reroute")
+        view = await cluster.finished(client, job["job_id"])
+    assert view["status"] == "success"
+    attempts = [(a["region"], a["outcome"], a["status_code"]) for a in view["attempts"]]
+    assert attempts[0] == ("iad", "rerouted", 500)
+    assert attempts[1][0] in ("lax", "ord") and attempts[1][1:] == ("won", 200)
+    assert cluster.upstream.regions_seen()[0] == "iad"
+
+
+async def test_a_strict_job_never_leaves_its_regions(cluster: Cluster) -> None:
+    cluster.upstream.statuses["iad"] = 502
+    async with httpx.AsyncClient(base_url=cluster.nodes["ord"].base_url) as client:
+        job = await cluster.submit(client, regions=["iad"], region_policy="strict", idempotent_key="strict")
+        view = await cluster.finished(client, job["job_id"])
+    assert view["status"] == "failed" and view["response"]["status_code"] == 502
+    assert cluster.upstream.regions_seen() == ["iad"]
+
+
+async def test_a_fanout_runs_once_in_every_named_region(cluster: Cluster) -> None:
+    async with httpx.AsyncClient(base_url=cluster.nodes["iad"].base_url) as client:
+        job = await cluster.submit(client, regions=["lax", "ord"], execution_mode="fanout", idempotent_key="fan")
+        view = await cluster.finished(client, job["job_id"])
+    assert view["status"] == "success"
+    assert sorted(cluster.upstream.regions_seen()) == ["lax", "ord"]
+    assert sorted(a["region"] for a in view["attempts"]) == ["lax", "ord"]
+
+
+async def test_a_region_whose_node_is_gone_is_routed_around(cluster: Cluster) -> None:
+    cluster.scopes["lax"].cancel()
+    for region in ("iad", "ord"):
+        await wait_members(cluster.nodes[region], 2)
+    async with httpx.AsyncClient(base_url=cluster.nodes["iad"].base_url) as client:
+        job = await cluster.submit(client, regions=["lax"], idempotent_key="gone")
+        view = await cluster.finished(client, job["job_id"])
+        regions = (await client.get("/api/v1/regions", headers=auth())).json()
+    assert view["status"] == "success"
+    assert [a["region"] for a in view["attempts"]] != ["lax"] and "lax" not in cluster.upstream.regions_seen()
+    assert {r["region"] for r in regions["regions"] if r["up"]} == {"iad", "ord"}
