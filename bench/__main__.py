@@ -27,6 +27,7 @@ from bench import (
     memory,
     noisy_neighbour,
     proxy_overhead,
+    regions,
     scheduler_ops,
     simulator_speed,
 )
@@ -43,6 +44,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "gossip": gossip.run,
     "proxy_overhead": proxy_overhead.run,
     "noisy_neighbour": noisy_neighbour.run,
+    "regions": regions.run,
     "simulator_speed": simulator_speed.run,
 }
 

@@ -100,7 +100,7 @@ def test_defaults_without_file_or_env() -> None:
     assert (config.server.header_bytes_max, config.server.idle_timeout_s) == (16 * 1024, 5.0)  # hypercorn's own
     assert config.security.allow_private_targets is False
     assert dataclasses.astuple(config.defaults) == (2.0, 2, True, 86400.0, 3, 10.0, 30.0, 60.0, 0.5, 60.0)
-    assert dataclasses.astuple(config.http_client) == (200, 100, 30.0)
+    assert dataclasses.astuple(config.http_client) == (200, 100, 30.0, None)
     assert config.webhooks.schedule_s == (0.0, 60.0, 300.0, 900.0, 3600.0)
     assert (config.webhooks.repeat_every_s, config.webhooks.give_up_after_s) == (3600.0, 86400.0)
     assert (config.webhooks.timeout_s, config.webhooks.concurrency) == (10.0, 32)
@@ -370,7 +370,7 @@ def test_override_errors() -> None:
 
 
 def test_every_scalar_setting_has_its_own_variable() -> None:
-    assert len(ENV_SETTINGS) == len(SCALAR_SETTINGS) == 41
+    assert len(ENV_SETTINGS) == len(SCALAR_SETTINGS) == 42
     assert ENV_SETTINGS["EZTHROTTLE_HTTP_CLIENT_KEEPALIVE_EXPIRY_S"] == ("http_client", "keepalive_expiry_s")
 
 
@@ -398,3 +398,15 @@ def test_with_dev_account() -> None:
         with_dev_account(config, account_id="dev2", key="short")
     with pytest.raises(ConfigError, match="duplicate account id 'dev'"):
         with_dev_account(config, account_id="dev", key="ck_dev_another_key_0123")
+
+
+@pytest.mark.parametrize(("value", "kept"), [("127.0.0.11", "127.0.0.11"), ("::1", "::1"), ("fd00::0005", "fd00::5")])
+def test_source_address_is_an_ip_literal(value: str, kept: str) -> None:
+    config = load_config(None, env={}, overrides={"http_client.source_address": value})
+    assert config.http_client.source_address == kept
+
+
+@pytest.mark.parametrize("value", ["localhost", "10.0.0", "", "127.0.0.1:80"])
+def test_a_source_address_that_is_no_ip_literal_is_refused_naming_the_field(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"http_client\.source_address.*IP address literal"):
+        load_config(None, env={}, overrides={"http_client.source_address": value})

@@ -75,6 +75,9 @@ class Cluster:
     scopes: dict[str, trio.CancelScope]
     upstream: RegionUpstream
     url: str
+    # A second upstream whose origin allows one attempt in flight: every dispatch is a single leg, placed by health.
+    single: RegionUpstream
+    single_url: str
 
     async def submit(self, client: httpx.AsyncClient, **job: Any) -> dict[str, Any]:
         answer = await client.post("/api/v1/jobs", json={"url": f"{self.url}/x", **job}, headers=auth())
@@ -92,17 +95,18 @@ class Cluster:
 
 @pytest.fixture
 async def cluster(nursery: trio.Nursery, tmp_path: Path) -> Cluster:
-    upstream = RegionUpstream()
-    url = await serve(nursery, upstream)
+    upstream, single = RegionUpstream(), RegionUpstream()
+    url, single_url = await serve(nursery, upstream), await serve(nursery, single)
     gossip = {region: free_port() for region in REGIONS}
     nodes, scopes = {}, {}
     for region, source in REGIONS.items():
         extra = f'{LIMITS}[http_client]\nsource_address = "{source}"\n'
+        extra += f'[targets."{single_url}"]\nmax_concurrent = 1\n'
         config = node_config(tmp_path, region, gossip, region=region, extra=extra)
         nodes[region], scopes[region] = await start(nursery, config)
     for node in nodes.values():
         await wait_members(node, len(REGIONS))
-    return Cluster(nodes, scopes, upstream, url)
+    return Cluster(nodes, scopes, upstream, url, single, single_url)
 
 
 async def test_an_attempt_runs_in_the_region_the_job_names(cluster: Cluster) -> None:
@@ -179,3 +183,23 @@ async def test_a_region_whose_node_is_gone_is_routed_around(cluster: Cluster) ->
     assert view["status"] == "success"
     assert [a["region"] for a in view["attempts"]] != ["lax"] and "lax" not in cluster.upstream.regions_seen()
     assert {r["region"] for r in regions["regions"] if r["up"]} == {"iad", "ord"}
+
+
+async def test_a_slow_region_loses_traffic_within_a_few_jobs(cluster: Cluster) -> None:
+    """One region 20x slower than the others: after a few jobs the owner sends it almost nothing."""
+    cluster.single.delays.update(iad=0.05, lax=0.06, ord=1.0)
+    async with httpx.AsyncClient(base_url=cluster.nodes["iad"].base_url) as client:
+        for i in range(30):
+            answer = await client.post(
+                "/api/v1/jobs",
+                json={"url": f"{cluster.single_url}/s", "regions": ["ord", "iad", "lax"], "idempotent_key": f"s{i}"},
+                headers=auth(),
+            )
+            assert answer.status_code == 201
+            view = await cluster.finished(client, answer.json()["job_id"])
+            assert view["status"] == "success" and len(view["attempts"]) == 1  # one leg each: placed by health
+    seen = cluster.single.regions_seen()
+    assert len(seen) == 30
+    # The first jobs measure every region; afterwards the slow one gets at most a probe now and then.
+    assert seen[10:].count("ord") <= 2, seen
+    assert set(seen[10:]) - {"ord"} == {"iad", "lax"}  # the healthy ones share the traffic

@@ -1,0 +1,224 @@
+"""Regions: a race's time to result, how fast the losers are cut off, and the cost of a reroute.
+
+Three real nodes in this process, one per region (real UDP gossip, real HTTP/2 between them), each binding its
+outbound connections to its own loopback source address, and one upstream on 127.0.0.1 that answers by region
+(the caller's source address) after a fixed delay: 50 ms in iad, 100 ms in lax, 400 ms in ord. Jobs go in
+through one node's HTTP API; times come from the job records (submission to finish) and from the upstream
+(when each request arrived, was answered, or was hung up on). Alternating rounds, in one run:
+
+- race: a job racing iad, lax and ord, against the same job asking for iad alone (the fastest region called
+  directly, through the same node and hop). Goal from the issue: race <= 1.15x the fastest alone (medians).
+- cancellation: from the winner's answer at the upstream to the upstream seeing each loser hang up. Goal: p99 <=
+  50 ms.
+- reroute: a job for iad whose iad answers 500 at once and is rerouted (to the healthiest other region), against a
+  direct job for the region it moved to: the extra time is the reroute (one more internal hop and a decision).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from bench.common import free_loopback_port
+from bench.job_api_target import BENCH_ACCOUNT_KEY, bench_config
+from edge.http.server import serve_asgi
+from edge.node import Node, run_node
+from edge.runtime import Runtime
+
+SOURCES = {"iad": "127.0.0.11", "lax": "127.0.0.12", "ord": "127.0.0.13"}
+DELAYS_S = {"iad": 0.05, "lax": 0.1, "ord": 0.4}
+ROUNDS = 5
+JOBS_PER_ROUND = 8
+RACE_GOAL_RATIO = 1.15
+CANCEL_GOAL_P99_MS = 50.0
+CLUSTER_KEY_HEX = "5e" * 32
+FINISH_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Visit:
+    region: str
+    path: str
+    answered: float | None = None
+    disconnected: float | None = None
+
+
+@dataclass
+class Upstream:
+    """Answers after its region's delay (a path starting /fail answers 500 at once); records every visit."""
+
+    visits: list[Visit] = field(default_factory=list)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        region = {source: name for name, source in SOURCES.items()}.get(scope["client"][0], "?")
+        visit = Visit(region, scope["path"])
+        self.visits.append(visit)
+        while (await receive()).get("more_body"):
+            pass
+        failing = scope["path"].startswith(f"/fail-{region}")
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                if (await receive())["type"] == "http.disconnect":
+                    visit.disconnected = trio.current_time()
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            if not failing:
+                await trio.sleep(DELAYS_S.get(region, 0.0))
+            headers = [(b"content-type", b"text/plain")]
+            await send({"type": "http.response.start", "status": 500 if failing else 200, "headers": headers})
+            await send({"type": "http.response.body", "body": region.encode()})
+            visit.answered = trio.current_time()
+            nursery.cancel_scope.cancel()
+
+
+async def _start_cluster(nursery: trio.Nursery, data_dir: Path) -> dict[str, Node]:
+    gossip = {region: free_loopback_port() for region in SOURCES}
+    nodes = {}
+    for region, source in SOURCES.items():
+        seeds = [f"127.0.0.1:{port}" for other, port in gossip.items() if other != region]
+        settings = {
+            "security.allow_private_targets": True,
+            "defaults.rps": 10_000,
+            "defaults.max_concurrent": 64,
+            "http_client.source_address": source,
+            "server.node_id": region,
+            "server.listen": f"127.0.0.1:{free_loopback_port()}",
+            "cluster.bind": f"127.0.0.1:{gossip[region]}",
+            "cluster.seeds": seeds,
+            "cluster.keys": [CLUSTER_KEY_HEX],
+            "cluster.profile": "local",
+            "cluster.region": region,
+            "cluster.join_wait_s": 1,
+        }
+        config = bench_config(data_dir / region, settings)
+        nodes[region] = await nursery.start(run_node, config, Runtime.real())
+    with trio.fail_after(30):
+        while any(len(node.membership.live_members()) < len(SOURCES) for node in nodes.values() if node.membership):
+            await trio.sleep(0.05)
+    return nodes
+
+
+async def _job_time(client: httpx.AsyncClient, url: str, key: str, **job: Any) -> tuple[float, dict[str, Any]]:
+    """Submit one job and wait for it; its time from submission to finish, from the record (seconds)."""
+    headers = {"authorization": f"Bearer {BENCH_ACCOUNT_KEY}"}
+    answer = await client.post("/api/v1/jobs", json={"url": url, "idempotent_key": key, **job}, headers=headers)
+    answer.raise_for_status()
+    job_id = answer.json()["job_id"]
+    with trio.fail_after(FINISH_TIMEOUT_S):
+        while True:
+            view = (await client.get(f"/api/v1/jobs/{job_id}", headers=headers)).json()
+            if view["status"] in ("success", "failed"):
+                return (view["finished_at_ms"] - view["created_at_ms"]) / 1000, view
+            await trio.sleep(0.01)
+
+
+async def measure() -> dict[str, Any]:
+    upstream = Upstream()
+    times: dict[str, list[float]] = {
+        "race": [],
+        "fastest alone": [],
+        "rerouted": [],
+        "direct to the region it moved to": [],
+    }
+    gaps_ms: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-regions-") as data_dir:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(partial(serve_asgi, upstream, bind="127.0.0.1:0"))
+            base = f"http://{bound[0]}"
+            nodes = await _start_cluster(nursery, Path(data_dir))
+            async with httpx.AsyncClient(base_url=nodes["iad"].base_url, timeout=30) as client:
+                for round_index in range(ROUNDS):
+                    for i in range(JOBS_PER_ROUND):
+                        tag = f"{round_index}-{i}"
+                        elapsed, view = await _job_time(client, f"{base}/r", f"race-{tag}", regions=list(SOURCES))
+                        times["race"].append(elapsed)
+                        gaps_ms += _cancel_gaps_ms(upstream, view)
+                        elapsed, _ = await _job_time(client, f"{base}/a", f"alone-{tag}", regions=["iad"])
+                        times["fastest alone"].append(elapsed)
+                        elapsed, view = await _job_time(client, f"{base}/fail-iad", f"reroute-{tag}", regions=["iad"])
+                        moved_to = view["attempts"][-1]["region"]
+                        times["rerouted"].append(elapsed)
+                        elapsed, _ = await _job_time(client, f"{base}/d", f"direct-{tag}", regions=[moved_to])
+                        times["direct to the region it moved to"].append(elapsed)
+            for node in nodes.values():
+                node.stop()
+            nursery.cancel_scope.cancel()
+    return {"times": times, "gaps_ms": gaps_ms}
+
+
+def _cancel_gaps_ms(upstream: Upstream, view: dict[str, Any]) -> list[float]:
+    """For the race just finished: from the winner's answer to each loser's hang-up, as the upstream saw them."""
+    visits = [v for v in upstream.visits if v.path == "/r"][-len(SOURCES) :]
+    upstream.visits.clear()
+    won = [v.answered for v in visits if v.answered is not None]
+    if not won:
+        return []
+    return [(v.disconnected - min(won)) * 1000 for v in visits if v.answered is None and v.disconnected is not None]
+
+
+def _p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+def run() -> dict[str, Any]:
+    figures = trio.run(measure)
+    times: dict[str, list[float]] = figures["times"]
+    medians = {name: statistics.median(values) * 1000 for name, values in times.items()}
+    race_ratio = medians["race"] / medians["fastest alone"]
+    gaps = figures["gaps_ms"]
+    rows = [
+        {
+            "jobs": name,
+            "median ms": f"{medians[name]:.1f}",
+            "p90 ms": f"{sorted(v)[int(0.9 * len(v))] * 1000:.1f}",
+            "jobs measured": str(len(v)),
+        }
+        for name, v in times.items()
+    ]
+    p99 = _p99(gaps) if gaps else float("nan")
+    return {
+        "title": "Regions: race, cancellation of the losers, reroute (three nodes, three regions)",
+        "about": __doc__.strip().splitlines()[0],
+        "targets": {"cluster": "3 x edge.node:run_node, regions iad / lax / ord, upstream delays 50 / 100 / 400 ms"},
+        "commands": ["python -m bench regions"],
+        "rows": rows,
+        "checks": {
+            f"race <= {RACE_GOAL_RATIO}x the fastest region alone": (
+                f"{'met' if race_ratio <= RACE_GOAL_RATIO else 'missed'} ({race_ratio:.2f}x)"
+            ),
+            f"win -> loser disconnect at the upstream, p99 <= {CANCEL_GOAL_P99_MS:g} ms": (
+                f"{'met' if p99 <= CANCEL_GOAL_P99_MS else 'missed'} (p99 {p99:.1f} ms, median "
+                f"{statistics.median(gaps) if gaps else float('nan'):.1f} ms, {len(gaps)} losers)"
+            ),
+            "reroute: extra time over the direct job to the region it moves to": (
+                f"{medians['rerouted'] - medians['direct to the region it moved to']:.1f} ms (median)"
+            ),
+        },
+        "notes": [
+            f"{ROUNDS} rounds of {JOBS_PER_ROUND} jobs of each kind, one after another through the iad node; times "
+            "from each job's record (created to finished), so both sides include intake, the owner's queue and the "
+            "internal hop when the owner is not in the region."
+        ],
+    }
+
+
+def main() -> None:
+    from bench.__main__ import render_section
+
+    print(render_section(run()))
+
+
+if __name__ == "__main__":
+    main()
