@@ -62,8 +62,11 @@ class LegPlan:
 SINGLE: Final = LegPlan((NO_REGION,), "single")
 
 
-def plan_legs(spec: JobSpec, tried: Collection[str], view: RegionView, *, slots: int) -> LegPlan:
-    """The legs for the next attempt of a job, given the regions it was rerouted away from (`tried`).
+def plan_legs(
+    spec: JobSpec, tried: Collection[str], view: RegionView, *, slots: int, done: Collection[str] = ()
+) -> LegPlan:
+    """The legs for the next attempt of a job, given the regions it was rerouted away from (`tried`) and, for a
+    fanout, the regions that already succeeded (`done`: they are not run again).
 
     `slots` is how many attempts the key may still start now (its free in-flight slots, at least one)."""
     if not spec.regions or not view.up:
@@ -71,10 +74,10 @@ def plan_legs(spec: JobSpec, tried: Collection[str], view: RegionView, *, slots:
     named = [r for r in spec.regions if r in view.up and r not in tried]
     if spec.execution_mode == "fanout":
         # Every named region executes once; a region that is down is not waited for (see README, "Regions").
-        up = [r for r in spec.regions if r in view.up]
+        up = [r for r in spec.regions if r in view.up and r not in done]
         if not up:
             return LegPlan((), "fanout", unavailable=_down(spec))
-        return LegPlan(tuple(up), "fanout" if len(up) > 1 else "single")
+        return LegPlan(tuple(up), "fanout")  # even one leg: its response joins the ones already in
     ranked = view.rank(spec.origin, named) if named else []
     if not ranked and spec.region_policy == "fallback":
         others = sorted(r for r in view.up if r not in spec.regions and r not in tried)

@@ -227,7 +227,13 @@ class OutboundQueue:
             )
             return Conclude(Settlement(expired, "done", "expired"))
         view = regions or RegionView.single()
-        plan = plan_legs(record.spec, record.regions_tried, view, slots=self.limits.max_concurrent - self.in_flight)
+        plan = plan_legs(
+            record.spec,
+            record.regions_tried,
+            view,
+            slots=self.limits.max_concurrent - self.in_flight,
+            done=record.region_responses,
+        )
         waiting.legs = max(1, len(plan.regions))
         self.in_flight += waiting.legs
         waiting.record = transition(record, JobEvent.DISPATCH)

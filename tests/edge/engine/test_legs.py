@@ -53,7 +53,7 @@ def view(up: frozenset[str] = ALL, order: Sequence[str] = ("lax", "iad", "ord", 
             frozenset({"ord", "lax"}),
             (),
             4,
-            (("ord",), "single", None),
+            (("ord",), "fanout", None),
         ),
     ],
 )
@@ -185,3 +185,24 @@ def test_a_fanout_with_a_failed_region_retries_and_keeps_the_successes() -> None
 def test_wins(status: int | None, won: bool) -> None:
     result = AttemptResult(0.1, status_code=status, error=None if status else "ConnectError")
     assert wins(result) is won
+
+
+def test_a_fanout_runs_again_only_in_the_regions_that_have_not_succeeded() -> None:
+    job = spec(regions=["iad", "ord"], execution_mode="fanout")
+    plan = plan_legs(job, (), view(), slots=4, done=("iad",))
+    assert (plan.regions, plan.mode) == (("ord",), "fanout")
+
+
+def test_a_retried_fanout_keeps_the_responses_of_the_regions_that_succeeded_before() -> None:
+    queue = queue_with(spec(regions=["iad", "ord"], execution_mode="fanout", retry_policy={"max_retries": 1}))
+    queue.next(NOW0, WALL0, regions=view())
+    first = [LegResult("iad", ok(200)), LegResult("ord", ok(503))]
+    retried = queue.settle_legs("job-1", first, NOW0, WALL0, Random(1), regions=view(), mode="fanout")
+    queue.commit(retried)
+    decision = queue.next(NOW0 + 600, WALL0 + 600_000, regions=view())
+    assert isinstance(decision, Dispatch) and decision.legs.regions == ("ord",) and decision.legs.mode == "fanout"
+    second = [LegResult("ord", ok(201))]
+    done = queue.settle_legs("job-1", second, NOW0 + 601, WALL0 + 601_000, Random(1), regions=view(), mode="fanout")
+    assert done.record.status == "success"
+    assert {r: v["status_code"] for r, v in done.record.region_responses.items()} == {"iad": 200, "ord": 201}
+    assert done.record.response is not None and done.record.response["status_code"] == 200  # the first named
