@@ -245,7 +245,6 @@ RUN_OUTCOME = re.compile(rb"^seed \d+.*: (?:passed|FAILED|CRASHED) ", re.MULTILI
 FIRST_OUTCOME_TIMEOUT_S = 180.0
 WORKERS_GONE_TIMEOUT_S = 30.0
 POLL_S = 0.1
-MID_RUN_PAUSE_S = 1.0
 
 
 def _read_stdout_until(process: subprocess.Popen[bytes], pattern: re.Pattern[bytes], timeout_s: float) -> bytes:
@@ -280,19 +279,27 @@ def _read_stdout_until(process: subprocess.Popen[bytes], pattern: re.Pattern[byt
     return bytes(received[stdout_fd])
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_a_parallel_swarm_and_its_workers() -> None:
     # -u: the command's stdout is a pipe here, which Python would otherwise buffer until exit.
     command = [sys.executable, "-u", "-m", "simulations", "baseline", "--swarm", "40", "--sweep", "load=0.25"]
     command += ["--jobs", "2"]
-    swarm = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    swarm = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        # As from a terminal: a shell that starts the tests in the background hands its children SIGINT ignored,
+        # and a Python that starts with SIGINT ignored never turns Ctrl-C into KeyboardInterrupt.
+        preexec_fn=_default_sigint,
+    )
     try:
         # The workers have started and are inside runs: the first run's outcome is out, 39 more are to come.
         _read_stdout_until(swarm, RUN_OUTCOME, FIRST_OUTCOME_TIMEOUT_S)
         assert len(_session_members(swarm.pid)) >= 3  # the command and its two workers
-        # Ctrl-C lands inside the next runs, as a person's would, not in the instant a worker hands a result over
-        # and takes its next run (a fresh machine's first run once caught it there and ran on). The runs take
-        # seconds, so a moment's pause puts it mid-run without waiting for anything to finish.
-        time.sleep(MID_RUN_PAUSE_S)
         os.killpg(swarm.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole process group
         swarm.communicate(timeout=60)  # 40 runs would take minutes: it stopped early
         assert swarm.returncode != 0
