@@ -410,3 +410,20 @@ def test_source_address_is_an_ip_literal(value: str, kept: str) -> None:
 def test_a_source_address_that_is_no_ip_literal_is_refused_naming_the_field(value: str) -> None:
     with pytest.raises(ConfigError, match=r"http_client\.source_address.*IP address literal"):
         load_config(None, env={}, overrides={"http_client.source_address": value})
+
+
+def test_a_bad_source_address_fails_the_load_naming_the_file_or_variable_and_the_key(tmp_path: Path) -> None:
+    path = write_config(tmp_path, '[http_client]\nsource_address = "node-7.internal"\n')
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, env={})
+    assert (raised.value.source, raised.value.key) == (str(path), "http_client.source_address")
+    assert "IPv4 or IPv6" in raised.value.problem and "'node-7.internal'" in raised.value.problem
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, env={"EZTHROTTLE_HTTP_CLIENT_SOURCE_ADDRESS": "127.0.0.256"})
+    assert (raised.value.source, raised.value.key) == (
+        "EZTHROTTLE_HTTP_CLIENT_SOURCE_ADDRESS",
+        "http_client.source_address",
+    )
+    # A good one from the environment is read as text (an IP literal is not a TOML value).
+    config = load_config(None, env={"EZTHROTTLE_HTTP_CLIENT_SOURCE_ADDRESS": "127.0.0.12"})
+    assert config.http_client.source_address == "127.0.0.12"
