@@ -4,8 +4,10 @@ Decide synchronously, then do the I/O (httpcore's connection pool works this way
 (edge/engine/shell/queues.py) asks, carries out the answer, and reports back. It never judges anything itself.
 
     queue.push(record, eligible_at)             a job waits in line (new, resumed, retried, handed over)
-    queue.next(now, wall_ms, may_dispatch)      -> Dispatch | Conclude | WaitUntil | IDLE
-    queue.settle(job_id, result, now, wall_ms)  -> Settlement: the job's new record and what happens next
+    queue.next(now, wall_ms, regions=...)       -> Dispatch (its legs: regions, race or fanout) | Conclude | WaitUntil
+                                                   | IDLE
+    queue.settle_legs(job_id, legs, now, ...)   -> Settlement: the job's new record and what happens next
+                                                   (`settle` for a dispatch of one leg)
     queue.cancel(job_id, wall_ms)               -> Settlement | None
     queue.commit(settlement)                    the store saved `settlement.record`: make it the live record
     queue.abort(settlement, now)                the save failed: the job stays as it was, and waits again
@@ -20,11 +22,12 @@ One settlement folds both judgements of an attempt that used to be made apart: t
 and the job's own (`scheduler.decide_retry`: success, final failure, or a retry and its backoff). A 429 keeps the
 job's place in line and waits for the queue's block; another retry goes behind the jobs already waiting.
 
-The settlement's `next_step` names what happens after it; today that is "retry here" or "done". Multi-region
-execution adds reroutes, fallbacks and child jobs as further steps without changing the shell's loop.
+The settlement's `next_step` names what happens after it: "retry" (here, or in another region after a reroute:
+the record's `regions_tried` steer the next plan) or "done". Workflows (fallback chains, child jobs) are meant to
+come as further steps without changing the shell's loop.
 
-`Queues` holds every key of a node: the jobs index, the per-account backlog, and the limits each key learned,
-bounded by `forget_idle`.
+`Queues` holds every key of a node: the jobs index, the per-account backlog and its admission check, and the limits
+each key learned, bounded by `forget_idle` and QUEUE_KEYS_MAX.
 """
 
 from __future__ import annotations
