@@ -7,7 +7,6 @@ server's ASGI scope shows `client == ("127.0.0.11", port)`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import trio
 from edge.outbound.ssrf import guarded_transport
 from simulations.actors import Receive, Scope, Send, read_body, respond
 from tests.e2e.support import auth, serve, start_node
+from tests.edge.outbound.test_ssrf import RedirectingBackend
 
 SOURCE = "127.0.0.11"
 
@@ -70,38 +70,6 @@ async def test_jobs_and_webhooks_leave_from_the_source_address(
     assert job_client[1] > 0 and hook_client[1] > 0  # an ephemeral port picked by the kernel, not a fixed one
 
 
-class RecordingBackend(httpcore.AsyncNetworkBackend):
-    """In place of the guard's socket backend: records what the guard asks for and connects to the local server,
-    from the local address it was given (so the server sees whether the guard passed it on)."""
-
-    def __init__(self, real: httpcore.AsyncNetworkBackend, port: int) -> None:
-        self.port = port
-        self.calls: list[tuple[str, int, str | None]] = []
-        self._real = real
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        self.calls.append((host, port, local_address))
-        return await self._real.connect_tcp("127.0.0.1", self.port, timeout=timeout, local_address=local_address)
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise AssertionError("the guard never opens unix sockets")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._real.sleep(seconds)
-
-
 async def test_the_ssrf_guard_passes_the_source_address_to_the_socket(
     nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -109,7 +77,7 @@ async def test_the_ssrf_guard_passes_the_source_address_to_the_socket(
     receives the vetted public address and the source address, and really connects from that source."""
     upstream = Recorder()
     port = int((await serve(nursery, upstream)).rsplit(":", 1)[1])
-    backend = RecordingBackend(httpcore.TrioBackend(), port)
+    backend = RedirectingBackend(port)
     monkeypatch.setattr(httpcore, "TrioBackend", lambda: backend)
 
     async def resolve(host: str) -> list[str]:
@@ -127,5 +95,5 @@ async def test_the_ssrf_guard_passes_the_source_address_to_the_socket(
     async with httpx.AsyncClient(transport=transport, timeout=5) as client:
         response = await client.get("http://public.test/v1/ping")
     assert response.status_code == 200
-    assert backend.calls == [("93.184.215.14", 80, SOURCE)]
+    assert backend.connected == [("93.184.215.14", 80)] and backend.local_addresses == [SOURCE]
     assert [host for host, _port in upstream.clients["/v1/ping"]] == [SOURCE]

@@ -164,6 +164,7 @@ class RedirectingBackend(httpcore.AsyncNetworkBackend):
     def __init__(self, local_port: int) -> None:
         self.local_port = local_port
         self.connected: list[tuple[str, int]] = []
+        self.local_addresses: list[str | None] = []  # what each connection was bound to (`source_address`)
         self._real = TRIO_BACKEND()
 
     async def connect_tcp(
@@ -175,7 +176,8 @@ class RedirectingBackend(httpcore.AsyncNetworkBackend):
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         self.connected.append((host, port))
-        return await self._real.connect_tcp("127.0.0.1", self.local_port, timeout=timeout)
+        self.local_addresses.append(local_address)
+        return await self._real.connect_tcp("127.0.0.1", self.local_port, timeout=timeout, local_address=local_address)
 
     async def connect_unix_socket(
         self,
