@@ -4,7 +4,8 @@ source_address`), so a real upstream on 127.0.0.1 can tell which region ran each
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,60 +14,13 @@ import pytest
 import trio
 
 from edge.node import Node
-from tests.e2e.support import auth, free_port, serve
+from tests.e2e.regions import DEFAULT_REGIONS, RegionUpstream, source_address
+from tests.e2e.support import auth, free_port
 from tests.edge.placement.support import node_config, start, wait_members
 
-REGIONS = {"iad": "127.0.0.11", "lax": "127.0.0.12", "ord": "127.0.0.13"}
-REGION_OF_SOURCE = {address: region for region, address in REGIONS.items()}
+REGIONS = {region: source_address(index) for index, region in enumerate(DEFAULT_REGIONS)}
 # Pacing and concurrency out of the way: a race's three legs start together.
 LIMITS = "[defaults]\nrps = 1000\nmax_concurrent = 8\nmax_retries = 0\n"
-
-
-@dataclass
-class Visit:
-    region: str
-    path: str
-    started: float
-    status: int
-    disconnected: float | None = None
-    answered: float | None = None
-
-
-@dataclass
-class RegionUpstream:
-    """Answers by region (the caller's source address): a delay and a status per region, recording every visit and
-    whether the caller hung up before the answer."""
-
-    delays: dict[str, float] = field(default_factory=dict)
-    statuses: dict[str, int] = field(default_factory=dict)
-    visits: list[Visit] = field(default_factory=list)
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        region = REGION_OF_SOURCE.get(scope["client"][0], "?")
-        visit = Visit(region, scope["path"], trio.current_time(), self.statuses.get(region, 200))
-        self.visits.append(visit)
-        while (await receive()).get("more_body"):
-            pass
-        async with trio.open_nursery() as nursery:
-
-            async def watch() -> None:
-                if (await receive())["type"] == "http.disconnect":
-                    visit.disconnected = trio.current_time()
-                    nursery.cancel_scope.cancel()
-
-            nursery.start_soon(watch)
-            await trio.sleep(self.delays.get(region, 0.0))
-            body = f'{{"region":"{region}"}}'.encode()
-            headers = [(b"content-type", b"application/json")]
-            await send({"type": "http.response.start", "status": visit.status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-            visit.answered = trio.current_time()
-            nursery.cancel_scope.cancel()
-
-    def regions_seen(self) -> list[str]:
-        return [visit.region for visit in self.visits]
 
 
 @dataclass
@@ -96,7 +50,7 @@ class Cluster:
 @pytest.fixture
 async def cluster(nursery: trio.Nursery, tmp_path: Path) -> Cluster:
     upstream, single = RegionUpstream(), RegionUpstream()
-    url, single_url = await serve(nursery, upstream), await serve(nursery, single)
+    url, single_url = await upstream.serve(nursery), await single.serve(nursery)
     gossip = {region: free_port() for region in REGIONS}
     nodes, scopes = {}, {}
     for region, source in REGIONS.items():
@@ -123,27 +77,28 @@ async def test_an_attempt_runs_in_the_region_the_job_names(cluster: Cluster) -> 
 
 
 async def test_a_race_is_won_by_the_fastest_region_and_the_losers_are_cut_off(cluster: Cluster) -> None:
-    cluster.upstream.delays.update(iad=0.05, lax=0.5, ord=1.5)
+    for region, delay_s in {"iad": 0.05, "lax": 0.5, "ord": 1.5}.items():
+        cluster.upstream.behave(region=region, delay_s=delay_s)
     async with httpx.AsyncClient(base_url=cluster.nodes["ord"].base_url) as client:
         job = await cluster.submit(client, regions=list(REGIONS), idempotent_key="race")
         assert job["status"] == "racing"
         view = await cluster.finished(client, job["job_id"])
-    assert view["status"] == "success" and view["response"]["body"] == '{"region":"iad"}'
+    assert view["status"] == "success" and json.loads(view["response"]["body"])["region"] == "iad"
     outcomes = {a["region"]: a["outcome"] for a in view["attempts"]}
     assert outcomes == {"iad": "won", "lax": "cancelled", "ord": "cancelled"}
     visits = {visit.region: visit for visit in cluster.upstream.visits}
     assert sorted(visits) == sorted(REGIONS)  # every region was started
-    won_at = visits["iad"].answered
-    assert won_at is not None
+    won_at = visits["iad"].ended
+    assert won_at is not None and visits["iad"].answered
     for loser in ("lax", "ord"):
         # The upstream sees each loser hang up, soon after the win, long before its own answer was due.
-        disconnected = visits[loser].disconnected
-        assert disconnected is not None and visits[loser].answered is None
+        disconnected = visits[loser].disconnected_at
+        assert disconnected is not None and not visits[loser].answered
         assert disconnected - won_at < 0.25, (loser, disconnected - won_at)
 
 
 async def test_a_500_reroutes_to_another_region(cluster: Cluster) -> None:
-    cluster.upstream.statuses["iad"] = 500
+    cluster.upstream.behave(region="iad", status=500)
     async with httpx.AsyncClient(base_url=cluster.nodes["lax"].base_url) as client:
         job = await cluster.submit(client, regions=["iad"], idempotent_key="reroute")
         view = await cluster.finished(client, job["job_id"])
@@ -155,7 +110,7 @@ async def test_a_500_reroutes_to_another_region(cluster: Cluster) -> None:
 
 
 async def test_a_strict_job_never_leaves_its_regions(cluster: Cluster) -> None:
-    cluster.upstream.statuses["iad"] = 502
+    cluster.upstream.behave(region="iad", status=502)
     async with httpx.AsyncClient(base_url=cluster.nodes["ord"].base_url) as client:
         job = await cluster.submit(client, regions=["iad"], region_policy="strict", idempotent_key="strict")
         view = await cluster.finished(client, job["job_id"])
@@ -187,7 +142,8 @@ async def test_a_region_whose_node_is_gone_is_routed_around(cluster: Cluster) ->
 
 async def test_a_slow_region_loses_traffic_within_a_few_jobs(cluster: Cluster) -> None:
     """One region 20x slower than the others: after a few jobs the owner sends it almost nothing."""
-    cluster.single.delays.update(iad=0.05, lax=0.06, ord=1.0)
+    for region, delay_s in {"iad": 0.05, "lax": 0.06, "ord": 1.0}.items():
+        cluster.single.behave(region=region, delay_s=delay_s)
     async with httpx.AsyncClient(base_url=cluster.nodes["iad"].base_url) as client:
         for i in range(30):
             answer = await client.post(
