@@ -12,7 +12,7 @@ They live here, in the simulator, and change only how the world wires real nodes
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, final
 
 import trio
@@ -42,15 +42,15 @@ class LaggingCommitStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._durable, name)
 
-    async def insert_job(self, record: JobRecord) -> tuple[JobRecord, bool]:
+    async def insert_job(self, record: JobRecord, spawned: Sequence[JobRecord] = ()) -> tuple[JobRecord, bool]:
         await trio.lowlevel.checkpoint()
         frozen = EncodedJob.of(record)
-        self._commits.start_soon(self._commit_later, frozen.decode())
+        self._commits.start_soon(self._commit_later, frozen.decode(), list(spawned))
         return frozen.decode(), True
 
-    async def _commit_later(self, record: JobRecord) -> None:
+    async def _commit_later(self, record: JobRecord, spawned: list[JobRecord]) -> None:
         await trio.sleep(COMMIT_LAG_S)
-        await self._durable.insert_job(record)
+        await self._durable.insert_job(record, spawned)
 
 
 @contextlib.asynccontextmanager

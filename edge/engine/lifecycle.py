@@ -7,10 +7,13 @@ it ends once (`success`, `failed`, `cancelled`). Two events exist for what happe
 - `RESUME`: a node takes up a job it did not see finish (a restart found it `running`, or another node handed it
   over), so it waits again. At-least-once: the attempt that was out may run again, made safe by idempotency keys.
 - `EXPIRE`: the job's deadline passed before its next attempt could start.
+- `STOP`: the job's workflow no longer needs it (another step of its fallback chain won, or the chain's
+  `on_failure_timeout_ms` passed): it ends `cancelled`, also while an attempt is out (the shell cancels that
+  attempt). A client's `CANCEL` reaches only a job that is still waiting.
 
-A terminal status never changes again, and an event a state does not expect (cancelling a running job, a second
-result for a finished one) raises `IllegalTransition` naming the job, its state and the event: that is a bug in the
-caller, never something to paper over.
+A terminal status never changes again, and an event a state does not expect (a client cancelling a running job,
+a second result for a finished one) raises `IllegalTransition` naming the job, its state and the event: that is a
+bug in the caller, never something to paper over.
 
           DISPATCH           SUCCEED
   queued ---------> running --------> success
@@ -18,7 +21,7 @@ caller, never something to paper over.
    |  |    RETRY,      |    '-------> failed <-- EXPIRE (queued or running)
    |  |    RESUME      |
    |  '-- RESUME       '-- RESUME
-   '------ CANCEL ------------------> cancelled
+   '------ CANCEL, STOP ------------> cancelled <-- STOP (running)
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class JobEvent(enum.Enum):
     EXPIRE = "expire"
     CANCEL = "cancel"
     RESUME = "resume"
+    STOP = "stop"
 
 
 TRANSITIONS: Final[dict[tuple[JobStatus, JobEvent], JobStatus]] = {
@@ -44,11 +48,13 @@ TRANSITIONS: Final[dict[tuple[JobStatus, JobEvent], JobStatus]] = {
     ("queued", JobEvent.CANCEL): "cancelled",
     ("queued", JobEvent.EXPIRE): "failed",
     ("queued", JobEvent.RESUME): "queued",
+    ("queued", JobEvent.STOP): "cancelled",
     ("running", JobEvent.RETRY): "queued",
     ("running", JobEvent.SUCCEED): "success",
     ("running", JobEvent.FAIL): "failed",
     ("running", JobEvent.EXPIRE): "failed",
     ("running", JobEvent.RESUME): "queued",
+    ("running", JobEvent.STOP): "cancelled",
 }
 
 
@@ -76,3 +82,8 @@ def transition(record: JobRecord, event: JobEvent, **changes: object) -> JobReco
 
 def is_terminal(status: str) -> bool:
     return status in TERMINAL_STATUSES
+
+
+def finished(wall_ms: int) -> dict[str, object]:
+    """The changes that close a job at `wall_ms`: pass them to `transition` with a terminal event."""
+    return {"finished_at_ms": wall_ms, "updated_at_ms": wall_ms, "next_attempt_at_ms": None}

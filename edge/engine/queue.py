@@ -32,16 +32,20 @@ each key learned, bounded by `forget_idle` and QUEUE_KEYS_MAX.
 
 from __future__ import annotations
 
+import dataclasses
+import heapq
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from random import Random
 from typing import Any, Final, Literal, final
 
+from edge.engine import workflow
 from edge.engine.legs import NO_REGION, SINGLE, LegPlan, RegionView, plan_legs
-from edge.engine.lifecycle import JobEvent, transition
+from edge.engine.lifecycle import JobEvent, finished, transition
 from edge.engine.outcome import AttemptResult
 from edge.engine.records import Attempt, JobRecord
+from edge.engine.workflow import Move, PerKeyQueues
 from scheduler import (
     LimitSignals,
     QueueDelay,
@@ -54,13 +58,23 @@ from scheduler import (
 
 # How long a job waits before it is tried again when the store could not save its outcome (disk full, I/O error).
 STORE_RETRY_S: Final = 5.0
+STORE_RETRY_MS: Final = int(STORE_RETRY_S * 1000)
 # Queue keys a node remembers. Keys are client-controlled (account, origin, credential), and an idle key keeps only
 # the limits its provider taught it (under 600 bytes, scheduler/limits.py), so 100,000 cost tens of MB. Past the
 # bound the longest-idle tenth is forgotten at once: one scan per 10,000 new keys, not one per key.
 QUEUE_KEYS_MAX: Final = 100_000
 
 AttemptLabel = Literal[
-    "success", "failed", "rate_limited", "error", "retry", "rerouted", "cancelled", "expired", "unplaceable"
+    "success",
+    "failed",
+    "rate_limited",
+    "error",
+    "retry",
+    "rerouted",
+    "cancelled",
+    "expired",
+    "unplaceable",
+    "workflow",
 ]
 
 
@@ -111,6 +125,15 @@ class LegResult:
 
 @final
 @dataclass(frozen=True, slots=True)
+class Interrupt:
+    """Cancel the attempt of `job_id` that is out now (its workflow stopped it, or its failure timeout passed);
+    the attempt's settlement then says how the job ended."""
+
+    job_id: str
+
+
+@final
+@dataclass(frozen=True, slots=True)
 class WaitUntil:
     """Nothing can go before `at` (monotonic seconds; infinity: until something is pushed or settled)."""
 
@@ -128,7 +151,7 @@ class _Idle:
 
 
 IDLE: Final = _Idle()
-Decision = Dispatch | Conclude | WaitUntil | _Idle
+Decision = Dispatch | Conclude | Interrupt | WaitUntil | _Idle
 
 
 @final
@@ -136,12 +159,14 @@ Decision = Dispatch | Conclude | WaitUntil | _Idle
 class Settlement:
     """What an attempt (or a cancel, or an expiry) means: the job's new record and where it goes next.
 
-    `next_step` is "retry" (the record waits again, eligible at `eligible_at`) or "done" (the record is terminal).
-    The remaining fields are for the shell's metrics and for limits shared beyond this queue.
+    `next_step` is "retry" (the record waits again, eligible at `eligible_at`), "wait" (a workflow root waits for
+    its steps, edge/engine/workflow.py) or "done" (the record is terminal). `spawn` are jobs to create in the same
+    commit (steps, follow-ups), `stop` the step jobs to end wherever they run. The remaining fields are for the
+    shell's metrics and for limits shared beyond this queue.
     """
 
     record: JobRecord
-    next_step: Literal["retry", "done"]
+    next_step: Literal["retry", "wait", "done"]
     label: AttemptLabel
     eligible_at: float = 0.0
     keeps_place: bool = False  # a rate-limited job goes back where it was in line, ahead of later arrivals
@@ -149,10 +174,16 @@ class Settlement:
     account_queue: bool | None = None
     malformed_headers: int = 0
     rate_limited: bool = False
+    spawn: tuple[JobRecord, ...] = ()
+    stop: tuple[str, ...] = ()
 
     @property
     def is_terminal(self) -> bool:
         return self.next_step == "done"
+
+    @classmethod
+    def of_move(cls, move: Move, label: AttemptLabel) -> Settlement:
+        return cls(move.record, "done" if move.record.is_terminal else "wait", label, spawn=move.spawn, stop=move.stop)
 
 
 @dataclass(slots=True)
@@ -164,22 +195,51 @@ class _Waiting:
     eligible_at: float
     seq: int = 0
     legs: int = 0  # attempts of this job in flight (a race or fanout has several), released at commit or abort
+    parked: bool = False  # a workflow root: never in line, it waits for its steps and its timers
+    # Why the attempt out must end (set with an Interrupt): the event and the reason it is recorded with.
+    interrupt: tuple[JobEvent, str] | None = None
 
 
 class OutboundQueue:
     """One queue key: its jobs, its pacing and blocking state (`limits`), and the attempts in flight."""
 
-    __slots__ = ("_jobs", "_ready", "idle_since", "in_flight", "key", "limits", "origin", "retry")
+    __slots__ = (
+        "_jobs",
+        "_last_wall_ms",
+        "_ready",
+        "_timer_at",
+        "_timers",
+        "idle_since",
+        "in_flight",
+        "key",
+        "limits",
+        "origin",
+        "per_key",
+        "retry",
+    )
 
-    def __init__(self, key: str, origin: str, limits: QueueLimits, retry: RetrySettings) -> None:
+    def __init__(
+        self,
+        key: str,
+        origin: str,
+        limits: QueueLimits,
+        retry: RetrySettings,
+        per_key: PerKeyQueues = lambda origin: True,
+    ) -> None:
         self.key = key
         self.origin = origin
         self.limits = limits
         self.retry = retry
+        self.per_key = per_key
         self.in_flight = 0
         self.idle_since = 0.0
         self._jobs: dict[str, _Waiting] = {}
         self._ready = ReadyQueue()
+        # Workflow timers (edge/engine/workflow.py `due_at_ms`): a heap of (wall ms, job id), an entry valid while
+        # `_timer_at` still names that time for the job.
+        self._timers: list[tuple[int, str]] = []
+        self._timer_at: dict[str, int] = {}
+        self._last_wall_ms = 0
 
     @property
     def depth(self) -> int:
@@ -189,6 +249,11 @@ class OutboundQueue:
     @property
     def is_idle(self) -> bool:
         return not self._jobs and self.in_flight == 0
+
+    @property
+    def holds_jobs(self) -> bool:
+        """Whether any job is here: waiting, in flight, or a parked workflow root."""
+        return bool(self._jobs)
 
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._jobs
@@ -201,8 +266,12 @@ class OutboundQueue:
         return (waiting.record for waiting in self._jobs.values())
 
     def push(self, record: JobRecord, eligible_at: float) -> None:
-        """Put a queued job in line; it may go at `eligible_at` at the earliest."""
-        self._jobs[record.job_id] = _Waiting(record, eligible_at, self._ready.push(record.job_id, eligible_at))
+        """Put a queued job in line; it may go at `eligible_at` at the earliest. A workflow root is parked."""
+        if record.steps:
+            self._jobs[record.job_id] = _Waiting(record, float("inf"), parked=True)
+        else:
+            self._jobs[record.job_id] = _Waiting(record, eligible_at, self._ready.push(record.job_id, eligible_at))
+        self._arm(record)
 
     def next(
         self, now: float, wall_ms: int, *, may_dispatch: bool = True, regions: RegionView | None = None
@@ -211,13 +280,21 @@ class OutboundQueue:
         `regions` is what the owner knows of regions (a node alone: only its own)."""
         if self.is_idle:
             return IDLE
+        self._last_wall_ms = wall_ms
+        timer_at = float("inf")
+        if may_dispatch:
+            due = self._due_timer(now, wall_ms)
+            if isinstance(due, float):
+                timer_at = due
+            elif due is not None:
+                return due
         if not len(self._ready) or not may_dispatch or self.in_flight >= self.limits.max_concurrent:
-            return WaitUntil(float("inf"))
+            return WaitUntil(timer_at)
         head_at = self._ready.next_eligible_at()
         assert head_at is not None
         go_at = max(self.limits.ready_at(now), head_at)
         if go_at > now:
-            return WaitUntil(go_at)
+            return WaitUntil(min(go_at, timer_at))
         job_id = self._ready.pop_ready(now)
         assert job_id is not None
         waiting = self._jobs[job_id]
@@ -226,9 +303,9 @@ class OutboundQueue:
             waiting.legs = 1
             self.in_flight += 1
             expired = transition(
-                record, JobEvent.EXPIRE, **_finished(wall_ms), error="deadline passed before the job could run"
+                record, JobEvent.EXPIRE, **finished(wall_ms), error="deadline passed before the job could run"
             )
-            return Conclude(Settlement(expired, "done", "expired"))
+            return Conclude(self._concluded(Settlement(expired, "done", "expired"), wall_ms))
         view = regions or RegionView.single()
         plan = plan_legs(
             record.spec,
@@ -276,10 +353,32 @@ class OutboundQueue:
     ) -> Settlement:
         """Judge what the legs of one dispatch produced, for the queue (limits, blocks) and for the job (its next
         step): a success wins (a race: the first; a fanout: only when every region succeeded), a rate limit makes
-        the whole queue wait, a reroute code moves the job to another region, a retry code retries in place."""
+        the whole queue wait, a reroute code moves the job to another region, a retry code retries in place.
+
+        An attempt that was interrupted (`Interrupt`) and did not win ends the job as the interrupt said. A job
+        that ends spawns its follow-up (on_success, on_failure) in the same settlement."""
         waiting = self._jobs[job_id]
+        judged = [self._judge_leg(leg, now, wall_ms, rng or _NO_JITTER, waiting.record) for leg in legs]
+        settlement = self._decide(waiting, judged, now, wall_ms, regions, mode)
+        if waiting.interrupt is not None and settlement.label != "success":
+            event, reason = waiting.interrupt
+            attempts = [j.attempt("cancelled") for j in judged]
+            stopped = transition(
+                waiting.record, event, **waiting.record.attempts_with(attempts), **finished(wall_ms), error=reason
+            )
+            settlement = Settlement(stopped, "done", "cancelled" if event is JobEvent.STOP else "failed")
+        return self._concluded(settlement, wall_ms)
+
+    def _decide(
+        self,
+        waiting: _Waiting,
+        judged: Sequence[_Judged],
+        now: float,
+        wall_ms: int,
+        regions: RegionView | None,
+        mode: str,
+    ) -> Settlement:
         record = waiting.record
-        judged = [self._judge_leg(leg, now, wall_ms, rng or _NO_JITTER, record) for leg in legs]
         account_queue = next((j.signals.account_queue for j in judged if j.signals.account_queue is not None), None)
         common: dict[str, Any] = {
             "account_queue": account_queue,
@@ -297,7 +396,7 @@ class OutboundQueue:
                 record,
                 JobEvent.SUCCEED,
                 **record.attempts_with(attempts),
-                **_finished(wall_ms),
+                **finished(wall_ms),
                 response=winner.response,
             )
             return Settlement(final, "done", "success", **common)
@@ -392,7 +491,7 @@ class OutboundQueue:
                 record,
                 event,
                 **record.attempts_with(attempts),
-                **_finished(wall_ms),
+                **finished(wall_ms),
                 response=response,
                 error=None if response else result.error,
             )
@@ -408,7 +507,7 @@ class OutboundQueue:
                 record,
                 JobEvent.FAIL,
                 **record.attempts_with([*others, attempt]),
-                **_finished(wall_ms),
+                **finished(wall_ms),
                 response=response,
                 error=f"deadline reached after {reason}",
             )
@@ -443,7 +542,7 @@ class OutboundQueue:
                 record,
                 JobEvent.SUCCEED,
                 **record.attempts_with(attempts),
-                **_finished(wall_ms),
+                **finished(wall_ms),
                 response=first,
                 region_responses=responses,
             )
@@ -452,6 +551,109 @@ class OutboundQueue:
         settlement = self._settle_one(waiting, failed[0], others, now, wall_ms, common)
         settlement.record.region_responses = responses
         return settlement
+
+    # -- workflows (edge/engine/workflow.py) ------------------------------------------------------------------------
+
+    def parked_roots(self) -> Iterator[JobRecord]:
+        """The workflow roots parked here, waiting for their steps."""
+        return (w.record for w in self._jobs.values() if w.parked)
+
+    def step_finished(self, root_id: str, step: JobRecord, wall_ms: int) -> Settlement | None:
+        """A step job of the root `root_id` (parked here) ended: the root's next move, or None when it has none or
+        is busy saving its last one (the shell's periodic check of open steps reports it again)."""
+        waiting = self._jobs.get(root_id)
+        if waiting is None or not waiting.parked or waiting.legs:
+            return None
+        move = workflow.step_finished(waiting.record, step, wall_ms, self.per_key)
+        if move is None:
+            return None
+        return self._begin_save(waiting, Settlement.of_move(move, "workflow"))
+
+    def stop(self, job_id: str, wall_ms: int) -> Settlement | Interrupt | None:
+        """End a step job its workflow no longer needs: a Settlement when it was waiting, an Interrupt when an
+        attempt of it is out (the attempt's settlement ends it), None when it is not here. A job whose outcome is
+        being saved ends right after that save."""
+        waiting = self._jobs.get(job_id)
+        if waiting is None or waiting.parked:
+            return None
+        if waiting.interrupt is None:
+            waiting.interrupt = (JobEvent.STOP, "stopped: its workflow no longer needs it")
+        decision = self._interrupt(waiting, wall_ms)
+        return decision.settlement if isinstance(decision, Conclude) else decision
+
+    def _due_timer(self, now: float, wall_ms: int) -> Conclude | Interrupt | float | None:
+        """The workflow timer due now, as a decision; otherwise when the next one is due (monotonic), or None."""
+        while self._timers:
+            at_ms, job_id = self._timers[0]
+            waiting = self._jobs.get(job_id)
+            if waiting is None or self._timer_at.get(job_id) != at_ms:
+                heapq.heappop(self._timers)
+                continue
+            if at_ms > wall_ms:
+                return now + (at_ms - wall_ms) / 1000
+            heapq.heappop(self._timers)
+            del self._timer_at[job_id]
+            decision = self._on_timer(waiting, wall_ms)
+            if decision is not None:
+                return decision
+        return None
+
+    def _on_timer(self, waiting: _Waiting, wall_ms: int) -> Conclude | Interrupt | None:
+        record = waiting.record
+        if waiting.parked:
+            if waiting.legs:
+                return None  # its last move is being saved; the commit arms the timer again
+            move = workflow.on_timer(record, wall_ms, self.per_key)
+            if move is None:
+                self._arm(record)
+                return None
+            return Conclude(self._begin_save(waiting, Settlement.of_move(move, "workflow")))
+        if waiting.interrupt is None:
+            reason = workflow.failure_timeout(record, wall_ms)
+            if reason is None:
+                return None
+            waiting.interrupt = (JobEvent.FAIL, reason)
+        return self._interrupt(waiting, wall_ms)
+
+    def _interrupt(self, waiting: _Waiting, wall_ms: int) -> Conclude | Interrupt | None:
+        """End a job as `waiting.interrupt` says: at once when it waits in line; by cancelling its attempt when one
+        is out; after its save when one is in flight (the commit arms its timer again)."""
+        assert waiting.interrupt is not None
+        record = waiting.record
+        event, reason = waiting.interrupt
+        if self._ready.remove(record.job_id):
+            if event is JobEvent.FAIL and record.status == "queued":
+                event = JobEvent.EXPIRE
+            ended = transition(record, event, **finished(wall_ms), error=reason)
+            label: AttemptLabel = "cancelled" if event is JobEvent.STOP else "failed"
+            return Conclude(self._begin_save(waiting, self._concluded(Settlement(ended, "done", label), wall_ms)))
+        if waiting.legs and record.status == "running":
+            return Interrupt(record.job_id)
+        return None
+
+    def _concluded(self, settlement: Settlement, wall_ms: int) -> Settlement:
+        """A settlement that ends its job, with the job's follow-up (on_success, on_failure) to create with it."""
+        if not settlement.is_terminal:
+            return settlement
+        move = workflow.conclude(settlement.record, wall_ms, self.per_key)
+        return dataclasses.replace(settlement, record=move.record, spawn=(*settlement.spawn, *move.spawn))
+
+    def _begin_save(self, waiting: _Waiting, settlement: Settlement) -> Settlement:
+        """`settlement` is to be saved: the job counts as in flight until its commit or abort, like an attempt."""
+        waiting.legs = 1
+        self.in_flight += 1
+        return settlement
+
+    def _arm(self, record: JobRecord, at_ms: int | None = None) -> None:
+        """(Re)schedule the job's workflow timer: at `at_ms`, or when `workflow.due_at_ms` says."""
+        due = workflow.due_at_ms(record) if at_ms is None else at_ms
+        if due is None:
+            self._timer_at.pop(record.job_id, None)
+            return
+        self._timer_at[record.job_id] = due
+        heapq.heappush(self._timers, (due, record.job_id))
+
+    # -- cancel, commit, abort -----------------------------------------------------------------------------------
 
     def cancel(self, job_id: str, wall_ms: int) -> Settlement | None:
         """Take a waiting job out of line to cancel it; None when it is not waiting here (in flight, or unknown).
@@ -462,7 +664,7 @@ class OutboundQueue:
             return None
         waiting.legs = 1
         self.in_flight += 1  # the save is in flight, like an attempt's
-        cancelled = transition(waiting.record, JobEvent.CANCEL, **_finished(wall_ms), error="cancelled by the client")
+        cancelled = transition(waiting.record, JobEvent.CANCEL, **finished(wall_ms), error="cancelled by the client")
         return Settlement(cancelled, "done", "cancelled")
 
     def commit(self, settlement: Settlement) -> None:
@@ -472,10 +674,15 @@ class OutboundQueue:
         self._release_legs(waiting)
         if settlement.is_terminal:
             del self._jobs[job_id]
+            self._timer_at.pop(job_id, None)
             return
-        place = waiting.seq if settlement.keeps_place else None
-        waiting.record, waiting.eligible_at = settlement.record, settlement.eligible_at
-        waiting.seq = self._ready.push(job_id, settlement.eligible_at, seq=place)
+        waiting.record = settlement.record
+        if settlement.next_step == "retry":
+            place = waiting.seq if settlement.keeps_place else None
+            waiting.eligible_at = settlement.eligible_at
+            waiting.seq = self._ready.push(job_id, settlement.eligible_at, seq=place)
+        # An interrupt that came while the outcome was saved ends the job at once now.
+        self._arm(waiting.record, 0 if waiting.interrupt is not None else None)
 
     def abort(self, settlement: Settlement, now: float) -> None:
         """The store could not save `settlement.record`: the job keeps its last saved state and waits again.
@@ -485,6 +692,13 @@ class OutboundQueue:
         job_id = settlement.record.job_id
         waiting = self._jobs[job_id]
         self._release_legs(waiting)
+        if waiting.parked:
+            # A root's move is decided again: its timer after the pause, a step's report when it is checked again.
+            due = workflow.due_at_ms(waiting.record)
+            self._arm(waiting.record, None if due is None else max(due, self._last_wall_ms + STORE_RETRY_MS))
+            return
+        if waiting.interrupt is not None:
+            self._arm(waiting.record, self._last_wall_ms + STORE_RETRY_MS)
         if waiting.record.status == "running":
             waiting.record = transition(waiting.record, JobEvent.RESUME)
         if settlement.label == "cancelled":
@@ -497,10 +711,16 @@ class OutboundQueue:
         """The jobs waiting in line that `wanted` names, taken out (for another queue or owner); in-flight ones
         stay."""
         # Only jobs in line: one whose attempt, cancel or expiry is being saved is not this queue's to give away.
-        taken = [w.record for job_id, w in self._jobs.items() if job_id in self._ready and wanted(w.record)]
+        # Parked workflow roots go too (with their steps' state; their timers are armed again where they land).
+        taken = [
+            w.record
+            for job_id, w in self._jobs.items()
+            if (job_id in self._ready or (w.parked and not w.legs)) and wanted(w.record)
+        ]
         for record in taken:
             self._ready.remove(record.job_id)
             del self._jobs[record.job_id]
+            self._timer_at.pop(record.job_id, None)
         return taken
 
     def _release_legs(self, waiting: _Waiting) -> None:
@@ -509,10 +729,6 @@ class OutboundQueue:
 
     def __repr__(self) -> str:
         return f"<OutboundQueue {self.key}: {self.depth} waiting, {self.in_flight} in flight | {self.limits!r}>"
-
-
-def _finished(wall_ms: int) -> dict[str, object]:
-    return {"finished_at_ms": wall_ms, "updated_at_ms": wall_ms, "next_attempt_at_ms": None}
 
 
 def wins(result: AttemptResult) -> bool:
@@ -584,9 +800,11 @@ class Queues:
         *,
         busy: Callable[[OutboundQueue], bool] = lambda queue: False,
         keys_max: int = QUEUE_KEYS_MAX,
+        per_key: PerKeyQueues = lambda origin: True,
     ) -> None:
         self._limits_for = limits_for
         self._retry = retry
+        self._per_key = per_key  # the queue key of the steps and follow-ups a workflow creates
         self._busy = busy  # the shell still runs a task for the queue: never forget it then
         self._keys_max = keys_max
         self._queues: dict[str, OutboundQueue] = {}
@@ -646,18 +864,28 @@ class Queues:
         if queue is None:
             if len(self._queues) >= self._keys_max:
                 self._forget_longest_idle(max(1, self._keys_max // 10))
-            queue = OutboundQueue(
-                record.queue_key, record.spec.origin, self._limits_for(record.spec.origin), self._retry
-            )
+            origin = record.spec.origin
+            queue = OutboundQueue(record.queue_key, origin, self._limits_for(origin), self._retry, self._per_key)
             self._queues[record.queue_key] = queue
-        if record.status != "queued":
-            record = transition(record, JobEvent.RESUME)  # a finished record is refused here, before any counting
+        if record.status != "queued" and not (record.steps and record.status == "running"):
+            # A finished record is refused here, before any counting; a running workflow root stays as it is.
+            record = transition(record, JobEvent.RESUME)
         if record.job_id not in self._queue_of_job:
             self._backlog[record.account_id] += 1
             self._by_idempotency[(record.account_id, record.idempotent_key)] = record.job_id
         queue.push(record, eligible_at)
         self._queue_of_job[record.job_id] = queue
         return queue
+
+    def open_steps(self) -> list[tuple[OutboundQueue, str, str]]:
+        """(queue, root id, step job id) for every running step of the workflow roots parked here."""
+        return [
+            (queue, root.job_id, state.job_id)
+            for queue in self._queues.values()
+            for root in queue.parked_roots()
+            for state in root.steps
+            if state.state == "running"
+        ]
 
     def settled(self, settlement: Settlement) -> None:
         """Bookkeeping after a terminal settlement was committed: the job leaves the index and its backlog."""
@@ -668,7 +896,7 @@ class Queues:
         """The waiting jobs of keys `is_foreign` names, taken out (to hand them to their owner)."""
         taken: list[JobRecord] = []
         for queue in self._queues.values():
-            if queue.depth and is_foreign(queue.key):
+            if queue.holds_jobs and is_foreign(queue.key):
                 for record in queue.take_waiting():
                     self._release(record)
                     taken.append(record)
@@ -680,7 +908,8 @@ class Queues:
         moved: list[tuple[JobRecord, str]] = []
         for queue in self._queues.values():
             if queue.origin == origin and queue.depth:
-                for record in queue.take_waiting(lambda r: key_of(r) != r.queue_key):
+                # A parked workflow root keeps its key: it makes no attempt, so no queue paces it.
+                for record in queue.take_waiting(lambda r: not r.steps and key_of(r) != r.queue_key):
                     self._release(record)
                     moved.append((record, key_of(record)))
         return moved

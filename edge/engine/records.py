@@ -93,6 +93,42 @@ class Delivery:
         return cls(**_known(cls, data))
 
 
+StepStateName = Literal["running", "succeeded", "failed", "cancelled"]
+
+
+@dataclass(slots=True)
+class StepState:
+    """One step of a fallback chain, as the workflow's root records it (edge/engine/workflow.py).
+
+    Step 0 is the root's own request, step N the N-th nested `fallback_job`; each runs as a job of its own
+    (`job_id`), in the queue of its own key. What it ended with is copied here when it reports back."""
+
+    index: int
+    job_id: str
+    state: StepStateName = "running"
+    started_at_ms: int = 0
+    finished_at_ms: int | None = None
+    status_code: int | None = None
+    error: str | None = None
+    attempts_total: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "job_id": self.job_id,
+            "state": self.state,
+            "started_at_ms": self.started_at_ms,
+            "finished_at_ms": self.finished_at_ms,
+            "status_code": self.status_code,
+            "error": self.error,
+            "attempts_total": self.attempts_total,
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> StepState:
+        return cls(**_known(cls, data))
+
+
 @dataclass(slots=True)
 class JobRecord:
     """An accepted job and everything that happened to it.
@@ -124,6 +160,19 @@ class JobRecord:
     finished_at_ms: int | None = None
     deliveries: list[Delivery] = field(default_factory=list)
     webhook_outcome: Literal["none", "pending", "delivered", "failed"] = "none"
+    # Workflows (edge/engine/workflow.py). A root with a fallback chain lists its steps and, once decided, the one
+    # that won; a step job names its root (`parent_id`, and the root's queue key, whose owner holds the root) and
+    # its index; a follow-up job (on_success, on_failure) names the job that spawned it.
+    steps: list[StepState] = field(default_factory=list)
+    won_step: int | None = None
+    parent_id: str | None = None
+    parent_key: str | None = None
+    step: int | None = None
+    children: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_step(self) -> bool:
+        return self.step is not None
 
     @property
     def is_terminal(self) -> bool:
@@ -154,6 +203,8 @@ class JobRecord:
         copied.deliveries = [dataclasses.replace(d) for d in self.deliveries]
         copied.regions_tried = list(self.regions_tried)
         copied.region_responses = dict(self.region_responses)
+        copied.steps = [dataclasses.replace(s) for s in self.steps]
+        copied.children = dict(self.children)
         for name, value in changes.items():
             setattr(copied, name, value)
         return copied
@@ -172,7 +223,7 @@ class JobRecord:
         return self.evolve(**self.attempts_with((attempt,)), **changes)
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire = {
             "job_id": self.job_id,
             "account_id": self.account_id,
             "idempotent_key": self.idempotent_key,
@@ -195,6 +246,15 @@ class JobRecord:
             "deliveries": [d.to_wire() for d in self.deliveries],
             "webhook_outcome": self.webhook_outcome,
         }
+        # Workflow fields only when set: most jobs have none, and every save encodes the record.
+        if self.steps:
+            wire["steps"] = [s.to_wire() for s in self.steps]
+            wire["won_step"] = self.won_step
+        if self.parent_id is not None:
+            wire.update(parent_id=self.parent_id, parent_key=self.parent_key, step=self.step)
+        if self.children:
+            wire["children"] = dict(self.children)
+        return wire
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> JobRecord:
@@ -204,10 +264,11 @@ class JobRecord:
         # Records written before attempts were bounded listed every attempt.
         fields.setdefault("attempts_total", len(fields["attempts"]))
         fields["deliveries"] = [Delivery.from_wire(d) for d in data.get("deliveries", ())]
+        fields["steps"] = [StepState.from_wire(s) for s in data.get("steps", ())]
         return cls(**fields)
 
 
-_COPIED_FIELDS: Final = frozenset({"attempts", "deliveries", "regions_tried", "region_responses"})
+_COPIED_FIELDS: Final = frozenset({"attempts", "deliveries", "regions_tried", "region_responses", "steps", "children"})
 _SCALAR_FIELDS: Final = tuple(f.name for f in dataclasses.fields(JobRecord) if f.name not in _COPIED_FIELDS)
 
 

@@ -39,7 +39,7 @@ record, whose response may be up to 1 MiB, on every try for up to 24 hours.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, cast, get_args
 
@@ -194,12 +194,17 @@ def overlay_deliveries(record: JobRecord, webhook_outcome: str, deliveries: Iter
 class Store(Protocol):
     """Durable job storage for one node. Every method is a Trio checkpoint; writes are durable on return."""
 
-    async def insert_job(self, record: JobRecord) -> tuple[JobRecord, bool]:
-        """Store a new job: (stored copy, True); or (existing job, False) if the account used the key."""
+    async def insert_job(self, record: JobRecord, spawned: Sequence[JobRecord] = ()) -> tuple[JobRecord, bool]:
+        """Store a new job: (stored copy, True); or (existing job, False) if the account used the key.
+
+        `spawned` (a new workflow's first step) are inserted in the same transaction, only with a new job."""
         ...
 
-    async def save_job(self, record: JobRecord) -> None:
-        """Insert or replace the whole record by job_id (deliveries saved by `save_delivery` included)."""
+    async def save_job(self, record: JobRecord, spawned: Sequence[JobRecord] = ()) -> None:
+        """Insert or replace the whole record by job_id (deliveries saved by `save_delivery` included).
+
+        `spawned` (a workflow's next step, a follow-up job) are inserted in the same transaction; one that exists
+        already (by id or idempotency key: a decision replayed after a crash) is left as it is."""
         ...
 
     async def save_delivery(

@@ -20,7 +20,7 @@ re-encodes) and every read overlays it on the decoded record; `save_job` and del
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Collection, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import final
 
@@ -92,8 +92,9 @@ class MemoryStore:
         self._commits += 1
         return self._data
 
-    async def insert_job(self, record: JobRecord) -> tuple[JobRecord, bool]:
+    async def insert_job(self, record: JobRecord, spawned: Sequence[JobRecord] = ()) -> tuple[JobRecord, bool]:
         job, copy = EncodedJob.of(record), record.copy()  # what was stored, without decoding it back
+        more = [EncodedJob.of(r) for r in spawned]
         data = await self._begin()
         existing_id = data.job_id_by_idempotency.get(job.idempotency)
         if existing_id is not None:
@@ -101,10 +102,12 @@ class MemoryStore:
         if job.job_id in data.jobs:
             raise StoreError(f"job_id {job.job_id!r} already exists under another idempotent_key")
         self._put(data, job)
+        self._put_spawned(data, more)
         return copy, True
 
-    async def save_job(self, record: JobRecord) -> None:
+    async def save_job(self, record: JobRecord, spawned: Sequence[JobRecord] = ()) -> None:
         job = EncodedJob.of(record)
+        more = [EncodedJob.of(r) for r in spawned]
         data = await self._begin()
         owner_id = data.job_id_by_idempotency.get(job.idempotency)
         if owner_id is not None and owner_id != job.job_id:
@@ -114,6 +117,12 @@ class MemoryStore:
             del data.job_id_by_idempotency[previous.idempotency]
         data.deliveries.pop(job.job_id, None)  # the record is the whole truth again
         self._put(data, job)
+        self._put_spawned(data, more)
+
+    def _put_spawned(self, data: MemoryStoreData, spawned: list[EncodedJob]) -> None:
+        for job in spawned:
+            if job.job_id not in data.jobs and job.idempotency not in data.job_id_by_idempotency:
+                self._put(data, job)
 
     async def save_delivery(
         self, job_id: str, index: int, delivery: Delivery, webhook_outcome: str, updated_at_ms: int

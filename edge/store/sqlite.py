@@ -47,7 +47,7 @@ import contextlib
 import functools
 import math
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Generic, TypeVar, final
@@ -143,6 +143,7 @@ _UPSERT_SQL = (
 # A new job costs one statement, a duplicate two. Only the idempotency constraint is the conflict target, so a
 # job_id reused under another key still fails with IntegrityError.
 _INSERT_UNLESS_DUPLICATE_SQL = _INSERT_SQL + " ON CONFLICT (account_id, idempotent_key) DO NOTHING"
+_INSERT_UNLESS_EXISTS_SQL = _INSERT_SQL.replace("INSERT", "INSERT OR IGNORE", 1)
 # Reads select (job_id, webhook_outcome, record) and overlay the job's delivery rows.
 _JOB_COLUMNS = "job_id, webhook_outcome, record"
 _SELECT_BY_IDEMPOTENCY_SQL = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE account_id = ? AND idempotent_key = ?"
@@ -208,18 +209,27 @@ def _decode_one(row: tuple[str, str, bytes], connection: sqlite3.Connection) -> 
     return overlay_deliveries(decode_record(blob), webhook_outcome, saved)
 
 
-def _insert_job(job: EncodedJob, copy: JobRecord, connection: sqlite3.Connection) -> tuple[JobRecord, bool]:
+def _insert_job(
+    job: EncodedJob, copy: JobRecord, spawned: list[EncodedJob], connection: sqlite3.Connection
+) -> tuple[JobRecord, bool]:
     if connection.execute(_INSERT_UNLESS_DUPLICATE_SQL, _row(job)).rowcount:
         # Delivery rows never outlive their job (the trigger), so a new job has none. `copy` was taken with the
         # encoding, so it is what was stored, without decoding it back.
+        _insert_spawned(spawned, connection)
         return copy, True
     row = connection.execute(_SELECT_BY_IDEMPOTENCY_SQL, job.idempotency).fetchone()
     return _decode_one(row, connection), False
 
 
-def _save_job(job: EncodedJob, connection: sqlite3.Connection) -> None:
+def _save_job(job: EncodedJob, spawned: list[EncodedJob], connection: sqlite3.Connection) -> None:
     connection.execute(_UPSERT_SQL, _row(job))
     connection.execute(_DELETE_DELIVERIES_SQL, (job.job_id,))
+    _insert_spawned(spawned, connection)
+
+
+def _insert_spawned(spawned: list[EncodedJob], connection: sqlite3.Connection) -> None:
+    for job in spawned:
+        connection.execute(_INSERT_UNLESS_EXISTS_SQL, _row(job))
 
 
 def _save_delivery(job_id: str, saved: EncodedDelivery, webhook_outcome: str, connection: sqlite3.Connection) -> None:
@@ -334,12 +344,14 @@ class SqliteStore:
         await operation.done.wait()
         return operation.outcome()
 
-    async def insert_job(self, record: JobRecord) -> tuple[JobRecord, bool]:
+    async def insert_job(self, record: JobRecord, spawned: Sequence[JobRecord] = ()) -> tuple[JobRecord, bool]:
         job, copy = EncodedJob.of(record), record.copy()
-        return await self._call("insert_job", functools.partial(_insert_job, job, copy))
+        more = [EncodedJob.of(r) for r in spawned]
+        return await self._call("insert_job", functools.partial(_insert_job, job, copy, more))
 
-    async def save_job(self, record: JobRecord) -> None:
-        await self._call("save_job", functools.partial(_save_job, EncodedJob.of(record)))
+    async def save_job(self, record: JobRecord, spawned: Sequence[JobRecord] = ()) -> None:
+        more = [EncodedJob.of(r) for r in spawned]
+        await self._call("save_job", functools.partial(_save_job, EncodedJob.of(record), more))
 
     async def save_delivery(
         self, job_id: str, index: int, delivery: Delivery, webhook_outcome: str, updated_at_ms: int

@@ -10,7 +10,12 @@ what an attempt's outcome means, what a cancel does) is the core's; this module 
   something wakes it: a new job, an attempt done, an ownership change). The task ends when the core says IDLE; the
   key's `OutboundQueue` stays, so limits learned from the provider's headers survive.
 - After an attempt, the core's `Settlement` is saved and only then committed; a failed save aborts it, and the job
-  waits again as it was.
+  waits again as it was. The jobs a settlement spawns (a workflow's next step, a follow-up) are saved in the same
+  commit and queued after it; the step jobs it stops are stopped wherever they are.
+- Workflows (edge/engine/workflow.py): a step job that ends reports to its root (here, or through `WorkflowLinks`
+  on the node that holds the root). Every STEP_CHECK_S, and after a restart, each parked root's running steps
+  are looked up too, so a report lost to a crash or a hand-off only costs a delay. An attempt the core interrupts
+  (a step stopped mid-flight, a failure timeout) is cancelled through its cancel scope.
 
 Everything that reads time uses `trio.current_time()` (pacing) or the injected wall clock (records), so the
 simulator drives this module unchanged.
@@ -26,6 +31,7 @@ import httpx
 import trio
 
 from edge.config import Config
+from edge.engine import workflow
 from edge.engine.legs import RegionView
 from edge.engine.outcome import AttemptResult
 from edge.engine.queue import (
@@ -33,6 +39,7 @@ from edge.engine.queue import (
     BacklogFull,
     Conclude,
     Dispatch,
+    Interrupt,
     LegResult,
     OutboundQueue,
     Queues,
@@ -50,6 +57,8 @@ from edge.store import Store, StoreError
 from scheduler import QueueLimits
 
 log = logging.getLogger("ezthrottle.queues")
+
+STEP_CHECK_S = 2.0  # how often parked workflow roots look their running steps up (a lost report costs this long)
 
 
 class AttemptRunner(Protocol):
@@ -76,6 +85,43 @@ class Placement(Protocol):
     def started(self, origin: str, region: str) -> None: ...
 
     def finished(self, origin: str, region: str, result: AttemptResult | None) -> None: ...
+
+
+class WorkflowLinks(Protocol):
+    """How workflows reach jobs this node does not hold (edge/placement/routing.py in a cluster)."""
+
+    async def find(self, job_id: str) -> JobRecord | None: ...
+
+    async def stop(self, job_id: str) -> None:
+        """Stop a step job held by another node."""
+        ...
+
+    async def report(self, step: JobRecord) -> None:
+        """Tell the node holding the step's root that the step ended."""
+        ...
+
+    def hand_off_soon(self) -> None:
+        """Jobs of keys another node owns were just created here: move them without waiting for the sweep."""
+        ...
+
+
+class _LocalLinks:
+    """A node alone holds every job: nothing to reach but its store."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def find(self, job_id: str) -> JobRecord | None:
+        return await self._store.get_job(job_id)
+
+    async def stop(self, job_id: str) -> None:
+        pass
+
+    async def report(self, step: JobRecord) -> None:
+        pass
+
+    def hand_off_soon(self) -> None:
+        pass
 
 
 class LocalPlacement:
@@ -125,6 +171,7 @@ class QueueManager:
         owns: Callable[[str], bool] = lambda key: True,
         placement: Placement | None = None,
         on_account_queue: Callable[[str, bool], None] | None = None,
+        per_key: workflow.PerKeyQueues = lambda origin: True,
     ) -> None:
         self._config = config
         self._owns = owns
@@ -140,8 +187,15 @@ class QueueManager:
             self._initial_limits,
             RetrySettings(defaults.backoff_base_s, defaults.backoff_cap_s),
             busy=lambda queue: queue.key in self._tasks,
+            per_key=per_key,
         )
+        self._attempts: dict[str, trio.CancelScope] = {}  # by job id: the attempt out now, for an Interrupt
+        self._links: WorkflowLinks = _LocalLinks(store)
         self._nursery: trio.Nursery | None = None
+
+    def connect(self, links: WorkflowLinks) -> None:
+        """Reach other nodes' jobs through `links` (the cluster's router, built after this manager)."""
+        self._links = links
 
     # -- service --------------------------------------------------------------------------------------------
 
@@ -156,7 +210,9 @@ class QueueManager:
             if resumed:
                 log.info("resumed %d unfinished jobs", len(resumed))
             task_status.started()
-            await trio.sleep_forever()
+            while True:
+                await self.check_steps()
+                await trio.sleep(STEP_CHECK_S)
 
     # -- API-facing verbs -------------------------------------------------------------------------------------
 
@@ -169,7 +225,12 @@ class QueueManager:
 
         With `admit`, a new job is refused (BacklogFull) when its account already has `server.account_backlog_max`
         unfinished jobs here. The check runs on the node that holds the queue, whichever node the client called;
-        jobs handed over from another node were acknowledged already and are never refused."""
+        jobs handed over from another node were acknowledged already and are never refused. A new workflow root is
+        saved together with its first step."""
+        spawn: tuple[JobRecord, ...] = ()
+        if workflow.is_workflow(record.spec) and not record.steps:
+            move = workflow.begin(record, self._runtime.wall_ms())
+            record, spawn = move.record, move.spawn
         try:
             self._queues.admit(record.account_id, self._config.server.account_backlog_max if admit else None)
         except BacklogFull:
@@ -178,12 +239,13 @@ class QueueManager:
                 raise
             return duplicate, False
         try:
-            stored, created = await self._store.insert_job(record)
+            stored, created = await self._store.insert_job(record, spawn)
         finally:
             self._queues.admitted(record.account_id)
         if not created:
             return self._queues.live_job(stored.job_id) or stored, False
         self._enqueue(stored)
+        self._enqueue_spawned(spawn)
         return stored, True
 
     def live_job(self, job_id: str) -> JobRecord | None:
@@ -203,6 +265,61 @@ class QueueManager:
         finally:
             self._wake(queue)
         return settlement.record
+
+    # -- workflows -----------------------------------------------------------------------------------------------
+
+    async def stop(self, job_id: str, *, forward: bool = True) -> None:
+        """End a step job its workflow no longer needs: here, or (`forward`) on the node that holds it."""
+        queue = self._queues.queue_of(job_id)
+        if queue is None:
+            if forward:
+                await self._links.stop(job_id)
+            return
+        decision = queue.stop(job_id, self._runtime.wall_ms())
+        if isinstance(decision, Interrupt):
+            self._interrupt(decision.job_id)
+        elif decision is not None:
+            self._metrics.queue_depth.dec()
+            await self._save_logged(queue, decision)
+
+    async def step_ended(self, step: JobRecord, *, forward: bool = True) -> None:
+        """A step job ended: tell its root, here or (`forward`) on the node that holds it."""
+        assert step.parent_id is not None
+        queue = self._queues.queue_of(step.parent_id)
+        if queue is not None:
+            await self._root_learns(queue, step.parent_id, step)
+        elif forward:
+            await self._links.report(step)
+
+    async def check_steps(self) -> None:
+        """Look up the running steps of every parked root that are not held here (they report when they end)."""
+        for queue, root_id, step_id in self._queues.open_steps():
+            if self._queues.live_job(step_id) is not None:
+                continue
+            try:
+                step = await self._links.find(step_id)
+            except StoreError:
+                log.exception("could not look up step %s of job %s; trying again later", step_id, root_id)
+                continue
+            if step is not None and step.is_terminal:
+                await self._root_learns(queue, root_id, step)
+
+    async def _root_learns(self, queue: OutboundQueue, root_id: str, step: JobRecord) -> None:
+        settlement = queue.step_finished(root_id, step, self._runtime.wall_ms())
+        if settlement is not None:
+            self._metrics.queue_depth.dec()
+            await self._save_logged(queue, settlement)
+
+    def _interrupt(self, job_id: str) -> None:
+        scope = self._attempts.get(job_id)
+        if scope is not None:
+            scope.cancel()
+
+    def _enqueue_spawned(self, jobs: Collection[JobRecord]) -> None:
+        for job in jobs:
+            self._enqueue(job)
+        if any(not self._owns(job.queue_key) for job in jobs):
+            self._links.hand_off_soon()
 
     def queues_with_prefix(self, prefix: str) -> list[dict[str, Any]]:
         """Queues whose key starts with `prefix` (an account's: "acme|"; the shared free ones: "free|")."""
@@ -326,6 +443,8 @@ class QueueManager:
                 elif isinstance(decision, Conclude):
                     self._metrics.queue_depth.dec()
                     attempts.start_soon(self._save_logged, queue, decision.settlement)
+                elif isinstance(decision, Interrupt):
+                    self._interrupt(decision.job_id)
                 elif isinstance(decision, WaitUntil):
                     with trio.move_on_at(decision.at):
                         await task.wakeup.wait()
@@ -340,11 +459,15 @@ class QueueManager:
 
     async def _attempt(self, queue: OutboundQueue, dispatch: Dispatch) -> None:
         record, plan = dispatch.record, dispatch.legs
+        results: dict[str, AttemptResult | None] = dict.fromkeys(plan.regions)
         try:
-            if plan.mode == "single":
-                legs = [LegResult(plan.regions[0], await self._run_leg(queue, record, plan.regions[0]))]
-            else:
-                legs = await self._run_legs(queue, record, plan.regions, race=plan.mode == "race")
+            # An Interrupt cancels this scope: the legs still out end as cancelled (None), like a race's losers.
+            with trio.CancelScope() as self._attempts[record.job_id]:
+                if plan.mode == "single":
+                    results[plan.regions[0]] = await self._run_leg(queue, record, plan.regions[0])
+                else:
+                    await self._run_legs(queue, record, results, race=plan.mode == "race")
+            legs = [LegResult(region, results[region]) for region in plan.regions]
             settlement = queue.settle_legs(
                 record.job_id,
                 legs,
@@ -355,6 +478,7 @@ class QueueManager:
                 mode=plan.mode,
             )
         finally:
+            del self._attempts[record.job_id]
             self._metrics.in_flight.dec()
         for leg in legs:
             if leg.result is not None:
@@ -363,10 +487,10 @@ class QueueManager:
         await self._save_logged(queue, settlement)
 
     async def _run_legs(
-        self, queue: OutboundQueue, record: JobRecord, regions: tuple[str, ...], *, race: bool
-    ) -> list[LegResult]:
-        """Every leg at once in one nursery: a race cancels the others when one wins; a fanout waits for all."""
-        results: dict[str, AttemptResult | None] = dict.fromkeys(regions)
+        self, queue: OutboundQueue, record: JobRecord, results: dict[str, AttemptResult | None], *, race: bool
+    ) -> None:
+        """Every leg (a region of `results`, filled in as they end) at once in one nursery: a race cancels the others
+        when one wins; a fanout waits for all."""
         async with trio.open_nursery() as legs:
 
             async def leg(region: str) -> None:
@@ -375,9 +499,8 @@ class QueueManager:
                 if race and wins(result):
                     legs.cancel_scope.cancel()  # the losers' cancel scopes end their requests, here or remote
 
-            for region in regions:
+            for region in results:
                 legs.start_soon(leg, region, name=f"attempt {record.job_id} in {region or 'owner'}")
-        return [LegResult(region, results[region]) for region in regions]
 
     async def _run_leg(self, queue: OutboundQueue, record: JobRecord, region: str) -> AttemptResult:
         origin = queue.origin
@@ -404,17 +527,23 @@ class QueueManager:
         if settlement.is_terminal:
             record = self._webhooks.attach(record)
         try:
-            await self._store.save_job(record)
+            await self._store.save_job(record, settlement.spawn)
         except BaseException:
             queue.abort(settlement, trio.current_time())
             self._metrics.queue_depth.inc()
             raise
         queue.commit(settlement)
         self._queues.settled(settlement)
+        self._enqueue_spawned(settlement.spawn)
+        assert self._nursery is not None
+        for job_id in settlement.stop:
+            self._nursery.start_soon(self.stop, job_id)
         if settlement.is_terminal:
             self._metrics.jobs_finished.labels(record.status).inc()
             if record.has_pending_deliveries:
                 self._webhooks.schedule(record)
+            if record.is_step:
+                self._nursery.start_soon(self.step_ended, record)
         else:
             self._metrics.queue_depth.inc()
 

@@ -21,11 +21,13 @@ ALLOWED = {
     ("queued", JobEvent.CANCEL): "cancelled",
     ("queued", JobEvent.EXPIRE): "failed",
     ("queued", JobEvent.RESUME): "queued",
+    ("queued", JobEvent.STOP): "cancelled",
     ("running", JobEvent.RETRY): "queued",
     ("running", JobEvent.SUCCEED): "success",
     ("running", JobEvent.FAIL): "failed",
     ("running", JobEvent.EXPIRE): "failed",
     ("running", JobEvent.RESUME): "queued",
+    ("running", JobEvent.STOP): "cancelled",
 }
 ALL_PAIRS = list(itertools.product(STATUSES, JobEvent))
 FORBIDDEN = [pair for pair in ALL_PAIRS if pair not in ALLOWED]
@@ -52,7 +54,7 @@ def pair_id(pair: tuple[str, JobEvent]) -> str:
 def test_the_table_is_the_one_documented():
     assert TRANSITIONS == ALLOWED
     assert set(STATUSES) == {"queued", "running", "success", "failed", "cancelled"}
-    assert len(ALL_PAIRS) == 35 and len(FORBIDDEN) == 26
+    assert len(ALL_PAIRS) == 40 and len(FORBIDDEN) == 29
 
 
 @pytest.mark.parametrize(("state", "event"), list(ALLOWED), ids=[pair_id(p) for p in ALLOWED])

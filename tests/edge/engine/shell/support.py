@@ -24,7 +24,7 @@ import json
 import sys
 import types
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from itertools import count
@@ -257,13 +257,13 @@ class FaultyStore:
         self.failed_at.setdefault(method, []).append(trio.current_time())
         raise StoreError(f"injected fault: {method} (call {self.calls[method]})")
 
-    async def insert_job(self, record: JobRecord) -> tuple[JobRecord, bool]:
+    async def insert_job(self, record: JobRecord, spawned: Sequence[JobRecord] = ()) -> tuple[JobRecord, bool]:
         await self._enter("insert_job", record)
-        return await self.inner.insert_job(record)
+        return await self.inner.insert_job(record, spawned)
 
-    async def save_job(self, record: JobRecord) -> None:
+    async def save_job(self, record: JobRecord, spawned: Sequence[JobRecord] = ()) -> None:
         await self._enter("save_job", record)
-        await self.inner.save_job(record)
+        await self.inner.save_job(record, spawned)
 
     async def save_delivery(
         self, job_id: str, index: int, delivery: Delivery, webhook_outcome: str, updated_at_ms: int
