@@ -161,6 +161,7 @@ async def run_node(
                 metrics=metrics,
                 owns=partial(owns_key, membership),
                 on_account_queue=account_queues.learned,
+                per_key=account_queues.enabled,
             )
             plans = {account.id: account.plan for account in config.accounts}
 
@@ -180,6 +181,7 @@ async def run_node(
                 peers=peers,
                 forward_deadline_s=config.cluster.forward_deadline_s,
             )
+            manager.connect(router)
             ready = False
             app = JobApi(
                 config=config,

@@ -41,6 +41,8 @@ def webhook_payload(record: JobRecord) -> bytes:
     }
     if record.error:
         doc["error"] = record.error
+    if record.steps:
+        doc["step"] = record.won_step  # which step of the fallback chain won (None: none did)
     return json.dumps(doc, separators=(",", ":")).encode()
 
 

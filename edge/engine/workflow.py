@@ -22,7 +22,7 @@ parent's terminal record, so it exists exactly once, crash or not. It is a job o
 webhooks), linked to its parent by `parent_id`.
 
 Every decision returns a `Move`: the root's new record, the jobs to create in the same commit, and the step jobs
-to stop. Ids are derived (`<root>.step1`, `<parent>.on_success`), so a decision replayed after a crash can never
+to stop. Ids are derived (`<root>-step1`, `<parent>-on_success`), so a decision replayed after a crash can never
 create a second job.
 """
 
@@ -168,7 +168,7 @@ def conclude(final: JobRecord, wall_ms: int, per_key: PerKeyQueues) -> Move:
         return Move(final)
     child_key = follow_up.idempotent_key or f"{final.idempotent_key}#{name}"
     child = JobRecord(
-        job_id=f"{final.job_id}.{name}",
+        job_id=f"{final.job_id}-{name}",
         account_id=final.account_id,
         idempotent_key=child_key,
         queue_key=_sibling_key(final, follow_up, per_key),
@@ -218,7 +218,7 @@ def _start_step(record: JobRecord, index: int, wall_ms: int, per_key: PerKeyQueu
 
 
 def _step_id(root: JobRecord, index: int) -> str:
-    return f"{root.job_id}.step{index}"
+    return f"{root.job_id}-step{index}"
 
 
 def _step_job(root: JobRecord, index: int, wall_ms: int, key: str) -> JobRecord:

@@ -274,6 +274,7 @@ class JobApi:
                 "quorum": spec.webhook_quorum,
                 "deliveries": [d.to_wire() for d in record.deliveries],
             },
+            **_workflow_view(record),
         }
 
     def _authenticate(self, scope: Scope) -> AccountConfig:
@@ -290,13 +291,31 @@ class JobApi:
         return account
 
 
+def _workflow_view(record: JobRecord) -> dict[str, Any]:
+    """A job's place in a workflow, when it has one: its steps and the one that won, its step's root, its
+    follow-ups, its parent."""
+    view: dict[str, Any] = {}
+    if record.steps:
+        view["steps"] = [state.to_wire() for state in record.steps]
+        view["won_step"] = record.won_step
+    if record.parent_id is not None:
+        view["parent_id"] = record.parent_id
+        if record.step is not None:
+            view["step"] = record.step
+    if record.children:
+        view["children"] = dict(record.children)
+    return view
+
+
 def submit_status(record: JobRecord) -> str:
     """The submit answer's `status`: "racing" for a queued job that races several regions (the public SDKs'
     integration test asserts it), else the job's status."""
     spec = record.spec
-    if record.status == "queued" and spec.execution_mode == "race" and len(spec.regions) > 1:
+    # A new workflow root is running its first step already; to its client it was just queued, like any job.
+    status = "queued" if record.steps and not record.is_terminal and record.won_step is None else record.status
+    if status == "queued" and spec.execution_mode == "race" and len(spec.regions) > 1:
         return "racing"
-    return record.status
+    return status
 
 
 class _CallerGone(Exception):

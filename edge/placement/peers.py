@@ -181,6 +181,14 @@ class PeerClient:
     async def queues(self, api_address: str, prefix: str) -> list[dict[str, Any]]:
         return list((await self._call(api_address, "queues", {"prefix": prefix}))["queues"])
 
+    async def stop(self, api_address: str, job_id: str) -> bool:
+        """Stop a step job if the peer holds it; whether it did."""
+        return bool((await self._call(api_address, "stop", {"job_id": job_id}))["found"])
+
+    async def report(self, api_address: str, step: JobRecord) -> None:
+        """Tell the peer that holds a step's root that the step ended."""
+        await self._call(api_address, "step", {"record": step.to_wire()})
+
     async def attempt(
         self,
         api_address: str,
@@ -303,6 +311,8 @@ class InternalRoutes:
             "find": self._find,
             "cancel": self._cancel,
             "queues": self._queues,
+            "stop": self._stop,
+            "step": self._step,
         }
         # Routes whose work is abandoned when the caller goes away; None from them means it went away.
         self._watched_routes: dict[str, Callable[[dict[str, Any], CallerGone], Awaitable[dict[str, Any] | None]]] = {
@@ -391,6 +401,20 @@ class InternalRoutes:
         found = self._manager.live_job(job_id) or await self._store.get_job(job_id)
         cancelled = await self._manager.cancel(job_id) if found else None
         return {"record": (cancelled or found).to_wire() if found else None, "found": found is not None}
+
+    async def _stop(self, doc: dict[str, Any]) -> dict[str, Any]:
+        job_id = str(doc["job_id"])
+        found = self._manager.live_job(job_id) is not None
+        if found:
+            await self._manager.stop(job_id, forward=False)
+        return {"found": found}
+
+    async def _step(self, doc: dict[str, Any]) -> dict[str, Any]:
+        step = JobRecord.from_wire(doc["record"])
+        if step.parent_id is None or not step.is_terminal:
+            raise Problem(400, "Malformed request", "record: not a finished step job", field="record")
+        await self._manager.step_ended(step, forward=False)
+        return {}
 
     async def _queues(self, doc: dict[str, Any]) -> dict[str, Any]:
         return {"queues": self._manager.queues_with_prefix(str(doc["prefix"]))}

@@ -15,6 +15,11 @@ messages. A node alone (no cluster configured) owns everything, and this module 
   after the owner accepted them (transfer, then delete; the receiver dedupes by idempotency key). A job that is in
   flight finishes here first and moves on its next retry, so each key settles to one active queue.
 - Reads: a job is looked up locally, then on every other live member.
+- Workflows (edge/engine/workflow.py) reach across nodes through this router (`WorkflowLinks`): a step job that
+  ends reports to the owner of its root's key, and a step its root stops is stopped on whichever member holds it.
+  Both are hints: the root also looks its open steps up (`find`) every few seconds, so a lost one costs a delay.
+  Steps and follow-ups are created on the root's node, in the same commit as the root's change, and the
+  hand-off moves those of keys owned elsewhere at once (`hand_off_soon`).
 
 A receiver accepts every forwarded or handed-over job even when its own view of ownership differs: durable first,
 and its own hand-off moves the job on if needed. Views that disagree for a moment cost a hop, never a job.
@@ -82,6 +87,7 @@ class JobRouter:
         self._membership = membership
         self._peers = peers
         self._forward_deadline_s = forward_deadline_s
+        self._hand_off_wanted = trio.Event()
 
     def owns(self, key: str) -> bool:
         return owns_key(self._membership, key)
@@ -141,6 +147,32 @@ class JobRouter:
                 return cancelled if cancelled is not None and cancelled.status == "cancelled" else None
         return None
 
+    async def stop(self, job_id: str) -> None:
+        """Stop a step job on whichever other member holds it (the local manager found it not here)."""
+        if self._peers is None:
+            return
+        for member in self._others():
+            try:
+                if await self._peers.stop(member.api_address, job_id):
+                    return
+            except PeerError as exc:
+                log.warning("could not ask %s to stop job %s (%s)", member.node, job_id, exc)
+
+    async def report(self, step: JobRecord) -> None:
+        """Tell the owner of the step's root key that the step ended (best effort: the root also checks)."""
+        if self._membership is None or self._peers is None or step.parent_key is None:
+            return
+        owner = self._membership.owner_of(step.parent_key)
+        if owner is None or owner.node == self._membership.local.node:
+            return  # the root is in transit to this node, or gone: its own check finds the step
+        try:
+            await self._peers.report(owner.api_address, step)
+        except PeerError as exc:
+            log.info("could not report step %s to %s (%s); its root will look it up", step.job_id, owner.node, exc)
+
+    def hand_off_soon(self) -> None:
+        self._hand_off_wanted.set()
+
     async def queues(self, prefix: str) -> list[dict[str, Any]]:
         """The queues with a key prefix on every live node, each marked with the node that runs it."""
         local = self._membership.local.node if self._membership else None
@@ -160,9 +192,23 @@ class JobRouter:
             return
         version = self._membership.version
         pause_s = HANDOFF_SWEEP_S
+        membership = self._membership
         while True:
             with trio.move_on_after(pause_s):
-                version = await self._membership.wait_changed(version)
+                async with trio.open_nursery() as waiting:
+
+                    async def membership_changed() -> None:
+                        nonlocal version
+                        version = await membership.wait_changed(version)
+                        waiting.cancel_scope.cancel()
+
+                    async def jobs_created() -> None:
+                        await self._hand_off_wanted.wait()
+                        waiting.cancel_scope.cancel()
+
+                    waiting.start_soon(membership_changed)
+                    waiting.start_soon(jobs_created)
+            self._hand_off_wanted = trio.Event()
             self._manager.ownership_changed()
             _moved, failed = await self.hand_off_once()
             pause_s = HANDOFF_RETRY_S if failed else HANDOFF_SWEEP_S
