@@ -9,8 +9,10 @@ import pytest
 import trio
 
 from tests.e2e.regions import RegionUpstream, Visit, start_region_cluster
+from tests.e2e.support import WebhookSink, serve
 
 LIMITS = "[defaults]\nrps = 1000\nmax_concurrent = 8\nmax_retries = 2\n"
+FAST_WEBHOOKS = "[webhooks]\nschedule_s = [0, 0.2, 0.2]\nrepeat_every_s = 0.2\ngive_up_after_s = 10\n"
 
 
 @pytest.mark.slow
@@ -59,3 +61,46 @@ async def test_a_race_is_won_by_the_fastest_region_and_survives_kill_9_of_the_ow
 
 def _finished(visits: list[Visit], path: str) -> list[Visit]:
     return [visit for visit in visits if visit.path == path and visit.finished]
+
+
+@pytest.mark.slow
+async def test_a_fallback_chain_across_owners_survives_kill_9_and_spawns_its_follow_up_once(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The primary fails on one origin; its on_error fallback targets another origin, so it is paced by that
+    origin's queue on that key's owner. The root's owner is killed with -9 while the fallback runs, and restarted:
+    the root learns how its step ended, succeeds once, and spawns its on_success child once."""
+    primary, fallback, sink = RegionUpstream(), RegionUpstream(), WebhookSink()
+    primary_url, fallback_url = await primary.serve(nursery), await fallback.serve(nursery)
+    hook = await serve(nursery, sink)
+    cluster = await start_region_cluster(nursery, tmp_path, extra_config=LIMITS + FAST_WEBHOOKS)
+    job = {
+        "url": f"{primary_url}/status/500",
+        "idempotent_key": "chain-k9",
+        "webhooks": [{"url": f"{hook}/root"}],
+        "fallback_job": {"url": f"{fallback_url}/delay/3", "trigger": {"type": "on_error", "codes": [500]}},
+        "on_success": {"url": f"{primary_url}/child", "webhooks": [{"url": f"{hook}/child"}]},
+    }
+    root_id = await cluster.submit(job)
+    await fallback.wait_for(lambda seen: len(seen) == 1, timeout_s=10)
+    queues = await cluster.queues()
+    owner_of = {q["origin"]: q["node"] for q in queues if q["depth"] or q["in_flight"] or q["workflows"]}
+    fallback_owner = cluster.node_by_id(owner_of[fallback_url])
+    # The step ran where its own key lives, not on the root's node.
+    assert fallback.visits[0].region == fallback_owner.region
+    root_owner = cluster.node_by_id(owner_of[primary_url])
+    await root_owner.kill()
+    await root_owner.restart()
+
+    view = await cluster.wait_finished(root_id, timeout_s=60)
+    assert view["status"] == "success" and view["won_step"] == 1, view
+    child_id = view["children"]["on_success"]
+    child = await cluster.wait_finished(child_id, timeout_s=30)
+    assert child["status"] == "success" and child["parent_id"] == root_id
+    with trio.fail_after(20):
+        while len(sink.received) < 2:
+            await trio.sleep(0.1)
+    await trio.sleep(1.0)  # time for a duplicate to show up, if there were one
+    by_path = sorted(payload["job_id"] for payload in sink.payloads())
+    assert by_path == sorted([root_id, child_id]), sink.payloads()
+    assert [v.path for v in primary.visits].count("/child") == 1

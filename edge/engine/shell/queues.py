@@ -599,6 +599,7 @@ class QueueManager:
             "credential_fingerprint": None if fingerprint == "-" else fingerprint,
             "depth": queue.depth,
             "in_flight": queue.in_flight,
+            "workflows": sum(1 for _root in queue.parked_roots()),
             "active": queue.key in self._tasks,
             **limits,
         }
