@@ -84,7 +84,7 @@ async def test_the_sdks_fallback_chain_gives_one_success_webhook_for_the_root(nu
 
         paths = [visit.path for visit in upstream.visits]
         assert paths == ["/status/500", "/delay/2", "/status/200"], paths
-        primary, slow, fast = upstream.visits
+        _primary, slow, fast = upstream.visits
         # Fallback 2 started about 500 ms after fallback 1, and fallback 1 was cut off once fallback 2 won.
         assert 0.45 <= fast.started - slow.started <= 1.5, (slow.started, fast.started)
         await upstream.wait_for(lambda visits: visits[1].finished, timeout_s=5)
