@@ -151,6 +151,8 @@ async def run_node(
                     runtime=runtime,
                     metrics=metrics,
                 )
+            if isinstance(placement, ClusterPlacement):
+                deliverer.place_in_regions(placement)
             manager = QueueManager(
                 config=config,
                 runtime=runtime,

@@ -14,7 +14,7 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from edge.engine.records import Delivery, JobRecord
 
@@ -32,7 +32,7 @@ class DeliverySchedule:
 
 def webhook_payload(record: JobRecord) -> bytes:
     """The contract's webhook body; identical on every try of every webhook of the job."""
-    doc = {
+    doc: dict[str, Any] = {
         "job_id": record.job_id,
         "idempotent_key": record.idempotent_key,
         "status": record.status,

@@ -12,13 +12,21 @@ store for its payload and drops it afterwards.
 The payload is the public contract's; with an account webhook secret it is signed as
 `X-EZThrottle-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "t.body")>` (`edge.engine.signing`), which
 the public SDK's verifier accepts.
+
+A webhook with its own `regions` is delivered from a node in one of them: from this node when it is in one, else
+through a node of each named region that is up (the internal API's attempt route, so that node's SSRF guard and
+source address apply), racing them when several: the first 2xx wins and the others are cancelled (a receiver may
+still see a loser's POST: deliveries are at-least-once anyway). When none of the named regions is up, this node
+delivers it, so a region outage delays no result. The payload is signed here, so secrets never leave this node.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import count
+from typing import TYPE_CHECKING
 
 import httpx
 import trio
@@ -26,13 +34,18 @@ from sortedcontainers import SortedList
 
 from edge.config import Config
 from edge.engine.delivery import DeliverySchedule, advance, first_deliveries, outcome, webhook_payload
+from edge.engine.outcome import AttemptResult
 from edge.engine.records import Delivery, JobRecord
+from edge.engine.shell.executor import Timeouts
 from edge.engine.signing import sign_webhook
 from edge.metrics import NodeMetrics
 from edge.outbound.client import OutboundHttp, read_capped
 from edge.outbound.ssrf import refusal_of
 from edge.runtime import Runtime
 from edge.store import Store, StoreError
+
+if TYPE_CHECKING:
+    from edge.engine.shell.queues import Placement
 
 log = logging.getLogger("ezthrottle.webhooks")
 
@@ -70,6 +83,11 @@ class WebhookDeliverer:
         self._jobs: dict[str, _PendingJob] = {}
         self._seq = count()
         self._changed = trio.Event()
+        self._placement: Placement | None = None
+
+    def place_in_regions(self, placement: Placement) -> None:
+        """Deliver webhooks that name regions through `placement`'s nodes (a cluster with regions)."""
+        self._placement = placement
 
     def attach(self, record: JobRecord) -> JobRecord:
         """A copy of a job that just finished, with one pending delivery per webhook (saved by the caller)."""
@@ -131,7 +149,10 @@ class WebhookDeliverer:
         if record is None:
             self._retry_later(job_id, index)
             return
-        accepted, status, error = await self._post(job.deliveries[index].url, webhook_payload(record), job.account_id)
+        hooks = record.spec.webhooks
+        regions = hooks[index].regions if index < len(hooks) else ()
+        body = webhook_payload(record)
+        accepted, status, error = await self._post(job.deliveries[index].url, body, job.account_id, regions)
         del record  # the response may be large: hold it no longer than the try
         wall_ms = self._runtime.wall_ms()
         delivery = advance(
@@ -165,12 +186,19 @@ class WebhookDeliverer:
         delivery = self._jobs[job_id].deliveries[index]
         self._schedule_one(job_id, index, Delivery(url=delivery.url, next_at_ms=self._runtime.wall_ms() + wait_ms))
 
-    async def _post(self, url: str, body: bytes, account_id: str) -> tuple[bool, int | None, str | None]:
+    async def _post(
+        self, url: str, body: bytes, account_id: str, regions: Sequence[str] = ()
+    ) -> tuple[bool, int | None, str | None]:
         """One try: (accepted, the receiver's status, the error when no answer came)."""
         headers = {"Content-Type": "application/json"}  # User-Agent: edge/outbound/client.py DEFAULT_HEADERS
         secret = self._secrets.get(account_id)
         if secret:
             headers[SIGNATURE_HEADER] = sign_webhook(secret, body, int(self._runtime.wall_clock()))
+        if regions and self._placement is not None:
+            view = self._placement.view()
+            remote = [region for region in regions if region in view.up]
+            if view.local not in regions and remote:
+                return await self._post_from(remote, url, headers, body)
         try:
             with trio.fail_after(self._settings.timeout_s):
                 async with self._outbound.stream(
@@ -181,6 +209,35 @@ class WebhookDeliverer:
         except (httpx.HTTPError, trio.TooSlowError) as exc:
             return False, None, _describe_error(exc)
         return 200 <= response.status_code < 300, response.status_code, None
+
+    async def _post_from(
+        self, regions: Sequence[str], url: str, headers: dict[str, str], body: bytes
+    ) -> tuple[bool, int | None, str | None]:
+        """Deliver through a node of each of `regions` at once; the first 2xx wins and cancels the others."""
+        assert self._placement is not None
+        placement, timeout_s = self._placement, self._settings.timeout_s
+        results: list[AttemptResult] = []
+        async with trio.open_nursery() as legs:
+
+            async def leg(region: str) -> None:
+                result = await placement.runner(region, url).execute(
+                    method="POST",
+                    url=url,
+                    headers=headers,
+                    body=body.decode(),
+                    timeouts=Timeouts(timeout_s, timeout_s, timeout_s),
+                )
+                results.append(result)
+                if result.status_code is not None and 200 <= result.status_code < 300:
+                    legs.cancel_scope.cancel()
+
+            for region in regions:
+                legs.start_soon(leg, region)
+        best = next((r for r in results if r.status_code is not None and 200 <= r.status_code < 300), None)
+        best = best or next((r for r in results if r.status_code is not None), results[0] if results else None)
+        if best is None or best.status_code is None:
+            return False, None, best.error if best is not None else "no region could deliver it"
+        return 200 <= best.status_code < 300, best.status_code, None
 
 
 def _describe_error(exc: BaseException) -> str:

@@ -159,3 +159,34 @@ async def test_a_slow_region_loses_traffic_within_a_few_jobs(cluster: Cluster) -
     # The first jobs measure every region; afterwards the slow one gets at most a probe now and then.
     assert seen[10:].count("ord") <= 2, seen
     assert set(seen[10:]) - {"ord"} == {"iad", "lax"}  # the healthy ones share the traffic
+
+
+async def test_a_webhook_naming_regions_is_delivered_from_one_of_them(cluster: Cluster, nursery: trio.Nursery) -> None:
+    """The job runs on its owner; its webhook naming lax is posted by lax's node (the receiver sees lax's source
+    address), signed as usual; one naming the owner's region, or a region that is down, is posted by the owner."""
+    receiver = RegionUpstream()
+    hook = await receiver.serve(nursery)
+    async with httpx.AsyncClient(base_url=cluster.nodes["iad"].base_url) as client:
+        job = await cluster.submit(
+            client,
+            idempotent_key="hooks-in-regions",
+            webhooks=[
+                {"url": f"{hook}/lax", "regions": ["lax"]},
+                {"url": f"{hook}/racing", "regions": ["lax", "ord"]},
+                {"url": f"{hook}/nowhere", "regions": ["syd"]},
+                {"url": f"{hook}/anywhere"},
+            ],
+        )
+        await cluster.finished(client, job["job_id"])
+        visits = await receiver.wait_for(count=4, timeout_s=10)
+    owner_region = cluster.upstream.visits[0].region  # the job had no regions: it ran on its key's owner
+    by_path: dict[str, list[str]] = {}
+    for visit in visits:
+        by_path.setdefault(visit.path, []).append(visit.region)
+    assert by_path["/lax"] == ["lax"]
+    # Both named regions may post (a race; the loser may be cut off before or after the receiver saw it).
+    assert set(by_path["/racing"]) <= {"lax", "ord"} and by_path["/racing"]
+    assert by_path["/nowhere"] == [owner_region] and by_path["/anywhere"] == [owner_region]
+    payload = json.loads(next(v.body for v in visits if v.path == "/lax"))
+    assert payload["job_id"] == job["job_id"] and payload["status"] == "success"
+    assert "x-ezthrottle-signature" in next(v.headers for v in visits if v.path == "/lax")
