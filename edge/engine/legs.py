@@ -17,6 +17,13 @@ after a run of failures); the planner takes them in that order.
 
 Every leg is an attempt the provider sees, so each counts against the key's rate and concurrency limits: a race never
 starts more legs than the key has free in-flight slots (at least one), and the pacer is charged once per leg.
+
+Hedging (`hedge_after_ms`, an extension): a dispatch of one leg that has another usable region (the next ranked named
+one; with `fallback`, else the healthiest other region) names it as its `hedge`. The shell starts it when the first
+leg has not answered after `hedge_after_s` (a number of ms, or "auto": the first region's recent p95 for the
+origin), and the two race. Only for jobs a second request cannot harm: idempotent methods, or a job that sends its
+idempotency key upstream. The hedge's slot and pacing are reserved at dispatch, whether it starts or not, so a
+hedge can never take the key over its limits.
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ from edge.engine.spec import JobSpec
 
 # Rank candidate regions for an origin, healthiest first (RegionHealth.rank, with the clock and rng bound).
 Ranker = Callable[[str, Sequence[str]], list[str]]
+# The recent p95 latency (seconds) of an (origin, region), None when unknown (RegionHealth.p95_s).
+Percentile = Callable[[str, str], float | None]
+IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 NO_REGION: Final = ""  # the leg of a job without regions: run on the key's owner
 
@@ -41,6 +51,7 @@ class RegionView:
     up: frozenset[str]  # regions with at least one live member
     local: str  # the owner's own region ("" when it has none)
     rank: Ranker
+    p95: Percentile = lambda origin, region: None
 
     @classmethod
     def single(cls, local: str = "") -> RegionView:
@@ -57,6 +68,9 @@ class LegPlan:
     mode: str  # "single", "race" or "fanout"
     # Set when no leg can run: the job's named regions are down (strict) or none is up at all.
     unavailable: str | None = None
+    # A single leg's hedge: the region to start too when the first has not answered after `hedge_after_s`.
+    hedge: str | None = None
+    hedge_after_s: float | None = None
 
 
 SINGLE: Final = LegPlan((NO_REGION,), "single")
@@ -79,15 +93,38 @@ def plan_legs(
             return LegPlan((), "fanout", unavailable=_down(spec))
         return LegPlan(tuple(up), "fanout")  # even one leg: its response joins the ones already in
     ranked = view.rank(spec.origin, named) if named else []
-    if not ranked and spec.region_policy == "fallback":
-        others = sorted(r for r in view.up if r not in spec.regions and r not in tried)
-        ranked = view.rank(spec.origin, others)[:1] if others else []
+    fallback = spec.region_policy == "fallback"
+    if not ranked and fallback:
+        ranked = _healthiest_other(spec, tried, view)
+        fallback = False  # already outside the named regions: a hedge stays among the ranked ones
     if not ranked:
         return LegPlan((), "single", unavailable=_down(spec) if spec.region_policy == "strict" else "no region is up")
     if spec.execution_mode == "race" and len(ranked) > 1 and slots > 1:
         legs = tuple(ranked[: max(1, slots)])
         return LegPlan(legs, "race" if len(legs) > 1 else "single")
+    if spec.hedge_after_ms is not None and slots > 1 and _hedgeable(spec):
+        spare = ranked[1:] or (_healthiest_other(spec, tried, view) if fallback else [])
+        after_s = _hedge_after_s(spec, ranked[0], view)
+        if spare and after_s is not None:
+            return LegPlan((ranked[0],), "single", hedge=spare[0], hedge_after_s=after_s)
     return LegPlan((ranked[0],), "single")
+
+
+def _healthiest_other(spec: JobSpec, tried: Collection[str], view: RegionView) -> list[str]:
+    """The healthiest up region the job does not name and was not rerouted from, as a list of at most one."""
+    others = sorted(r for r in view.up if r not in spec.regions and r not in tried)
+    return view.rank(spec.origin, others)[:1] if others else []
+
+
+def _hedgeable(spec: JobSpec) -> bool:
+    """Whether a second, concurrent request cannot harm: an idempotent method, or an idempotency key sent upstream."""
+    return spec.method in IDEMPOTENT_METHODS or spec.send_idempotency_key
+
+
+def _hedge_after_s(spec: JobSpec, region: str, view: RegionView) -> float | None:
+    if spec.hedge_after_ms == "auto":
+        return view.p95(spec.origin, region)
+    return None if spec.hedge_after_ms is None else float(spec.hedge_after_ms) / 1000
 
 
 def _down(spec: JobSpec) -> str:

@@ -314,7 +314,7 @@ class OutboundQueue:
             slots=self.limits.max_concurrent - self.in_flight,
             done=record.region_responses,
         )
-        waiting.legs = max(1, len(plan.regions))
+        waiting.legs = max(1, len(plan.regions)) + (plan.hedge is not None)
         self.in_flight += waiting.legs
         waiting.record = transition(record, JobEvent.DISPATCH)
         if plan.unavailable is not None:
@@ -322,8 +322,8 @@ class OutboundQueue:
             unplaceable = AttemptResult(0.0, error=plan.unavailable)
             leg = [LegResult(NO_REGION, unplaceable)]
             return Conclude(self.settle_legs(job_id, leg, now, wall_ms, rng=None, regions=view))
-        for _leg in plan.regions:
-            self.limits.on_dispatch(now)  # every leg is a request the provider sees
+        for _leg in (*plan.regions, *((plan.hedge,) if plan.hedge else ())):
+            self.limits.on_dispatch(now)  # every leg is a request the provider sees (a hedge: reserved)
         return Dispatch(waiting.record, plan)
 
     def settle(

@@ -46,6 +46,7 @@ WEBHOOKS_MAX = 16
 NESTING_DEPTH_MAX = 8
 IDEMPOTENT_KEY_CHARS_MAX = 256
 DEADLINE_MS_MAX = 30 * 86_400_000
+HEDGE_AFTER_MS_MAX = 600_000
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _REGION = re.compile(r"^[a-z0-9]{2,12}$")
@@ -62,6 +63,7 @@ _CAMEL_ALIASES = {
     "on_success": "onSuccess",
     "on_failure": "onFailure",
     "on_failure_timeout_ms": "onFailureTimeoutMs",
+    "hedge_after_ms": "hedgeAfterMs",
     "idempotent_key": "idempotentKey",
     "retry_at": "retryAt",
     "webhook_quorum": "webhookQuorum",
@@ -228,6 +230,7 @@ class JobSpec:
     retry_at: int | None = None
     deadline_ms: int | None = None
     on_failure_timeout_ms: int | None = None
+    hedge_after_ms: float | Literal["auto"] | None = None  # extension: start a second region when the first is slow
     tier: str | None = None
     on_success: JobSpec | None = None
     on_failure: JobSpec | None = None
@@ -279,6 +282,7 @@ class JobSpec:
             retry_at=self.retry_at,
             deadline_ms=self.deadline_ms,
             on_failure_timeout_ms=self.on_failure_timeout_ms,
+            hedge_after_ms=self.hedge_after_ms,
             tier=self.tier,
             on_success=self.on_success.to_wire() if self.on_success else None,
             on_failure=self.on_failure.to_wire() if self.on_failure else None,
@@ -309,6 +313,7 @@ class JobSpec:
             retry_at=wire.get("retry_at"),
             deadline_ms=wire.get("deadline_ms"),
             on_failure_timeout_ms=wire.get("on_failure_timeout_ms"),
+            hedge_after_ms=wire.get("hedge_after_ms"),
             tier=wire.get("tier"),
             on_success=cls.from_wire(wire["on_success"]) if wire.get("on_success") else None,
             on_failure=cls.from_wire(wire["on_failure"]) if wire.get("on_failure") else None,
@@ -475,6 +480,16 @@ def _trigger(value: Any, field: str) -> Trigger:
     raise invalid(f"{field}.type", "must be on_error or on_timeout")
 
 
+def _hedge_after(value: Any, field: str) -> float | Literal["auto"] | None:
+    if value is None:
+        return None
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 1 <= value <= HEDGE_AFTER_MS_MAX:
+        raise invalid(field, f'must be "auto" or a number of milliseconds, 1 to {HEDGE_AFTER_MS_MAX}')
+    return float(value)
+
+
 def validate_job(data: Any, *, path: str = "", depth: int = 0, account_id: str | None = None) -> JobSpec:
     """Validate one job object (recursively for nested jobs) and return it as a `JobSpec`.
 
@@ -538,6 +553,7 @@ def validate_job(data: Any, *, path: str = "", depth: int = 0, account_id: str |
         retry_at=_int(fields, "retry_at", path, None, 0, 2**53),
         deadline_ms=_int(fields, "deadline_ms", path, None, 1, DEADLINE_MS_MAX),
         on_failure_timeout_ms=_int(fields, "on_failure_timeout_ms", path, None, 0, DEADLINE_MS_MAX),
+        hedge_after_ms=_hedge_after(fields.get("hedge_after_ms"), f"{path}hedge_after_ms"),
         tier=tier,
         on_success=nested["on_success"],
         on_failure=nested["on_failure"],

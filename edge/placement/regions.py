@@ -90,6 +90,7 @@ class ClusterPlacement:
             up=frozenset(self._regions()),
             local=self._members.local.region,
             rank=lambda origin, candidates: self._health.rank(origin, candidates, now, rng),
+            p95=self._health.p95_s,
         )
 
     def members_by_region(self) -> dict[str, list[MemberInfo]]:

@@ -463,11 +463,13 @@ class QueueManager:
         try:
             # An Interrupt cancels this scope: the legs still out end as cancelled (None), like a race's losers.
             with trio.CancelScope() as self._attempts[record.job_id]:
-                if plan.mode == "single":
+                if plan.hedge is not None and plan.hedge_after_s is not None:
+                    await self._run_hedged(queue, record, results, plan.hedge, plan.hedge_after_s)
+                elif plan.mode == "single":
                     results[plan.regions[0]] = await self._run_leg(queue, record, plan.regions[0])
                 else:
                     await self._run_legs(queue, record, results, race=plan.mode == "race")
-            legs = [LegResult(region, results[region]) for region in plan.regions]
+            legs = [LegResult(region, result) for region, result in results.items()]
             settlement = queue.settle_legs(
                 record.job_id,
                 legs,
@@ -475,7 +477,7 @@ class QueueManager:
                 self._runtime.wall_ms(),
                 self._runtime.rng,
                 regions=self._placement.view(),
-                mode=plan.mode,
+                mode=plan.mode if len(legs) == len(plan.regions) else "race",  # a hedge that started races
             )
         finally:
             del self._attempts[record.job_id]
@@ -501,6 +503,42 @@ class QueueManager:
 
             for region in results:
                 legs.start_soon(leg, region, name=f"attempt {record.job_id} in {region or 'owner'}")
+
+    async def _run_hedged(
+        self,
+        queue: OutboundQueue,
+        record: JobRecord,
+        results: dict[str, AttemptResult | None],
+        hedge: str,
+        after_s: float,
+    ) -> None:
+        """The first leg alone; when it has not answered within `after_s`, the hedge region too, and the two race.
+        A first leg that fails before then is not hedged: its reroute or retry decides what comes next."""
+        [first] = list(results)
+        first_done = trio.Event()
+        async with trio.open_nursery() as legs:
+
+            async def leg(region: str) -> None:
+                result = await self._run_leg(queue, record, region)
+                results[region] = result
+                if wins(result):
+                    legs.cancel_scope.cancel()
+
+            async def first_leg() -> None:
+                try:
+                    await leg(first)
+                finally:
+                    first_done.set()
+
+            async def hedge_when_slow() -> None:
+                with trio.move_on_after(after_s):
+                    await first_done.wait()
+                    return
+                results[hedge] = None
+                legs.start_soon(leg, hedge, name=f"attempt {record.job_id} hedged in {hedge}")
+
+            legs.start_soon(first_leg, name=f"attempt {record.job_id} in {first or 'owner'}")
+            legs.start_soon(hedge_when_slow)
 
     async def _run_leg(self, queue: OutboundQueue, record: JobRecord, region: str) -> AttemptResult:
         origin = queue.origin

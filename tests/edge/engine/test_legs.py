@@ -206,3 +206,46 @@ def test_a_retried_fanout_keeps_the_responses_of_the_regions_that_succeeded_befo
     assert done.record.status == "success"
     assert {r: v["status_code"] for r, v in done.record.region_responses.items()} == {"iad": 200, "ord": 201}
     assert done.record.response is not None and done.record.response["status_code"] == 200  # the first named
+
+
+@pytest.mark.parametrize(
+    ("fields", "slots", "p95", "expected"),
+    [
+        # one named region, fallback: the healthiest other region is the hedge
+        ({"regions": ["iad"], "hedge_after_ms": 200}, 2, None, ("lax", 0.2)),
+        ({"regions": ["iad"], "hedge_after_ms": 200, "method": "PUT"}, 2, None, ("lax", 0.2)),
+        # a second request must be harmless: a POST hedges only when it sends its idempotency key upstream
+        ({"regions": ["iad"], "hedge_after_ms": 200, "method": "POST"}, 2, None, (None, None)),
+        (
+            {"regions": ["iad"], "hedge_after_ms": 200, "method": "POST", "send_idempotency_key": True},
+            2,
+            None,
+            ("lax", 0.2),
+        ),
+        # strict has no other region to hedge with; one free slot has no room for a hedge
+        ({"regions": ["iad"], "hedge_after_ms": 200, "region_policy": "strict"}, 2, None, (None, None)),
+        ({"regions": ["iad"], "hedge_after_ms": 200}, 1, None, (None, None)),
+        # a race with one slot free hedges with its next ranked region
+        ({"regions": ["iad", "ord"], "hedge_after_ms": 50}, 1, None, (None, None)),
+        # "auto": the first region's recent p95, and no hedge until there is one
+        ({"regions": ["iad"], "hedge_after_ms": "auto"}, 2, None, (None, None)),
+        ({"regions": ["iad"], "hedge_after_ms": "auto"}, 2, 0.35, ("lax", 0.35)),
+        ({"regions": ["iad"]}, 2, 0.35, (None, None)),
+    ],
+)
+def test_a_single_leg_names_its_hedge(
+    fields: dict[str, Any], slots: int, p95: float | None, expected: tuple[str | None, float | None]
+) -> None:
+    ranked = view()
+    with_p95 = RegionView(up=ranked.up, local=ranked.local, rank=ranked.rank, p95=lambda origin, region: p95)
+    plan = plan_legs(spec(**fields), (), with_p95, slots=slots)
+    assert plan.mode == "single" and len(plan.regions) == 1
+    assert (plan.hedge, plan.hedge_after_s) == expected
+
+
+def test_a_hedge_reserves_its_slot_and_its_pacing_at_dispatch() -> None:
+    queue = OutboundQueue(KEY, ORIGIN, QueueLimits(rps=1000, max_concurrent=4), RetrySettings())
+    queue.push(record(spec(regions=["iad"], hedge_after_ms=100)), NOW0)
+    decision = queue.next(NOW0, WALL0, regions=view())
+    assert isinstance(decision, Dispatch) and decision.legs.hedge == "lax"
+    assert queue.in_flight == 2

@@ -37,6 +37,7 @@ FULL_JOB: dict[str, Any] = {
     "retry_at": WALL0 + 60_000,
     "deadline_ms": 3_600_000,
     "on_failure_timeout_ms": 5000,
+    "hedge_after_ms": 250,
     "tier": "pro",
     "on_success": {"url": "https://api.example.com/v1/notify", "method": "POST", "body": "ok"},
     "on_failure": {

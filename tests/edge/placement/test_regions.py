@@ -190,3 +190,27 @@ async def test_a_webhook_naming_regions_is_delivered_from_one_of_them(cluster: C
     payload = json.loads(next(v.body for v in visits if v.path == "/lax"))
     assert payload["job_id"] == job["job_id"] and payload["status"] == "success"
     assert "x-ezthrottle-signature" in next(v.headers for v in visits if v.path == "/lax")
+
+
+async def test_a_slow_first_region_is_hedged_and_the_hedge_wins(cluster: Cluster) -> None:
+    """`hedge_after_ms`: a GET naming only iad, which answers in 2 s, starts the healthiest other region after
+    200 ms; that one answers at once and wins, and iad's request is cut off. A POST without its idempotency key
+    sent upstream is never hedged."""
+    cluster.upstream.behave(region="iad", delay_s=2.0)
+    async with httpx.AsyncClient(base_url=cluster.nodes["lax"].base_url) as client:
+        job = await cluster.submit(client, regions=["iad"], hedge_after_ms=200, idempotent_key="hedged")
+        view = await cluster.finished(client, job["job_id"])
+        assert view["status"] == "success"
+        outcomes = [(a["region"], a["outcome"]) for a in view["attempts"]]
+        assert outcomes[0] == ("iad", "cancelled") and outcomes[1][1] == "won" and outcomes[1][0] != "iad"
+        first, hedge = cluster.upstream.visits
+        assert first.region == "iad" and 0.15 <= hedge.started - first.started < 1.0
+        visits = await cluster.upstream.wait_for(lambda seen: all(v.finished for v in seen), timeout_s=5)
+        assert visits[0].disconnected and visits[1].answered
+
+        cluster.upstream.reset()
+        cluster.upstream.behave(region="iad", delay_s=0.6)
+        job = await cluster.submit(client, regions=["iad"], hedge_after_ms=100, method="POST", idempotent_key="post")
+        view = await cluster.finished(client, job["job_id"])
+    assert view["status"] == "success" and [a["region"] for a in view["attempts"]] == ["iad"]
+    assert cluster.upstream.regions_seen() == ["iad"]
