@@ -12,6 +12,13 @@ through one node's HTTP API; times come from the job records (submission to fini
   50 ms.
 - reroute: a job for iad whose iad answers 500 at once and is rerouted (to the healthiest other region), against a
   direct job for the region it moved to: the extra time is the reroute (one more internal hop and a decision).
+
+Then, on a second cluster whose keys allow one attempt in flight (so each dispatch is one leg, placed by health):
+
+- slow region: GET jobs naming all three regions, from STREAMS credentials at once (a queue key each), against an
+  upstream where ord answers 20x slower than iad and lax (1 s against 50 ms), and against one where every region
+  answers in 50 ms. After a warm-up, the share of attempts ord still gets (goal <= 10%) and the p99 job time
+  against the all-healthy upstream's (goal <= 1.2x).
 """
 
 from __future__ import annotations
@@ -34,6 +41,13 @@ from edge.runtime import Runtime
 
 SOURCES = {"iad": "127.0.0.11", "lax": "127.0.0.12", "ord": "127.0.0.13"}
 DELAYS_S = {"iad": 0.05, "lax": 0.1, "ord": 0.4}
+SLOW_DELAYS_S = {"iad": 0.05, "lax": 0.05, "ord": 1.0}
+EVEN_DELAYS_S = {"iad": 0.05, "lax": 0.05, "ord": 0.05}
+STREAMS = 4
+SLOW_WARMUP_JOBS = 10  # per stream, not counted
+SLOW_MEASURED_JOBS = 40  # per stream
+SLOW_SHARE_GOAL = 0.10
+SLOW_P99_GOAL_RATIO = 1.2
 ROUNDS = 5
 JOBS_PER_ROUND = 8
 RACE_GOAL_RATIO = 1.15
@@ -55,6 +69,7 @@ class Upstream:
     """Answers after its region's delay (a path starting /fail answers 500 at once); records every visit."""
 
     visits: list[Visit] = field(default_factory=list)
+    delays_s: dict[str, float] = field(default_factory=lambda: dict(DELAYS_S))
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -74,7 +89,7 @@ class Upstream:
 
             nursery.start_soon(watch)
             if not failing:
-                await trio.sleep(DELAYS_S.get(region, 0.0))
+                await trio.sleep(self.delays_s.get(region, 0.0))
             headers = [(b"content-type", b"text/plain")]
             await send({"type": "http.response.start", "status": 500 if failing else 200, "headers": headers})
             await send({"type": "http.response.body", "body": region.encode()})
@@ -82,7 +97,7 @@ class Upstream:
             nursery.cancel_scope.cancel()
 
 
-async def _start_cluster(nursery: trio.Nursery, data_dir: Path) -> dict[str, Node]:
+async def _start_cluster(nursery: trio.Nursery, data_dir: Path, max_concurrent: int = 64) -> dict[str, Node]:
     gossip = {region: free_loopback_port() for region in SOURCES}
     nodes = {}
     for region, source in SOURCES.items():
@@ -90,7 +105,7 @@ async def _start_cluster(nursery: trio.Nursery, data_dir: Path) -> dict[str, Nod
         settings = {
             "security.allow_private_targets": True,
             "defaults.rps": 10_000,
-            "defaults.max_concurrent": 64,
+            "defaults.max_concurrent": max_concurrent,
             "http_client.source_address": source,
             "server.node_id": region,
             "server.listen": f"127.0.0.1:{free_loopback_port()}",
@@ -109,7 +124,9 @@ async def _start_cluster(nursery: trio.Nursery, data_dir: Path) -> dict[str, Nod
     return nodes
 
 
-async def _job_time(client: httpx.AsyncClient, url: str, key: str, **job: Any) -> tuple[float, dict[str, Any]]:
+async def _job_time(
+    client: httpx.AsyncClient, url: str, key: str, poll_s: float = 0.01, **job: Any
+) -> tuple[float, dict[str, Any]]:
     """Submit one job and wait for it; its time from submission to finish, from the record (seconds)."""
     headers = {"authorization": f"Bearer {BENCH_ACCOUNT_KEY}"}
     answer = await client.post("/api/v1/jobs", json={"url": url, "idempotent_key": key, **job}, headers=headers)
@@ -120,7 +137,7 @@ async def _job_time(client: httpx.AsyncClient, url: str, key: str, **job: Any) -
             view = (await client.get(f"/api/v1/jobs/{job_id}", headers=headers)).json()
             if view["status"] in ("success", "failed"):
                 return (view["finished_at_ms"] - view["created_at_ms"]) / 1000, view
-            await trio.sleep(0.01)
+            await trio.sleep(poll_s)
 
 
 async def measure() -> dict[str, Any]:
@@ -157,6 +174,44 @@ async def measure() -> dict[str, Any]:
     return {"times": times, "gaps_ms": gaps_ms}
 
 
+async def measure_slow_region() -> dict[str, Any]:
+    """Per upstream ("slow", "even"): every measured job's time and the region of its last attempt."""
+    upstreams = {"slow": Upstream(delays_s=dict(SLOW_DELAYS_S)), "even": Upstream(delays_s=dict(EVEN_DELAYS_S))}
+    figures: dict[str, dict[str, list[Any]]] = {name: {"times": [], "regions": []} for name in upstreams}
+    with tempfile.TemporaryDirectory(prefix="bench-slow-region-") as data_dir:
+        async with trio.open_nursery() as nursery:
+            urls = {}
+            for name, upstream in upstreams.items():
+                bound = await nursery.start(partial(serve_asgi, upstream, bind="127.0.0.1:0"))
+                urls[name] = f"http://{bound[0]}"
+            nodes = await _start_cluster(nursery, Path(data_dir), max_concurrent=1)
+            async with httpx.AsyncClient(base_url=nodes["iad"].base_url, timeout=30) as client:
+
+                async def stream(name: str, index: int) -> None:
+                    credential = {"Authorization": f"Bearer user-{index}"}
+                    for i in range(SLOW_WARMUP_JOBS + SLOW_MEASURED_JOBS):
+                        elapsed, view = await _job_time(
+                            client,
+                            f"{urls[name]}/get",
+                            f"{name}-{index}-{i}",
+                            poll_s=0.005,
+                            regions=list(SOURCES),
+                            headers=credential,
+                        )
+                        if i >= SLOW_WARMUP_JOBS:
+                            figures[name]["times"].append(elapsed)
+                            figures[name]["regions"] += [a["region"] for a in view["attempts"]]
+
+                for name in ("even", "slow"):
+                    async with trio.open_nursery() as streams:
+                        for index in range(STREAMS):
+                            streams.start_soon(stream, name, index)
+            for node in nodes.values():
+                node.stop()
+            nursery.cancel_scope.cancel()
+    return figures
+
+
 def _cancel_gaps_ms(upstream: Upstream, view: dict[str, Any]) -> list[float]:
     """For the race just finished: from the winner's answer to each loser's hang-up, as the upstream saw them."""
     visits = [v for v in upstream.visits if v.path == "/r"][-len(SOURCES) :]
@@ -174,6 +229,7 @@ def _p99(values: list[float]) -> float:
 
 def run() -> dict[str, Any]:
     figures = trio.run(measure)
+    slow = trio.run(measure_slow_region)
     times: dict[str, list[float]] = figures["times"]
     medians = {name: statistics.median(values) * 1000 for name, values in times.items()}
     race_ratio = medians["race"] / medians["fastest alone"]
@@ -187,6 +243,21 @@ def run() -> dict[str, Any]:
         }
         for name, v in times.items()
     ]
+    slow_regions = slow["slow"]["regions"]
+    slow_share = slow_regions.count("ord") / len(slow_regions)
+    p99_ratio = _p99(slow["slow"]["times"]) / _p99(slow["even"]["times"])
+    for name, label in (("even", "every region 50 ms"), ("slow", "ord 20x slower (1 s)")):
+        values = slow[name]["times"]
+        share = slow[name]["regions"].count("ord") / len(slow[name]["regions"])
+        rows.append(
+            {
+                "jobs": f"one leg placed by health, {label}",
+                "median ms": f"{statistics.median(values) * 1000:.1f}",
+                "p90 ms": f"{sorted(values)[int(0.9 * len(values))] * 1000:.1f} (p99 {_p99(values) * 1000:.1f}; "
+                f"ord's share {share:.1%})",
+                "jobs measured": str(len(values)),
+            }
+        )
     p99 = _p99(gaps) if gaps else float("nan")
     return {
         "title": "Regions: race, cancellation of the losers, reroute (three nodes, three regions)",
@@ -204,6 +275,12 @@ def run() -> dict[str, Any]:
             ),
             "reroute: extra time over the direct job to the region it moves to": (
                 f"{medians['rerouted'] - medians['direct to the region it moved to']:.1f} ms (median)"
+            ),
+            f"slow region: its share of attempts after warm-up <= {SLOW_SHARE_GOAL:.0%}": (
+                f"{'met' if slow_share <= SLOW_SHARE_GOAL else 'missed'} ({slow_share:.1%})"
+            ),
+            f"slow region: p99 job time <= {SLOW_P99_GOAL_RATIO}x all-healthy": (
+                f"{'met' if p99_ratio <= SLOW_P99_GOAL_RATIO else 'missed'} ({p99_ratio:.2f}x)"
             ),
         },
         "notes": [

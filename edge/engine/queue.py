@@ -362,11 +362,20 @@ class OutboundQueue:
         settlement = self._decide(waiting, judged, now, wall_ms, regions, mode)
         if waiting.interrupt is not None and settlement.label != "success":
             event, reason = waiting.interrupt
-            attempts = [j.attempt("cancelled") for j in judged]
+            # The legs still out were cancelled; one that ended first keeps its outcome, and the response stays.
+            attempts = [j.attempt("cancelled" if j.result is None else "failed") for j in judged]
             stopped = transition(
-                waiting.record, event, **waiting.record.attempts_with(attempts), **finished(wall_ms), error=reason
+                waiting.record,
+                event,
+                **waiting.record.attempts_with(attempts),
+                **finished(wall_ms),
+                response=next((j.response for j in judged if j.result is not None), None),
+                error=reason,
             )
-            settlement = Settlement(stopped, "done", "cancelled" if event is JobEvent.STOP else "failed")
+            label: AttemptLabel = "cancelled" if event is JobEvent.STOP else "failed"
+            settlement = dataclasses.replace(
+                settlement, record=stopped, next_step="done", label=label, eligible_at=0.0, keeps_place=False
+            )
         return self._concluded(settlement, wall_ms)
 
     def _decide(
@@ -561,6 +570,7 @@ class OutboundQueue:
     def step_finished(self, root_id: str, step: JobRecord, wall_ms: int) -> Settlement | None:
         """A step job of the root `root_id` (parked here) ended: the root's next move, or None when it has none or
         is busy saving its last one (the shell's periodic check of open steps reports it again)."""
+        self._last_wall_ms = wall_ms
         waiting = self._jobs.get(root_id)
         if waiting is None or not waiting.parked or waiting.legs:
             return None
@@ -573,6 +583,7 @@ class OutboundQueue:
         """End a step job its workflow no longer needs: a Settlement when it was waiting, an Interrupt when an
         attempt of it is out (the attempt's settlement ends it), None when it is not here. A job whose outcome is
         being saved ends right after that save."""
+        self._last_wall_ms = wall_ms
         waiting = self._jobs.get(job_id)
         if waiting is None or waiting.parked:
             return None

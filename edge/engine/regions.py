@@ -43,8 +43,11 @@ How a recovered region wins traffic back. Ranking by cost sends every job to the
 new samples and their estimates would stay where their last (bad) sample left them: a region that was slow for a
 minute would lose its traffic forever. Three things undo that:
 - a random probe: with probability `PROBE_FRACTION` (drawn from the injected rng) one of the other un-ejected
-  candidates is moved to the front, so each region is re-measured now and then at a bounded cost (a few percent of
-  jobs, shared by the others);
+  candidates whose cost is within `PROBE_COST_RATIO_MAX` of the best is moved to the front, so a plausible
+  alternative is re-measured now and then at a bounded cost (a few percent of jobs, shared by the others). A region
+  known to be far slower (a partial outage: "not down, just slow") is not sampled at random: each such sample
+  would be a job at many times the usual latency, and 2.5 % of jobs is enough to own the p99. The staleness probe
+  and ageing below bring it back, once per `PROBE_AFTER_S`;
 - a staleness probe: a candidate whose last sample (or last probe) is older than `PROBE_AFTER_S` is moved to the
   front at once, deterministically, so a rarely used origin re-measures its regions too;
 - ageing: between samples an estimate counts for less the older it is. It moves toward the origin's best current
@@ -104,6 +107,11 @@ MAX_EJECTED_FRACTION: Final = 0.5
 # pairs re-sample hosts as a side effect); 5 % is the usual epsilon of epsilon-greedy choice: the slow region of
 # three costs 2.5 % of jobs, and a recovered one is sampled about once every 40 jobs.
 PROBE_FRACTION: Final = 0.05
+# Random probes go only to regions costing at most this many times the best. Measured (bench/RESULTS.md, "Regions"):
+# with one region of three 20x slower, random probes of it cost 1.3 % of jobs and put the p99 at 8.5x the
+# all-healthy one; 4x keeps a merely slower region in the sample while a partial outage costs one job per
+# PROBE_AFTER_S.
+PROBE_COST_RATIO_MAX: Final = 4.0
 # A candidate not measured (nor probed) for this long goes first once. Three decay times: by then its last sample
 # has under 5 % weight (e^-3), so it says little, and one probe per region per 30 s bounds what probing costs.
 PROBE_AFTER_S: Final = 3 * DECAY_S
@@ -134,6 +142,7 @@ class HealthSettings:
     max_ejection_s: float = MAX_EJECTION_S
     max_ejected_fraction: float = MAX_EJECTED_FRACTION
     probe_fraction: float = PROBE_FRACTION
+    probe_cost_ratio_max: float = PROBE_COST_RATIO_MAX
     probe_after_s: float = PROBE_AFTER_S
     cost_tie_fraction: float = COST_TIE_FRACTION
     origin_regions_max: int = ORIGIN_REGIONS_MAX
@@ -146,6 +155,8 @@ class HealthSettings:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         if not (math.isfinite(self.max_ejection_s) and self.max_ejection_s >= self.base_ejection_s):
             raise ValueError(f"max_ejection_s must be at least base_ejection_s, got {self.max_ejection_s!r}")
+        if not (self.probe_cost_ratio_max >= 1.0):  # infinity: probe every region at random
+            raise ValueError(f"probe_cost_ratio_max must be at least 1, got {self.probe_cost_ratio_max!r}")
         if not (math.isfinite(self.cost_tie_fraction) and self.cost_tie_fraction >= 0.0):
             raise ValueError(f"cost_tie_fraction must be a finite fraction >= 0, got {self.cost_tie_fraction!r}")
         for name in ("max_ejected_fraction", "probe_fraction"):
@@ -333,7 +344,8 @@ class RegionHealth:
         if len(order) > 1:
             probe = self._stale_candidate(known, order[1:], now)
             if probe is None and rng.random() < self.settings.probe_fraction:
-                probe = order[1 + rng.randrange(len(order) - 1)]
+                near = self._near(order, costs)
+                probe = near[rng.randrange(len(near))] if near else None
             if probe is not None:
                 order.remove(probe)
                 order.insert(0, probe)
@@ -469,6 +481,14 @@ class RegionHealth:
     def _refresh_origin(self, known: dict[str, _Pair], now: float) -> None:
         for pair in known.values():
             self._refresh(pair, now)
+
+    def _near(self, order: list[str], costs: dict[str, float]) -> list[str]:
+        """The candidates after the first that a random probe may pick: those within the probe cost ratio."""
+        best = costs.get(order[0], 0.0)
+        if best <= 0.0:
+            return order[1:]
+        bound = best * self.settings.probe_cost_ratio_max
+        return [region for region in order[1:] if costs.get(region, 0.0) <= bound]
 
     def _costs(self, known: dict[str, _Pair], now: float) -> dict[str, float]:
         """Cost of each un-ejected pair of an origin (refreshed to `now`). A pair never measured costs 0 while idle,

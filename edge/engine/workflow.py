@@ -8,7 +8,8 @@ it ends, it reports to its root, which waits ("parked") in its own key's queue a
 - step i failed finally: the next step starts when its trigger says so. `on_error`: the failure's status code is
   one of `codes` (an empty list: any failure), or the step got no response at all (connection error, timeout:
   the fallback exists for exactly that). `on_timeout`: at once, since a step that failed is later than late.
-  Otherwise the chain is over, and once no step runs the root fails with the last step's response.
+  Otherwise the chain is over (also when the client cancelled the step job itself), and once no step runs the
+  root fails with the last step's response.
 - step i succeeded: the root succeeds with that step's response and records `won_step`; every other running step
   is stopped (cancelled where it is, also mid-attempt).
 - the newest step is still running and the next one has an `on_timeout` trigger: the next one starts
@@ -204,10 +205,13 @@ def _stop_running(record: JobRecord, wall_ms: int) -> tuple[str, ...]:
 
 
 def _fails_over(step: JobSpec, failed: StepState) -> bool:
+    """Whether the next step starts after `failed` ended. A step the client cancelled is not a failure: no."""
     trigger = step.trigger
+    if failed.state != "failed":
+        return False
     if trigger is None or trigger.type == "on_timeout" or failed.status_code is None:
         return True
-    return failed.state == "failed" and (not trigger.codes or failed.status_code in trigger.codes)
+    return not trigger.codes or failed.status_code in trigger.codes
 
 
 def _start_step(record: JobRecord, index: int, wall_ms: int, per_key: PerKeyQueues) -> tuple[JobRecord, ...]:

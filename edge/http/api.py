@@ -264,10 +264,13 @@ class JobApi:
             "next_attempt_at_ms": record.next_attempt_at_ms,
             "finished_at_ms": record.finished_at_ms,
             "retries_used": record.retries_used,
+            "reroutes_used": record.reroutes_used,
+            "regions_tried": list(record.regions_tried),
             "attempts_total": record.attempts_total,
             "attempts_not_listed": record.attempts_dropped,
             "attempts": [a.to_wire() for a in record.attempts],
             "response": record.response,
+            "region_responses": dict(record.region_responses) if record.spec.execution_mode == "fanout" else None,
             "error": record.error,
             "webhooks": {
                 "outcome": record.webhook_outcome,

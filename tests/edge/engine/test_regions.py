@@ -368,7 +368,7 @@ def test_ejected_regions_go_last_by_the_end_of_their_ejection() -> None:
 
 
 def test_random_probes_move_a_slower_region_first_about_probe_fraction_of_the_time() -> None:
-    health = measured({"iad": 0.05, "ord": 1.0}, settings=HealthSettings())
+    health = measured({"iad": 0.05, "ord": 0.15}, settings=HealthSettings())
     rng = Random(SEED)
     draws = 10_000
     firsts = Counter(health.rank(ORIGIN, ["iad", "ord"], NOW0 + 1.0, rng)[0] for _ in range(draws))
@@ -379,10 +379,28 @@ def test_random_probes_move_a_slower_region_first_about_probe_fraction_of_the_ti
 
 
 def test_a_random_probe_picks_among_the_other_regions_evenly() -> None:
-    health = measured({"iad": 0.05, "lax": 0.5, "ord": 1.0}, settings=HealthSettings(probe_fraction=1.0))
+    health = measured({"iad": 0.05, "lax": 0.12, "ord": 0.18}, settings=HealthSettings(probe_fraction=1.0))
     rng = Random(SEED)
     firsts = Counter(health.rank(ORIGIN, ["iad", "lax", "ord"], NOW0 + 1.0, rng)[0] for _ in range(2_000))
     assert firsts["iad"] == 0 and 900 <= firsts["lax"] <= 1100 and firsts["lax"] + firsts["ord"] == 2_000
+
+
+def test_a_region_far_slower_than_the_best_is_never_probed_at_random_only_when_stale() -> None:
+    """A partial outage (20x slower) would cost a job at 20x the latency per random probe: only the staleness
+    probe re-measures it, once per probe_after_s; a region within the ratio is still sampled."""
+    health = measured({"iad": 0.05, "lax": 0.15, "ord": 1.0}, settings=HealthSettings(probe_fraction=1.0))
+    rng = Random(SEED)
+    firsts = Counter(health.rank(ORIGIN, ["iad", "lax", "ord"], NOW0 + 1.0, rng)[0] for _ in range(1_000))
+    assert firsts == {"lax": 1_000}
+    assert health.rank(ORIGIN, ["iad", "ord"], NOW0 + 1.0, rng)[0] == "iad"
+    # Stale (and aged toward the best) after probe_after_s: it is measured again.
+    assert health.rank(ORIGIN, ["iad", "ord"], NOW0 + PROBE_AFTER_S + 1.0, rng)[0] == "ord"
+
+
+@pytest.mark.parametrize("ratio", [0.5, math.nan])
+def test_the_probe_cost_ratio_must_be_at_least_one(ratio: float) -> None:
+    with pytest.raises(ValueError, match="probe_cost_ratio_max"):
+        HealthSettings(probe_cost_ratio_max=ratio)
 
 
 def test_the_same_seed_ranks_the_same_way() -> None:
