@@ -24,7 +24,8 @@ from edge.config import Config
 from edge.engine.records import JobRecord
 from edge.engine.regions import RegionHealth
 from edge.engine.shell.executor import Executor
-from edge.engine.shell.queues import LocalPlacement, Placement, QueueManager
+from edge.engine.shell.placement import LocalPlacement, Placement
+from edge.engine.shell.queues import QueueManager
 from edge.engine.shell.webhooks import WebhookDeliverer
 from edge.engine.spec import queue_key
 from edge.http.api import JobApi

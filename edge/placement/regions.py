@@ -24,7 +24,7 @@ from edge.engine.legs import NO_REGION, RegionView
 from edge.engine.outcome import AttemptResult
 from edge.engine.regions import RegionHealth
 from edge.engine.shell.executor import Timeouts
-from edge.engine.shell.queues import AttemptRunner
+from edge.engine.shell.placement import AttemptRunner
 from edge.metrics import NodeMetrics
 from edge.placement.peers import PeerClient
 from edge.placement.remote import RemoteExecutor

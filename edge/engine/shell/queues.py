@@ -27,12 +27,10 @@ import logging
 from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
-import httpx
 import trio
 
 from edge.config import Config
 from edge.engine import workflow
-from edge.engine.legs import RegionView
 from edge.engine.outcome import AttemptResult
 from edge.engine.queue import (
     IDLE,
@@ -50,6 +48,7 @@ from edge.engine.queue import (
 )
 from edge.engine.records import JobRecord
 from edge.engine.shell.executor import Executor, Timeouts
+from edge.engine.shell.placement import AttemptRunner, LocalPlacement, Placement
 from edge.engine.shell.webhooks import WebhookDeliverer
 from edge.metrics import NodeMetrics
 from edge.runtime import Runtime
@@ -59,32 +58,6 @@ from scheduler import QueueLimits
 log = logging.getLogger("ezthrottle.queues")
 
 STEP_CHECK_S = 2.0  # how often parked workflow roots look their running steps up (a lost report costs this long)
-
-
-class AttemptRunner(Protocol):
-    """Runs one attempt and reports its result, never raising for network trouble (Executor, or a remote node)."""
-
-    async def execute(
-        self,
-        *,
-        method: str,
-        url: str | httpx.URL,
-        headers: dict[str, str],
-        body: str | None,
-        timeouts: Timeouts,
-    ) -> AttemptResult: ...
-
-
-class Placement(Protocol):
-    """Where attempts run: what the owner knows of regions, and a runner for each (edge/placement/regions.py)."""
-
-    def view(self) -> RegionView: ...
-
-    def runner(self, region: str, key: str) -> AttemptRunner: ...
-
-    def started(self, origin: str, region: str) -> None: ...
-
-    def finished(self, origin: str, region: str, result: AttemptResult | None) -> None: ...
 
 
 class WorkflowLinks(Protocol):
@@ -121,26 +94,6 @@ class _LocalLinks:
         pass
 
     def hand_off_soon(self) -> None:
-        pass
-
-
-class LocalPlacement:
-    """A node alone: every attempt runs here, whatever region it names."""
-
-    def __init__(self, executor: AttemptRunner, region: str = "") -> None:
-        self._executor = executor
-        self._view = RegionView.single(region)
-
-    def view(self) -> RegionView:
-        return self._view
-
-    def runner(self, region: str, key: str) -> AttemptRunner:
-        return self._executor
-
-    def started(self, origin: str, region: str) -> None:
-        pass
-
-    def finished(self, origin: str, region: str, result: AttemptResult | None) -> None:
         pass
 
 

@@ -26,7 +26,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import count
-from typing import TYPE_CHECKING
 
 import httpx
 import trio
@@ -37,15 +36,13 @@ from edge.engine.delivery import DeliverySchedule, advance, first_deliveries, ou
 from edge.engine.outcome import AttemptResult
 from edge.engine.records import Delivery, JobRecord
 from edge.engine.shell.executor import Timeouts
+from edge.engine.shell.placement import Placement
 from edge.engine.signing import sign_webhook
 from edge.metrics import NodeMetrics
 from edge.outbound.client import OutboundHttp, read_capped
 from edge.outbound.ssrf import refusal_of
 from edge.runtime import Runtime
 from edge.store import Store, StoreError
-
-if TYPE_CHECKING:
-    from edge.engine.shell.queues import Placement
 
 log = logging.getLogger("ezthrottle.webhooks")
 
