@@ -286,7 +286,11 @@ def run() -> dict[str, Any]:
         "notes": [
             f"{ROUNDS} rounds of {JOBS_PER_ROUND} jobs of each kind, one after another through the iad node; times "
             "from each job's record (created to finished), so both sides include intake, the owner's queue and the "
-            "internal hop when the owner is not in the region."
+            "internal hop when the owner is not in the region.",
+            f"Slow region: {STREAMS} credentials at once, {SLOW_WARMUP_JOBS} warm-up and {SLOW_MEASURED_JOBS} measured "
+            "GET jobs each, on a cluster where a key allows one attempt in flight; the slow run follows the healthy "
+            "one. The measured window (about 10 s) is shorter than the 30 s staleness probe, so the slow region's "
+            "share in it is its random probes alone; over longer runs it also gets one job per 30 s per origin.",
         ],
     }
 
