@@ -104,3 +104,28 @@ async def test_a_fallback_chain_across_owners_survives_kill_9_and_spawns_its_fol
     by_path = sorted(payload["job_id"] for payload in sink.payloads())
     assert by_path == sorted([root_id, child_id]), sink.payloads()
     assert [v.path for v in primary.visits].count("/child") == 1
+
+
+@pytest.mark.slow
+async def test_a_rerouted_job_resumes_where_it_was_after_kill_9_of_its_owner(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """iad answers 500, so the job moves on; while its attempt runs in the next region the owner is killed with -9.
+    Restarted, the owner resumes the job from its record: it remembers it left iad, so it never goes back there."""
+    upstream = RegionUpstream()
+    url = await upstream.serve(nursery)
+    cluster = await start_region_cluster(nursery, tmp_path, extra_config=LIMITS)
+    upstream.behave(region="iad", path="/moved", status=500)
+    upstream.behave(region="lax", path="/moved", delay_s=3.0)
+    upstream.behave(region="ord", path="/moved", delay_s=3.0)
+    job_id = await cluster.submit({"url": f"{url}/moved", "regions": ["iad"], "idempotent_key": "moved-k9"})
+    await upstream.wait_for(lambda seen: len(seen) == 2, timeout_s=10)
+    assert [v.region for v in upstream.visits][0] == "iad" and upstream.visits[1].region != "iad"
+    [owner_id] = {q["node"] for q in await cluster.queues() if q["in_flight"]}
+    owner = cluster.node_by_id(owner_id)
+    await owner.kill()
+    await owner.restart()
+    view = await cluster.wait_finished(job_id, timeout_s=60)
+    assert view["status"] == "success", view
+    assert "iad" in view["regions_tried"] and view["attempts"][-1]["region"] != "iad"
+    assert [v.region for v in upstream.visits].count("iad") == 1  # never back to the region it left
