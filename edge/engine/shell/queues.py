@@ -24,6 +24,7 @@ simulator drives this module unchanged.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
@@ -98,12 +99,13 @@ class _LocalLinks:
 
 
 class _QueueTask:
-    """The task draining one key, and the event that wakes it."""
+    """The task draining one key, the event that wakes it, and until when it sleeps (None while it runs)."""
 
-    __slots__ = ("wakeup",)
+    __slots__ = ("asleep_until", "wakeup")
 
     def __init__(self) -> None:
         self.wakeup = trio.Event()
+        self.asleep_until: float | None = None
 
     def wake(self) -> None:
         self.wakeup.set()
@@ -365,13 +367,15 @@ class QueueManager:
             eligible_at = now + max(0, not_before_ms - self._runtime.wall_ms()) / 1000
         queue = self._queues.push(record, eligible_at)
         self._metrics.queue_depth.inc()
-        self._wake(queue)
+        # A job that cannot go before the task wakes anyway changes nothing it decided (unless it brings a timer).
+        self._wake(queue, not_before=eligible_at if workflow.due_at_ms(record) is None else -math.inf)
 
-    def _wake(self, queue: OutboundQueue) -> None:
-        """Wake the key's task, or start one."""
+    def _wake(self, queue: OutboundQueue, *, not_before: float = -math.inf) -> None:
+        """Wake the key's task (unless it sleeps until `not_before` or earlier anyway), or start one."""
         task = self._tasks.get(queue.key)
         if task is not None:
-            task.wake()
+            if task.asleep_until is None or task.asleep_until > not_before:
+                task.wake()
             return
         assert self._nursery is not None, "QueueManager.run() must be started first"
         self._tasks[queue.key] = _QueueTask()
@@ -399,8 +403,10 @@ class QueueManager:
                 elif isinstance(decision, Interrupt):
                     self._interrupt(decision.job_id)
                 elif isinstance(decision, WaitUntil):
+                    task.asleep_until = decision.at
                     with trio.move_on_at(decision.at):
                         await task.wakeup.wait()
+                    task.asleep_until = None
                     task.wakeup = trio.Event()
                 else:
                     assert decision is IDLE
