@@ -36,7 +36,17 @@ from typing import Any, ClassVar, TypeVar
 from edge.outbound.origins import canonical_origin, origin_of, parse_http_url
 from scheduler import AimdPolicy, KeyPolicy, SchedulerPolicy, Tier, TierPolicy
 
-PLANS = ("free", "starter", "growth", "pro", "enterprise")
+PLANS = ("free", "starter", "growth", "pro", "enterprise")  # built in; `[plans.NAME]` overrides or adds
+# (monthly_requests, overage_requests_max) of the built-in plans: the hosted service's quotas (0 = unlimited). The
+# hosted service bills paid overage "up to a hard cap" it does not publish; this project caps it at 10 % of the
+# quota, and free has none.
+BUILTIN_PLANS: dict[str, tuple[int, int]] = {
+    "free": (1_000_000, 0),
+    "starter": (2_000_000, 200_000),
+    "growth": (5_000_000, 500_000),
+    "pro": (10_000_000, 1_000_000),
+    "enterprise": (0, 0),
+}
 TIERS = tuple(tier.value for tier in Tier)
 BEARER_KEY_HEADER = "authorization"  # as a protected listener's key_header: the Authorization Bearer token
 IDENTIFIER_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -58,6 +68,7 @@ ENV_CONFIG_PATH = "EZTHROTTLE_CONFIG"  # read by the CLI, not here
 ENV_ACCOUNTS = "EZTHROTTLE_ACCOUNTS"
 ENV_TARGETS = "EZTHROTTLE_TARGETS"
 ENV_PROTECT = "EZTHROTTLE_PROTECT"
+ENV_PLANS = "EZTHROTTLE_PLANS"
 DEFAULTS_SOURCE = "<defaults>"
 OVERRIDE_SOURCE = "override"
 
@@ -406,13 +417,31 @@ class AccountConfig(_Validated):
 
     id: str = _setting(_REQUIRED, _identifier)
     key_sha256: bytes = _setting(_REQUIRED, _key_sha256, secret=True)
-    plan: str = _setting("pro", _choice(PLANS))
+    plan: str = _setting("pro", _identifier)  # a built-in plan or one of `[plans]` (checked by Config)
     webhook_secret: str | None = _setting(None, _optional(_webhook_secret), secret=True)
     webhook_secret_secondary: str | None = _setting(None, _optional(_webhook_secret), secret=True)
 
     def _check(self) -> None:
         if self.webhook_secret_secondary is not None and self.webhook_secret is None:
             raise _Invalid("needs webhook_secret as well", ("webhook_secret_secondary",), (("webhook_secret",),))
+
+
+@dataclass(frozen=True, slots=True)
+class PlanConfig(_Validated):
+    """A plan's monthly quota: accepted jobs per calendar month (UTC), and how many more are still accepted."""
+
+    name: str = _setting(_REQUIRED, _identifier)
+    monthly_requests: int = _setting(0, _integer(0))  # 0: unlimited
+    overage_requests_max: int = _setting(0, _integer(0))
+
+    @property
+    def unlimited(self) -> bool:
+        return self.monthly_requests == 0
+
+    @property
+    def allowance(self) -> int:
+        """How many jobs a month the plan accepts in all (quota + overage); meaningless when unlimited."""
+        return self.monthly_requests + self.overage_requests_max
 
 
 @dataclass(frozen=True, slots=True)
@@ -607,8 +636,10 @@ class Config(_Validated):
     accounts: tuple[AccountConfig, ...] = ()
     targets: tuple[TargetConfig, ...] = ()
     protect: tuple[ProtectConfig, ...] = ()
+    plans: tuple[PlanConfig, ...] = ()  # built-in plans first, as `[plans]` overrides them, then added ones
     source: str = DEFAULTS_SOURCE
     _targets_by_origin: dict[str, TargetConfig] = field(init=False, repr=False, compare=False)
+    _plans_by_name: dict[str, PlanConfig] = field(init=False, repr=False, compare=False)
 
     def _check(self) -> None:
         ids: dict[str, int] = {}
@@ -624,6 +655,14 @@ class Config(_Validated):
                 )
             ids[account.id] = index
             digests[account.key_sha256] = index
+        plans = {plan.name: plan for plan in self.plans}
+        for name, (quota, overage) in BUILTIN_PLANS.items():
+            plans.setdefault(name, PlanConfig(name=name, monthly_requests=quota, overage_requests_max=overage))
+        object.__setattr__(self, "_plans_by_name", plans)
+        for index, account in enumerate(self.accounts):
+            if account.plan not in plans:
+                known = ", ".join(sorted(plans))
+                raise _Invalid(f"unknown plan {account.plan!r} (known: {known})", ("accounts", index, "plan"))
         by_origin: dict[str, TargetConfig] = {}
         for target in self.targets:
             if target.origin in by_origin:
@@ -642,6 +681,10 @@ class Config(_Validated):
     def account_by_key(self, presented: str) -> AccountConfig | None:
         """The account whose API key is `presented`, or None (see `_find_keyed`)."""
         return _find_keyed(self.accounts, presented)
+
+    def plan(self, name: str) -> PlanConfig:
+        """The plan called `name`: a `[plans]` table, else the built-in one. KeyError for neither."""
+        return self._plans_by_name[name]
 
     def target_for(self, origin: str) -> TargetConfig | None:
         """The `[targets]` entry for an origin (or any URL on it), in whatever case or port spelling."""
@@ -804,6 +847,7 @@ class _Layers:
         self.accounts: Any = []
         self.targets: Any = {}
         self.protect: Any = []
+        self.plans: Any = {}
         self.sources: dict[KeyPath, tuple[int, str]] = {}
 
     def apply_document(self, document: Mapping[str, Any]) -> None:
@@ -818,8 +862,10 @@ class _Layers:
                 self.targets = value
             elif name == "protect":
                 self.protect = value
+            elif name == "plans":
+                self.plans = value
             else:
-                raise _Invalid(_unknown(name, [*SECTIONS, "accounts", "targets", "protect"]), (name,))
+                raise _Invalid(_unknown(name, [*SECTIONS, "accounts", "targets", "protect", "plans"]), (name,))
 
     def set(self, path: KeyPath, value: Any, source: str, rank: int) -> None:
         if path == ("accounts",):
@@ -828,6 +874,8 @@ class _Layers:
             self.targets = value
         elif path == ("protect",):
             self.protect = value
+        elif path == ("plans",):
+            self.plans = value
         else:
             section, key = path
             self.sections[str(section)][str(key)] = value
@@ -856,8 +904,22 @@ class _Layers:
                 _build(TargetConfig, table, ("targets", origin), origin=origin)
                 for origin, table in _table(self.targets, ("targets",)).items()
             ),
+            plans=tuple(
+                _build(
+                    PlanConfig, {**_builtin_plan(name), **_table(table, ("plans", name))}, ("plans", name), name=name
+                )
+                for name, table in _table(self.plans, ("plans",)).items()
+            ),
             source=self.file_source,
         )
+
+
+def _builtin_plan(name: str) -> dict[str, Any]:
+    """A built-in plan's settings, which a `[plans.NAME]` table of the same name overrides key by key."""
+    if name not in BUILTIN_PLANS:
+        return {}
+    quota, overage = BUILTIN_PLANS[name]
+    return {"monthly_requests": quota, "overage_requests_max": overage}
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -903,8 +965,10 @@ def _apply_env(layers: _Layers, env: Mapping[str, str]) -> None:
             layers.set(("targets",), _env_json(name, text), name, _SOURCE_RANK_ENV)
         elif name == ENV_PROTECT:
             layers.set(("protect",), _env_json(name, text), name, _SOURCE_RANK_ENV)
+        elif name == ENV_PLANS:
+            layers.set(("plans",), _env_json(name, text), name, _SOURCE_RANK_ENV)
         else:
-            known = [*ENV_SETTINGS, ENV_ACCOUNTS, ENV_TARGETS, ENV_PROTECT]
+            known = [*ENV_SETTINGS, ENV_ACCOUNTS, ENV_TARGETS, ENV_PROTECT, ENV_PLANS]
             raise ConfigError(name, None, _unknown(name, known, "variable"))
 
 
