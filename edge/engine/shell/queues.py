@@ -35,7 +35,6 @@ from edge.engine import workflow
 from edge.engine.outcome import AttemptResult
 from edge.engine.queue import (
     IDLE,
-    BacklogFull,
     Conclude,
     Dispatch,
     Interrupt,
@@ -77,6 +76,15 @@ class WorkflowLinks(Protocol):
     def hand_off_soon(self) -> None:
         """Jobs of keys another node owns were just created here: move them without waiting for the sweep."""
         ...
+
+
+class Admission(Protocol):
+    """Whether a new submission may be accepted beyond the backlog bound (the plan's quota, edge/placement/usage.py):
+    `reserve` raises to refuse; `settle` is told whether the job was new once it was saved, or failed."""
+
+    def reserve(self, account_id: str) -> Any: ...
+
+    def settle(self, reservation: Any, *, created: bool) -> None: ...
 
 
 class _LocalLinks:
@@ -127,8 +135,10 @@ class QueueManager:
         placement: Placement | None = None,
         on_account_queue: Callable[[str, bool], None] | None = None,
         per_key: workflow.PerKeyQueues = lambda origin: True,
+        admission: Admission | None = None,
     ) -> None:
         self._config = config
+        self._admission = admission
         self._owns = owns
         self._on_account_queue = on_account_queue
         self._runtime = runtime
@@ -179,22 +189,25 @@ class QueueManager:
         """Make the job durable, then queue it. Returns the stored job and whether it is new.
 
         With `admit`, a new job is refused (BacklogFull) when its account already has `server.account_backlog_max`
-        unfinished jobs here. The check runs on the node that holds the queue, whichever node the client called;
-        jobs handed over from another node were acknowledged already and are never refused. A new workflow root is
-        saved together with its first step."""
+        unfinished jobs here, and by the plan's quota (`Admission`: it raises its own refusal). The checks run on the
+        node that holds the queue, whichever node the client called; a resubmission of a job still unfinished here
+        is answered with it whatever they say, and jobs handed over from another node were acknowledged already and
+        are never refused (nor counted again). A new workflow root is saved together with its first step."""
+        if admit and (duplicate := self._queues.live_duplicate(record.account_id, record.idempotent_key)):
+            return duplicate, False
         spawn: tuple[JobRecord, ...] = ()
         if workflow.is_workflow(record.spec) and not record.steps:
             move = workflow.begin(record, self._runtime.wall_ms())
             record, spawn = move.record, move.spawn
+        self._queues.admit(record.account_id, self._config.server.account_backlog_max if admit else None)
+        created = False
         try:
-            self._queues.admit(record.account_id, self._config.server.account_backlog_max if admit else None)
-        except BacklogFull:
-            duplicate = self._queues.live_duplicate(record.account_id, record.idempotent_key)
-            if duplicate is None:
-                raise
-            return duplicate, False
-        try:
-            stored, created = await self._store.insert_job(record, spawn)
+            reservation = self._admission.reserve(record.account_id) if admit and self._admission else None
+            try:
+                stored, created = await self._store.insert_job(record, spawn)
+            finally:
+                if reservation is not None and self._admission is not None:
+                    self._admission.settle(reservation, created=created)
         finally:
             self._queues.admitted(record.account_id)
         if not created:
