@@ -5,8 +5,12 @@ from an RNG the caller hands in (one per actor, split from the seed), and time i
 - `Provider`: enforces a per-credential limit with GCRA (`scheduler.Gcra`, `burst` back-to-back calls, then one per
   1/rate), and answers over-limit calls with 429 plus the dialect its `signal` names: `Retry-After`, the IETF
   `RateLimit` / `RateLimit-Policy` fields, OpenAI's `x-ratelimit-*-requests`, or nothing. Latency is lognormal,
-  fitted to a median and a p99; a share `error_rate` (or, during a 5xx burst, that burst's rate) of calls gets 503.
-  It records every arrival with its credential and the node that sent it: the upstream-limit invariant reads them.
+  fitted to a median and a p99 (per calling region when `latency_by_region` names it); a share `error_rate` (or,
+  during a 5xx burst, that burst's rate) of calls gets 503. It records every arrival with its credential and the
+  node that sent it (the upstream-limit invariant reads them), and every call from start to end (`calls`, `ended`):
+  when its request left the node (`sent_at`, stamped by the simulated network), its `Idempotency-Key`, and whether
+  it was answered or the caller hung up first (a cancelled request: the call's task is cancelled while the
+  provider is still working on it). The invariants on races, strict regions and terminal jobs read those.
 - `WebhookReceiver`: answers after a lognormal delay, refuses a share `failure_rate` with 500, and reports every
   delivery to a callback (the world's ledger of what each job's webhooks saw).
 - `arrival_times`: when a tenant's next jobs come (Poisson, bursty on/off, or periodic), as an endless iterator.
@@ -19,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, final
 
@@ -89,6 +93,34 @@ class UpstreamArrival:
 
 
 @final
+@dataclass(slots=True)
+class UpstreamCall:
+    """One call from its start to its end, as the provider saw it: `at` when it arrived, `sent_at` when its request
+    left the calling node, `source` that node's host; then either `answered_at` and `status`, or `gone_at` (the
+    caller hung up before the answer). Both None: still being worked on."""
+
+    at: float
+    sent_at: float
+    source: str
+    credential: str
+    idempotency_key: str
+    answered_at: float | None = None
+    status: int | None = None
+    gone_at: float | None = None
+
+    @property
+    def ended_at(self) -> float | None:
+        return self.answered_at if self.answered_at is not None else self.gone_at
+
+
+def sent_at_of(scope: Scope) -> float | None:
+    """When the request of `scope` left its source, as `SimulatedHttp` stamps it (None outside the simulator)."""
+    simulated = scope.get("extensions", {}).get("simulated", {})
+    sent_at = simulated.get("sent_at")
+    return float(sent_at) if sent_at is not None else None
+
+
+@final
 class Provider:
     """An upstream API with per-credential rate limits (see the module docstring)."""
 
@@ -103,6 +135,7 @@ class Provider:
         error_rate: float,
         rng: random.Random,
         region_of: Callable[[str], str] = lambda host: "",
+        latency_by_region: Mapping[str, LognormalLatency] | None = None,
     ) -> None:
         if signal not in SIGNALS:
             raise ValueError(f"signal must be one of {', '.join(SIGNALS)}, got {signal!r}")
@@ -111,6 +144,7 @@ class Provider:
         self.burst = burst
         self.signal = signal
         self.latency = latency
+        self.latency_by_region = dict(latency_by_region or {})
         self.error_rate = error_rate
         # 5xx bursts in progress: region of the calling node ("" = every region) -> share of calls answered 5xx.
         self.error_bursts: dict[str, float] = {}
@@ -118,6 +152,8 @@ class Provider:
         self._region_of = region_of
         self._pacers: dict[str, Gcra] = {}
         self.arrivals: dict[str, list[UpstreamArrival]] = {}  # by credential, in arrival order
+        self.calls: list[UpstreamCall] = []  # every call, in arrival order
+        self.ended: list[UpstreamCall] = []  # the same calls, in the order they ended (answered or hung up)
         self.requests = 0
         self.rate_limited = 0
 
@@ -135,9 +171,26 @@ class Provider:
         self.requests += 1
         self.rate_limited += status == 429
         self.arrivals.setdefault(credential, []).append(UpstreamArrival(now, source, status))
-        await trio.sleep(self.latency.draw(self._rng))
+        sent_at = sent_at_of(scope)
+        call = UpstreamCall(
+            now, now if sent_at is None else sent_at, source, credential, header(scope, "idempotency-key")
+        )
+        self.calls.append(call)
+        try:
+            await trio.sleep(self._latency_for(source).draw(self._rng))
+        except BaseException:  # cancelled: the caller hung up before the answer
+            call.gone_at = trio.current_time()
+            self.ended.append(call)
+            raise
+        call.answered_at, call.status = trio.current_time(), status
+        self.ended.append(call)
         body = json.dumps({"ok": status < 300, "provider": self.name}).encode()
         await respond(send, status, body, [("content-type", "application/json"), *headers])
+
+    def _latency_for(self, source: str) -> LognormalLatency:
+        if not self.latency_by_region:
+            return self.latency
+        return self.latency_by_region.get(self._region_of(source), self.latency)
 
     def _error_rate_for(self, source: str) -> float:
         if not self.error_bursts:

@@ -7,6 +7,11 @@ They live here, in the simulator, and change only how the world wires real nodes
 - "ack-before-commit": the node's store answers `insert_job` at once and commits the job COMMIT_LAG_S later
   (`LaggingCommitStore`), as a write-back cache without a flush would; the API then acknowledges jobs that are
   not durable, and a crash loses them. The no-acknowledged-job-lost invariant must trip under a crash.
+- "losers-not-cancelled": a race waits for every leg instead of cancelling the losers once one wins:
+  `losers_run_to_the_end` rewires each node's `QueueManager` as the node starts, so that it runs a race's legs as
+  it runs a fanout's, each to its end. The provider answers the losers in full, well after the win, and the
+  losers-cancelled invariant must trip, and only it: the job still ends after its last leg, so no call is sent
+  after it is terminal.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ from typing import Any, final
 import trio
 
 from edge.engine.records import JobRecord
+from edge.node import Node
 from edge.store import Store
 from edge.store.base import EncodedJob
 
 PLANTED_BUGS: Mapping[str, str] = {
     "queue-per-node": "nodes are not clustered: every node runs its own queue for every key",
     "ack-before-commit": "the store acknowledges a new job before it is durable and commits it later",
+    "losers-not-cancelled": "a race waits for every leg to answer instead of cancelling the losers",
 }
 COMMIT_LAG_S = 2.0
 
@@ -59,3 +66,17 @@ async def lagging_commits(durable: Store) -> AsyncIterator[Store]:
     async with trio.open_nursery() as commits:
         yield LaggingCommitStore(durable, commits)
         commits.cancel_scope.cancel()
+
+
+def losers_run_to_the_end(node: Node) -> None:
+    """Plant "losers-not-cancelled" in a node that just started: its queue manager runs every race's legs as a
+    fanout's, each to its end (the judgement afterwards is still a race's: the first success in plan order wins)."""
+    manager = node.manager
+    run_legs = getattr(manager, "_run_legs", None)
+    if run_legs is None or not callable(run_legs):
+        raise RuntimeError("the node's QueueManager has no _run_legs to plant losers-not-cancelled in")
+
+    async def every_leg_to_its_end(*args: Any, race: bool, **kwargs: Any) -> None:
+        await run_legs(*args, race=False, **kwargs)
+
+    setattr(manager, "_run_legs", every_leg_to_its_end)  # noqa: B010  (an instance attribute shadows the method)

@@ -50,7 +50,8 @@ PROGRESS_BAR_WIDTH = 30
 DESCRIPTION = """\
 Run a scenario on the deterministic simulator: the real node code for a whole cluster in one process, on virtual
 time, with faults, checking invariants throughout. SCENARIO is a TOML file or the name of one in
-simulations/scenarios/ (baseline, noisy-neighbour, region-outage, rolling-restart, partition, one-key-50-workers)."""
+simulations/scenarios/ (baseline, noisy-neighbour, region-outage, rolling-restart, partition, one-key-50-workers,
+racing, slow-region)."""
 
 EPILOG = f"""\
 examples:

@@ -21,6 +21,14 @@ down (`unmount`, then its nursery is cancelled) cuts every request in progress, 
 `httpx.ReadError`, a reset connection. An exception in an app is not turned into a 500: it is raised (in the
 caller, or in the server's nursery), so a bug in a simulated node stops the run loudly.
 
+Hanging up: an app that reads `receive()` again after the request body waits there until its caller has gone, and
+then gets `http.disconnect`, as hypercorn hands it over when an HTTP/2 stream is reset. A caller that gives up on a
+request served in a nursery (it was cancelled: a race's loser, a deadline) hangs up: the disconnect reaches the
+server one leg's delay later, delay spikes included (even across a partition that began meanwhile: paths are
+judged when a request starts). Such a server may then end without answering. For an app that runs in the
+caller's task (the providers), the caller's cancellation reaches it at once.
+Every request carries, as the ASGI scope extension `simulated.sent_at`, the virtual time it left its source.
+
 The ASGI bridge is our own, not `httpx.ASGITransport`: bodies are small and read whole, and the scope carries the
 source host as the ASGI `client`, so an upstream can tell which node called it. Every exchange is recorded in the
 trace: method, URL, status and a CRC of both bodies.
@@ -103,12 +111,13 @@ class _Exchange:
     chunks: list[bytes] = field(default_factory=list)
     complete: bool = False
     request_read: bool = False
+    gone: trio.Event = field(default_factory=trio.Event)  # set once the caller has hung up
 
     async def receive(self) -> dict[str, Any]:
         if not self.request_read:
             self.request_read = True
             return {"type": "http.request", "body": self.body, "more_body": False}
-        await trio.lowlevel.checkpoint()
+        await self.gone.wait()
         return {"type": "http.disconnect"}
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -121,7 +130,7 @@ class _Exchange:
 
     async def run(self, app: AsgiApp) -> None:
         await app(self.scope, self.receive, self.send)
-        if self.status is None or not self.complete:
+        if (self.status is None or not self.complete) and not self.gone.is_set():
             raise RuntimeError(f"ASGI app {app!r} returned without a complete response")
 
 
@@ -197,6 +206,7 @@ class SimulatedHttp(httpx.AsyncBaseTransport):
 
     async def exchange(self, request: httpx.Request, *, source: str) -> httpx.Response:
         """Carry one request from `source` to the app mounted at its authority, and the answer back."""
+        sent_at = trio.current_time()
         authority = authority_of(request.url)
         path = self.paths(source, request.url.host)
         if path is PathState.BLACKHOLE:
@@ -209,11 +219,11 @@ class SimulatedHttp(httpx.AsyncBaseTransport):
             self._trace.record(f"http refused {request.method} {request.url} from {source}")
             raise httpx.ConnectError(f"nothing is listening at {authority} on the simulated network", request=request)
         request_body = await request.aread()
-        exchange = _Exchange(self._scope(request, mount, source), request_body)
+        exchange = _Exchange(self._scope(request, mount, source, sent_at), request_body)
         if mount.nursery is None:
             await exchange.run(mount.app)
         else:
-            await self._run_in_server(exchange, mount, request)
+            await self._run_in_server(exchange, mount, request, spike_s)
         body = b"".join(exchange.chunks)
         await trio.sleep(self._draw(mount.latency, spike_s))
         assert exchange.status is not None
@@ -223,7 +233,7 @@ class SimulatedHttp(httpx.AsyncBaseTransport):
         )
         return httpx.Response(exchange.status, headers=exchange.headers, stream=httpx.ByteStream(body), request=request)
 
-    async def _run_in_server(self, exchange: _Exchange, mount: _Mount, request: httpx.Request) -> None:
+    async def _run_in_server(self, exchange: _Exchange, mount: _Mount, request: httpx.Request, spike_s: float) -> None:
         """Run the app in the server's nursery and wait for it; a server that goes down resets the request."""
         assert mount.nursery is not None
         finished = trio.Event()
@@ -238,11 +248,28 @@ class SimulatedHttp(httpx.AsyncBaseTransport):
         try:
             mount.nursery.start_soon(handle)
             await finished.wait()
+        except BaseException:
+            self._hang_up(exchange, mount, request, spike_s)
+            raise
         finally:
             mount.waiting.discard(finished)
         if not exchange.complete:
             self._trace.record(f"http reset {request.method} {request.url}")
             raise httpx.ReadError("connection reset: the server went down", request=request)
+
+    def _hang_up(self, exchange: _Exchange, mount: _Mount, request: httpx.Request, spike_s: float) -> None:
+        """The caller gave up on a request its server is still working on: the server hears of it one leg later."""
+        self._trace.record(f"http hangup {request.method} {request.url}")
+        if self._mounts.get(authority_of(request.url)) is not mount or mount.nursery is None:
+            exchange.gone.set()  # the server went down: nothing is left to tell
+            return
+        delay_s = self._draw(mount.latency, spike_s)
+
+        async def tell_server() -> None:
+            await trio.sleep(delay_s)
+            exchange.gone.set()
+
+        mount.nursery.start_soon(tell_server)
 
     async def _black_hole(self, request: httpx.Request, source: str) -> None:
         """A partitioned path: wait out the caller's connect timeout (for ever without one), then time out."""
@@ -254,7 +281,7 @@ class SimulatedHttp(httpx.AsyncBaseTransport):
         raise httpx.ConnectTimeout(f"no answer from {request.url.host} (partitioned)", request=request)
 
     @staticmethod
-    def _scope(request: httpx.Request, mount: _Mount, source: str) -> dict[str, Any]:
+    def _scope(request: httpx.Request, mount: _Mount, source: str, sent_at: float) -> dict[str, Any]:
         url = request.url
         return {
             "type": "http",
@@ -269,6 +296,7 @@ class SimulatedHttp(httpx.AsyncBaseTransport):
             "server": (mount.host, mount.port),
             "client": (source, 0),
             "root_path": "",
+            "extensions": {"simulated": {"sent_at": sent_at}},
         }
 
     def _draw(self, latency: Latency, spike_s: float = 0.0) -> float:

@@ -20,6 +20,33 @@ Safety, throughout (the first violation stops the run):
 Membership is "settled" at a check when every running node sees exactly the running nodes as live, no partition
 is in place, and no node's membership view changed since the previous check.
 
+Jobs' provider calls (`CallChecks`). A call is attributed to a job by the `Idempotency-Key` the node sends when the
+job has `send_idempotency_key` (the workload's tenants say so), looked up in the world's `JobIntent`s (what the
+client asked); calls without a known key are not judged, nor are keys whose submission the client had to retry on
+another node (two jobs may share such a key). Times are the provider's (simulations/actors.py `UpstreamCall`): when
+the call's request left its node (`sent_at`), when it arrived, and when it ended, answered or hung up on.
+- "no-attempt-after-terminal": no call for a job leaves a node after the job became terminal. The job's terminal
+  time is the earliest `finished_at_ms` of its terminal record on any node's disk (whole ms, so a call sent up to
+  TERMINAL_TOLERANCE_S later is still the one that ended it). The record is saved once the attempt's legs have all
+  ended, so every leg of the deciding attempt was sent before; a leg forwarded to a region's node is sent by that
+  node when the forward arrives, which is before the owner cancels it.
+- "losers-cancelled": a race's losers hang up. A job's race is won at W, the first answer < 400 (a success: what
+  wins a race, edge/engine/queue.py `wins`) the provider gave to any of its calls. Every other call of that job
+  still in progress at W (arrived at or before W, not yet ended at W) must end by W + LOSER_BOUND_S, and not with
+  an answer given after W + LOSER_ANSWER_GRACE_S: the grace is the time the win takes to reach the key's owner and
+  its cancellation to reach the loser (a few network legs of at most 5 ms), so only a loser the node failed to
+  cancel is answered after it. Both bounds grow by three times the largest node-to-node delay spike a `delay`
+  fault of the scenario can add. Fanout jobs are not judged (every leg runs to its end), nor races during which
+  a node crashed (from W to the end of the bound): a winner's answer may have died with its node, and then the
+  race rightly goes on. Judged once the bound has passed.
+- "strict-stays-in-regions": a call for a job with `region_policy` strict comes from a node in one of the job's
+  regions. Clustered worlds only: a node that knows no regions runs every job itself, by design.
+- "children-once" (scenarios whose jobs carry follow-ups, `FollowUpChecks`): every follow-up record on any disk
+  (a job id `<parent>-on_success` / `-on_failure`, or an idempotency key `<key>#on_success` / `#on_failure`) names
+  its parent, has the id its parent derives for that kind, and its parent's record is on a disk, terminal with the
+  matching status (success for on_success, failed for on_failure), naming this child, and no other follow-up.
+  At the end, every acknowledged job that ended with a status its follow-ups ask for has that child on a disk.
+
 Liveness, at the end of the drain:
 - every acknowledged job is terminal, or pending with a reason (queued on a running node, or on the disk of a node
   that is down or has yet to hand it over); one that no disk, no queue and no GET through any node knows is lost;
@@ -31,20 +58,33 @@ Liveness, at the end of the drain:
 from __future__ import annotations
 
 import bisect
-from collections import Counter
-from dataclasses import dataclass
-from typing import final
+from collections import Counter, deque
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import NoReturn, Protocol, final
 
 import trio
 
+from edge.engine.records import TERMINAL_STATUSES, JobRecord
 from edge.placement.routing import HANDOFF_SWEEP_S
+from edge.store import MemoryStoreData
+from edge.store.base import EncodedJob
 
+from .actors import Provider, UpstreamCall
 from .runtime import SIMULATED_EPOCH_S
+from .scenario import FaultSpec, NetworkSpec
 from .workload import TERMINAL, JobEntry, Ledger
-from .world import World
+from .world import FOLLOW_UPS, JobIntent, World
 
 LIMIT_WINDOW_S = 10.0
 SETTLE_S = 2 * HANDOFF_SWEEP_S
+TERMINAL_TOLERANCE_S = 0.002  # a record's finished_at_ms is whole (floored) ms
+LOSER_BOUND_S = 1.0  # a race's loser has hung up this long after the win
+LOSER_ANSWER_GRACE_S = 0.05  # ... and is not answered later than this after it
+# The status of a parent whose follow-up of each kind may exist.
+FOLLOW_UP_STATUS = {"on_success": "success", "on_failure": "failed"}
+
+Fail = Callable[[str, str], NoReturn]  # (invariant, detail): raises InvariantViolated
 
 
 @final
@@ -73,11 +113,15 @@ class Invariants:
         self._versions: dict[str, int] = {}
         self.settled_since = 0.0
         self.pending_reasons: Counter[str] = Counter()
+        scenario = world.scenario
+        self._calls = CallChecks(world, self._fail, allowance_s=spike_allowance_s(scenario.faults, scenario.network))
+        asks_follow_ups = any(tenant.on_success or tenant.on_failure for tenant in scenario.tenants)
+        self._follow_ups = FollowUpChecks(world, self._fail) if asks_follow_ups else None
 
     def __repr__(self) -> str:
         return f"<Invariants settled since {self.settled_since:.1f} | {len(self._ledger.open)} open jobs>"
 
-    def _fail(self, invariant: str, detail: str) -> None:
+    def _fail(self, invariant: str, detail: str) -> NoReturn:
         violation = Violation(invariant=invariant, at_s=trio.current_time(), detail=detail)
         self._world.simulation.trace.record(f"violation {invariant}: {detail}")
         raise InvariantViolated(violation)
@@ -92,6 +136,9 @@ class Invariants:
         self._upstream_limits(now)
         if self._world.clustered and now - self.settled_since >= SETTLE_S:
             self._one_active_queue()
+        self._calls.check(now)
+        if self._follow_ups is not None:
+            self._follow_ups.check()
 
     def _observe_membership(self, now: float) -> None:
         versions = {}
@@ -153,6 +200,8 @@ class Invariants:
                 self._fail("no-acked-job-lost", _lost(entry))
             self.pending_reasons[reason or "found through the API only"] += 1
         self._webhook_quorum()
+        if self._follow_ups is not None:
+            self._follow_ups.final(self._ledger.jobs.values())
         if not faults_never_healed and not self._world.converged():
             views = {
                 node.name: sorted(info.node for info in node.running.membership.live_members())
@@ -202,3 +251,275 @@ def _lost(entry: JobEntry) -> str:
         f"job {entry.job_id} of {entry.tenant}, acknowledged by {entry.node} at t={entry.acked_at:.3f}, is on no "
         "node's disk and in no node's queues"
     )
+
+
+# -- jobs' provider calls and follow-ups (see the module docstring) ---------------------------------------------
+
+
+class Observed(Protocol):
+    """What the call and follow-up checks read of the world (`World` is one; unit tests build small ones)."""
+
+    @property
+    def providers(self) -> Mapping[str, Provider]: ...
+
+    @property
+    def intents(self) -> Mapping[str, JobIntent]: ...
+
+    @property
+    def resubmitted(self) -> Collection[str]: ...
+
+    @property
+    def crashes(self) -> Sequence[tuple[float, str]]: ...
+
+    @property
+    def clustered(self) -> bool: ...
+
+    def region_of_host(self, host: str) -> str: ...
+
+    def disks(self) -> Iterable[tuple[str, MemoryStoreData]]: ...
+
+
+def spike_allowance_s(faults: Iterable[FaultSpec], network: NetworkSpec) -> float:
+    """Three times the largest node-to-node delay spike a `delay` fault can add (simulations/world.py
+    `_delay_spike_s`): the win's way back to the owner and the cancellation's way to a loser cross such legs."""
+    spikes = [fault.rate - network.delay_max_s for fault in faults if fault.kind == "delay"]
+    return 3 * max([0.0, *spikes])
+
+
+def _wall_s(at_ms: int) -> float:
+    """A record's wall-clock ms as virtual seconds."""
+    return at_ms / 1000 - SIMULATED_EPOCH_S
+
+
+def _jobs_with_key(world: Observed, account: str, idempotent_key: str) -> list[tuple[str, EncodedJob]]:
+    """(node, encoded job) for every disk that holds a job of `account` under `idempotent_key`."""
+    found = []
+    for node, data in world.disks():
+        job_id = data.job_id_by_idempotency.get((account, idempotent_key))
+        job = data.jobs.get(job_id) if job_id is not None else None
+        if job is not None:
+            found.append((node, job))
+    return found
+
+
+@final
+@dataclass(slots=True)
+class _JobCalls:
+    """The calls providers saw under one idempotency key, and what the checks learnt of its job so far."""
+
+    intent: JobIntent
+    calls: list[UpstreamCall] = field(default_factory=list)
+    last_sent: UpstreamCall | None = None  # the call whose request left its node last
+    job_id: str | None = None
+    terminal_at: float | None = None
+    won: UpstreamCall | None = None
+
+
+@final
+class CallChecks:
+    """The checks "no-attempt-after-terminal", "losers-cancelled" and "strict-stays-in-regions" over every
+    provider's calls, read incrementally at each check (see the module docstring)."""
+
+    def __init__(self, world: Observed, fail: Fail, *, allowance_s: float = 0.0) -> None:
+        self._world = world
+        self._fail = fail
+        self.answer_grace_s = LOSER_ANSWER_GRACE_S + allowance_s
+        self.loser_bound_s = LOSER_BOUND_S + allowance_s
+        self._seen: dict[str, tuple[int, int]] = {}  # provider -> (calls read, ended calls read)
+        self._jobs: dict[str, _JobCalls] = {}  # by idempotency key
+        self._open: dict[str, None] = {}  # keys with calls whose job is not known terminal yet (in order)
+        self._races: deque[str] = deque()  # keys of races won and not judged yet, in the order they were won
+        self.judged_races = 0
+
+    def __repr__(self) -> str:
+        return f"<CallChecks {len(self._jobs)} jobs, {len(self._races)} races to judge, {self.judged_races} judged>"
+
+    def check(self, now: float) -> None:
+        for name, provider in self._world.providers.items():
+            calls_read, ended_read = self._seen.get(name, (0, 0))
+            arrived, ended = provider.calls[calls_read:], provider.ended[ended_read:]
+            self._seen[name] = (len(provider.calls), len(provider.ended))
+            for call in arrived:
+                self._arrived(call)
+            for call in ended:
+                self._ended(call)
+        self._learn_terminal()
+        while self._races:
+            state = self._jobs[self._races[0]]
+            assert state.won is not None and state.won.answered_at is not None
+            if now < state.won.answered_at + self.loser_bound_s:
+                break
+            self._judge_race(self._races.popleft(), state, state.won.answered_at)
+
+    def _ambiguous(self, key: str, intent: JobIntent) -> bool:
+        resubmitted = self._world.resubmitted
+        return key in resubmitted or (intent.parent_key is not None and intent.parent_key in resubmitted)
+
+    def _arrived(self, call: UpstreamCall) -> None:
+        key = call.idempotency_key
+        intent = self._world.intents.get(key) if key else None
+        if intent is None:
+            return
+        state = self._jobs.get(key)
+        if state is None:
+            state = self._jobs[key] = _JobCalls(intent)
+        state.calls.append(call)
+        if state.last_sent is None or call.sent_at > state.last_sent.sent_at:
+            state.last_sent = call
+        if intent.region_policy == "strict" and self._world.clustered:
+            region = self._world.region_of_host(call.source)
+            if region not in intent.regions:
+                self._fail(
+                    "strict-stays-in-regions",
+                    f"{key} (strict, regions {', '.join(intent.regions)}) was called from {call.source} in "
+                    f"{region or 'no region'} at t={call.at:.3f}",
+                )
+        if state.terminal_at is not None:
+            self._after_terminal(key, state)
+        else:
+            self._open[key] = None
+
+    def _ended(self, call: UpstreamCall) -> None:
+        state = self._jobs.get(call.idempotency_key)
+        if state is None or state.won is not None or state.intent.execution_mode == "fanout":
+            return
+        if call.status is not None and call.status < 400:
+            state.won = call
+            self._races.append(call.idempotency_key)
+
+    def _learn_terminal(self) -> None:
+        for key in list(self._open):
+            state = self._jobs[key]
+            if self._ambiguous(key, state.intent):
+                del self._open[key]
+                continue
+            found = _jobs_with_key(self._world, state.intent.tenant, key)
+            if len({job.job_id for _node, job in found}) > 1:
+                del self._open[key]  # two jobs under one key: their calls cannot be told apart
+                continue
+            finished = [
+                job.finished_at_ms
+                for _node, job in found
+                if job.status in TERMINAL_STATUSES and job.finished_at_ms is not None
+            ]
+            if not finished:
+                continue
+            state.job_id, state.terminal_at = found[0][1].job_id, _wall_s(min(finished))
+            del self._open[key]
+            self._after_terminal(key, state)
+
+    def _after_terminal(self, key: str, state: _JobCalls) -> None:
+        last, terminal_at = state.last_sent, state.terminal_at
+        assert last is not None and terminal_at is not None
+        if last.sent_at > terminal_at + TERMINAL_TOLERANCE_S:
+            self._fail(
+                "no-attempt-after-terminal",
+                f"job {state.job_id} ({key}) became terminal at t={terminal_at:.3f}, and {last.source} sent a call "
+                f"for it at t={last.sent_at:.3f} (arrived t={last.at:.3f})",
+            )
+
+    def _judge_race(self, key: str, state: _JobCalls, won_at: float) -> None:
+        if self._ambiguous(key, state.intent):
+            return
+        until = won_at + self.loser_bound_s
+        if any(won_at <= at <= until for at, _node in self._world.crashes):
+            return
+        self.judged_races += 1
+        winner = state.won
+        assert winner is not None
+        for call in state.calls:
+            ended_at = call.ended_at
+            if call is winner or call.at > won_at or (ended_at is not None and ended_at <= won_at):
+                continue
+            lost = (
+                f"{key}: the race was won at t={won_at:.3f} (a {winner.status} to {winner.source}), and the call "
+                f"from {call.source} (arrived t={call.at:.3f})"
+            )
+            if call.answered_at is not None and call.answered_at > won_at + self.answer_grace_s:
+                self._fail(
+                    "losers-cancelled",
+                    f"{lost} was answered {call.status} at t={call.answered_at:.3f}, "
+                    f"{call.answered_at - won_at:.3f} s after the win (grace {self.answer_grace_s:g} s)",
+                )
+            if ended_at is None or ended_at > until:
+                ended = "is still open" if ended_at is None else f"hung up only at t={ended_at:.3f}"
+                self._fail("losers-cancelled", f"{lost} {ended}, over {self.loser_bound_s:g} s after the win")
+
+
+def follow_up_kind(job: EncodedJob) -> str | None:
+    """The follow-up kind a record's id or idempotency key says it is, if any."""
+    for kind in FOLLOW_UPS:
+        if job.job_id.endswith(f"-{kind}") or job.idempotent_key.endswith(f"#{kind}"):
+            return kind
+    return None
+
+
+@final
+class FollowUpChecks:
+    """The check "children-once" over every node's disk (see the module docstring)."""
+
+    def __init__(self, world: Observed, fail: Fail) -> None:
+        self._world = world
+        self._fail = fail
+        self._verified: set[tuple[str, str]] = set()  # (node, child job id): its parent is terminal, and fits
+        self.children = 0
+
+    def __repr__(self) -> str:
+        return f"<FollowUpChecks {len(self._verified)} follow-up records verified>"
+
+    def _copies(self, job_id: str) -> list[JobRecord]:
+        return [data.decode(job) for _node, data in self._world.disks() if (job := data.jobs.get(job_id))]
+
+    def check(self) -> None:
+        for node, data in self._world.disks():
+            for job in data.jobs.values():
+                kind = follow_up_kind(job)
+                if kind is not None and (node, job.job_id) not in self._verified:
+                    self._judge(node, data.decode(job), kind)
+
+    def _judge(self, node: str, child: JobRecord, kind: str) -> None:
+        where = f"follow-up {child.job_id} ({kind}, on {node})"
+        parent_id = child.parent_id
+        if parent_id is None:
+            self._fail("children-once", f"{where} names no parent")
+            return
+        expected = f"{parent_id}-{kind}"
+        if child.job_id != expected:
+            self._fail("children-once", f"{where} is a second {kind} of {parent_id}, whose own is {expected}")
+        parents = self._copies(parent_id)
+        if not parents:
+            self._fail("children-once", f"{where}: its parent {parent_id} is on no node's disk")
+        ended = [parent for parent in parents if parent.is_terminal]
+        if not ended:
+            statuses = ", ".join(sorted({parent.status for parent in parents}))
+            self._fail("children-once", f"{where} exists while its parent {parent_id} is still {statuses}")
+        parent = ended[0]
+        if parent.status != FOLLOW_UP_STATUS[kind]:
+            self._fail("children-once", f"{where} exists, but its parent {parent_id} ended {parent.status}")
+        if parent.children.get(kind) != child.job_id or len(parent.children) > 1:
+            self._fail(
+                "children-once", f"{where}: its parent {parent_id} names {dict(parent.children)} as its follow-ups"
+            )
+        self._verified.add((node, child.job_id))
+        self.children = len({job_id for _node, job_id in self._verified})
+
+    def final(self, entries: Iterable[JobEntry]) -> None:
+        """Every acknowledged job that ended with the status one of its follow-ups waits for has that child."""
+        for entry in entries:
+            key = entry.idempotent_key
+            intent = self._world.intents.get(key) if key else None
+            if intent is None or not intent.follow_ups or key in self._world.resubmitted:
+                continue
+            parent = next((record for record in self._copies(entry.job_id) if record.is_terminal), None)
+            if parent is None:
+                continue
+            kind = next((k for k in intent.follow_ups if FOLLOW_UP_STATUS[k] == parent.status), None)
+            if kind is None:
+                continue
+            child_id = parent.children.get(kind)
+            if child_id is None or not self._copies(child_id):
+                self._fail(
+                    "children-once",
+                    f"job {entry.job_id} ended {parent.status}, and its {kind} follow-up "
+                    f"{'was never created' if child_id is None else f'{child_id} is on no disk'}",
+                )

@@ -21,7 +21,7 @@ from typing import final
 
 import trio
 
-from .bugs import PLANTED_BUGS, lagging_commits
+from .bugs import PLANTED_BUGS, lagging_commits, losers_run_to_the_end
 from .determinism import Simulation, run_simulation
 from .faults import RANDOM_FAULT_KINDS, FaultInjector
 from .invariants import LIMIT_WINDOW_S, Invariants, InvariantViolated, Violation
@@ -155,6 +155,7 @@ async def _run(
             nursery=nursery,
             clustered="queue-per-node" not in bugs,
             store_wrapper=lagging_commits if "ack-before-commit" in bugs else None,
+            node_patch=losers_run_to_the_end if "losers-not-cancelled" in bugs else None,
             on_delivery=ledger.on_delivery,
         )
         await world.start_all()

@@ -40,6 +40,8 @@ SCENARIOS_DIR = Path(__file__).parent / "scenarios"
 
 TIERS = ("reserved", "paid", "free")
 SIGNALS = ("retry-after", "ratelimit", "x-ratelimit", "none")
+EXECUTION_MODES = ("race", "fanout")  # as the job API's `execution_mode`, its default first
+REGION_POLICIES = ("fallback", "strict")  # as the job API's `region_policy`, its default first
 ARRIVALS = ("poisson", "bursty", "periodic")
 PROFILES = ("lan", "wan", "local")
 FAULT_KINDS = (
@@ -154,8 +156,26 @@ class NetworkSpec:
 
 @final
 @dataclass(frozen=True, kw_only=True)
+class RegionLatencySpec:
+    """How fast a provider answers the nodes of one region (`[[providers.region_latency]]`), instead of its own
+    `latency_median_s` / `latency_p99_s`."""
+
+    region: str
+    latency_median_s: float
+    latency_p99_s: float
+
+    def __post_init__(self) -> None:
+        _check(bool(self.region), "region", "must not be empty")
+        _check_latency(self.latency_median_s, self.latency_p99_s)
+
+
+@final
+@dataclass(frozen=True, kw_only=True)
 class ProviderSpec:
-    """An upstream API: its per-credential limit, how it says so when exceeded, how fast and how reliable it is."""
+    """An upstream API: its per-credential limit, how it says so when exceeded, how fast and how reliable it is.
+
+    `region_latency` makes it answer the nodes of some regions at another speed (a far or overloaded region); the
+    nodes of every other region, and callers with no region, get `latency_median_s` / `latency_p99_s`."""
 
     name: str
     rate_limit_rps: float = 10.0  # per credential (queue key)
@@ -165,6 +185,7 @@ class ProviderSpec:
     latency_p99_s: float = 0.25
     error_rate: float = 0.0  # fraction of requests answered 5xx outside any fault
     regions: tuple[str, ...] = ()  # where it serves from; empty = one endpoint reachable from every region
+    region_latency: tuple[RegionLatencySpec, ...] = ()  # per calling region, instead of latency_*_s
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "name", "must not be empty")
@@ -174,6 +195,18 @@ class ProviderSpec:
         _check_latency(self.latency_median_s, self.latency_p99_s)
         _check_probability(self.error_rate, "error_rate")
         _check_unique(self.regions, "regions")
+        _check_unique([latency.region for latency in self.region_latency], "region_latency")
+        for index, latency in enumerate(self.region_latency):
+            _check(
+                not self.regions or latency.region in self.regions,
+                f"region_latency[{index}].region",
+                f"{self.name} does not serve {latency.region!r} (regions: {', '.join(self.regions)})",
+            )
+
+    @property
+    def latency_p99_max_s(self) -> float:
+        """The slowest p99 it answers any region with (what an operator sizes concurrency for)."""
+        return max([self.latency_p99_s, *(latency.latency_p99_s for latency in self.region_latency)])
 
 
 @final
@@ -195,7 +228,16 @@ class ReceiverSpec:
 @final
 @dataclass(frozen=True, kw_only=True)
 class TenantSpec:
-    """One account: its tier, how many credentials (queue keys) it spreads jobs over, and how jobs arrive."""
+    """One account: its tier, how many credentials (queue keys) it spreads jobs over, how jobs arrive, and what
+    its jobs ask of the node beyond a plain call.
+
+    The job fields are the job API's, and their defaults leave them out of the job (today's plain jobs):
+    - `regions`, `execution_mode` ("race" | "fanout"), `region_policy` ("fallback" | "strict"): where each attempt
+      runs (edge/engine/legs.py); a mode or a policy needs `regions`;
+    - `send_idempotency_key`: the node sends the job's idempotency key upstream as `Idempotency-Key`, which is how
+      the invariants tell whose call a provider saw (simulations/invariants.py);
+    - `on_success` / `on_failure`: every job carries that follow-up, one more call to the same provider with the
+      same credential (its idempotency key derived from the parent's, sent upstream as the parent's is)."""
 
     name: str
     provider: str
@@ -206,6 +248,12 @@ class TenantSpec:
     receivers: tuple[str, ...] = ()  # webhooks on every job, each with a quorum vote
     quorum: int = 1  # as the job API's webhook_quorum: 1..len(receivers), and 1 when there are none
     workers: int = 0  # concurrent submitters, each waiting for its ack before the next job; 0 = open loop
+    regions: tuple[str, ...] = ()  # the job's `regions` (cluster regions); empty = none, the owner runs it
+    execution_mode: str = EXECUTION_MODES[0]
+    region_policy: str = REGION_POLICIES[0]
+    send_idempotency_key: bool = False
+    on_success: bool = False
+    on_failure: bool = False
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "name", "must not be empty")
@@ -217,6 +265,11 @@ class TenantSpec:
         voters = max(len(self.receivers), 1)
         _check(1 <= self.quorum <= voters, "quorum", f"must be 1..{voters} (got {self.quorum})")
         _check(self.workers >= 0, "workers", "must be >= 0")
+        _check_unique(self.regions, "regions")
+        _check_choice(self.execution_mode, EXECUTION_MODES, "execution_mode")
+        _check_choice(self.region_policy, REGION_POLICIES, "region_policy")
+        _check(bool(self.regions) or self.execution_mode == EXECUTION_MODES[0], "execution_mode", "needs regions")
+        _check(bool(self.regions) or self.region_policy == REGION_POLICIES[0], "region_policy", "needs regions")
 
 
 @final
@@ -357,17 +410,25 @@ class Scenario:
             _check(tenant.provider in providers, f"{where}.provider", f"no provider named {tenant.provider!r}")
             for receiver in tenant.receivers:
                 _check(receiver in receivers, f"{where}.receivers", f"no receiver named {receiver!r}")
+        for index, tenant in enumerate(self.tenants):
+            for region in tenant.regions:
+                self._check_region(region, f"tenants[{index}].regions")
         for index, provider in enumerate(self.providers):
             for region in provider.regions:
-                _check(
-                    region in self.cluster.regions,
-                    f"providers[{index}].regions",
-                    f"{region!r} is not a cluster region ({', '.join(self.cluster.regions)})",
-                )
+                self._check_region(region, f"providers[{index}].regions")
+            for latency_index, latency in enumerate(provider.region_latency):
+                self._check_region(latency.region, f"providers[{index}].region_latency[{latency_index}].region")
         for index, fault in enumerate(self.faults):
             self._check_fault(fault, f"faults[{index}]", providers, receivers)
         if "receiver_outage" in self.swarm.kinds:
             _check(bool(self.receivers), "swarm.kinds", "receiver_outage needs at least one [[receivers]]")
+
+    def _check_region(self, region: str, where: str) -> None:
+        _check(
+            region in self.cluster.regions,
+            where,
+            f"{region!r} is not a cluster region ({', '.join(self.cluster.regions)})",
+        )
 
     def _check_fault(
         self, fault: FaultSpec, where: str, providers: Mapping[str, ProviderSpec], receivers: set[str]

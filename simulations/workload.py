@@ -2,8 +2,10 @@
 
 A tenant submits jobs at the times its arrival process draws (simulations/actors.py `arrival_times`), each for
 one of its `keys` credentials chosen at random, through `World.submit` (round-robin over the nodes, the real job
-API). Open loop (`workers = 0`): every arrival is submitted at its time, whatever is still outstanding. Closed
-loop: at most `workers` submissions are outstanding; an arrival waits for a free worker.
+API). What a job asks beyond a plain call (regions, execution mode, region policy, the idempotency key sent
+upstream, follow-ups) is the tenant's (simulations/scenario.py `TenantSpec`), and `World.job_body` writes it.
+Open loop (`workers = 0`): every arrival is submitted at its time, whatever is still outstanding. Closed loop: at
+most `workers` submissions are outstanding; an arrival waits for a free worker.
 
 The ledger keeps, per acknowledged job (201/200): who submitted it when, and what its webhooks reported (each
 receiver's report carries the job's status, so a terminal job is seen without asking any node). Refusals (429,
@@ -48,6 +50,7 @@ class JobEntry:
     status: str | None = None  # terminal status once seen
     terminal_at: float | None = None
     accepted_by: set[str] = field(default_factory=set)
+    idempotent_key: str | None = None  # as submitted: the key of its `JobIntent` (simulations/world.py)
 
 
 @final
@@ -128,7 +131,8 @@ async def _submit_one(
         submitted_at = trio.current_time()
         counts = ledger.counts_for(tenant.tier)
         counts.submitted += 1
-        answer = await world.submit(tenant, world.job_body(tenant, sequence, key_index))
+        body = world.job_body(tenant, sequence, key_index)
+        answer = await world.submit(tenant, body)
         if answer.status in (200, 201) and answer.job_id is not None and answer.node is not None:
             entry = JobEntry(
                 job_id=answer.job_id,
@@ -139,6 +143,7 @@ async def _submit_one(
                 node=answer.node,
                 quorum=tenant.quorum,
                 receivers=len(tenant.receivers),
+                idempotent_key=body["idempotent_key"],
             )
             ledger.acknowledge(entry)
         elif answer.status in (None, 429, 503):

@@ -17,6 +17,12 @@ same data, with an RNG stream of its own (label "<node>/boot-<n>").
 Configuration the world chooses for its nodes, as an operator would: each provider's origin has `rps` equal to
 the provider's documented per-credential limit; webhook retries follow WEBHOOK_SCHEDULE_S (seconds, not the
 production default's minutes, so retries happen within a run); tiers map to plans (`TIER_PLANS`).
+
+What clients asked for: every job body the world builds registers a `JobIntent` under its idempotency key (and one
+for each follow-up it carries, under the key the node derives for it, `<key>#on_success`), so that a provider call
+carrying an `Idempotency-Key` can be traced back to the job and what it asked (its regions, mode and policy). A
+submission the client had to retry on another node (`resubmitted`) may have created two jobs under one key; the
+invariants do not attribute such a key's calls.
 """
 
 from __future__ import annotations
@@ -65,6 +71,8 @@ WEBHOOK_REPEAT_S = 120.0
 SUBMIT_NODES_TRIED_MAX = 3
 
 StoreWrapper = Callable[[Store], Any]  # Store -> async context manager yielding the Store the node uses
+NodePatch = Callable[[Node], None]  # applied to every node as it starts (a planted bug's rewiring)
+FOLLOW_UPS = ("on_success", "on_failure")
 
 
 def provider_host(name: str) -> str:
@@ -107,6 +115,22 @@ class SimNode:
 
 
 @final
+@dataclass(frozen=True, slots=True)
+class JobIntent:
+    """What a client's job asked for, as the provider's calls for it are judged (see the module docstring).
+
+    A follow-up's intent names its parent's key and its kind ("on_success" or "on_failure")."""
+
+    tenant: str
+    regions: tuple[str, ...] = ()
+    execution_mode: str = "race"
+    region_policy: str = "fallback"
+    follow_ups: tuple[str, ...] = ()  # the follow-ups the job carries
+    parent_key: str | None = None
+    kind: str | None = None
+
+
+@final
 @dataclass(slots=True)
 class Submission:
     """What a client learnt from submitting one job."""
@@ -129,6 +153,7 @@ class World:
         nursery: trio.Nursery,
         clustered: bool = True,
         store_wrapper: StoreWrapper | None = None,
+        node_patch: NodePatch | None = None,
         on_delivery: Callable[[DeliveryReport], None] = lambda report: None,
     ) -> None:
         self.simulation = simulation
@@ -137,6 +162,7 @@ class World:
         self.clustered = clustered
         self._nursery = nursery
         self._store_wrapper = store_wrapper
+        self._node_patch = node_patch
         self.http = SimulatedHttp(
             rng=simulation.rng_for("http"), trace=simulation.trace, paths=self._path_state, spikes=self._delay_spike_s
         )
@@ -165,6 +191,9 @@ class World:
         # Faults the HTTP paths apply (simulations/faults.py sets and clears them).
         self.provider_outages: set[tuple[str, str]] = set()  # (provider, region or "" for every region)
         self.receiver_outages: set[str] = set()
+        self.intents: dict[str, JobIntent] = {}  # by idempotency key (see the module docstring)
+        self.resubmitted: set[str] = set()  # idempotency keys whose submission was tried on more than one node
+        self.crashes: list[tuple[float, str]] = []  # (virtual time, node) of every crash
         self._client = self.http.for_source(CLIENT_HOST)
         self._next_node = itertools.cycle(list(self.nodes))
         self._config = {name: self._node_config(node) for name, node in self.nodes.items()}
@@ -207,6 +236,7 @@ class World:
         node.scope.cancel()
         node.scope = None
         node.running = None
+        self.crashes.append((trio.current_time(), name))
         self.simulation.trace.record(f"world crash {name}")
 
     async def _run_node(
@@ -227,6 +257,8 @@ class World:
                 running: Node = await server.start(
                     partial(run_node, self._config[node.name], runtime, store=store, serve_http=False)
                 )
+                if self._node_patch is not None:
+                    self._node_patch(running)
                 self.http.mount(node.api_authority, running.app, nursery=server)
                 node.running = running
                 task_status.started()
@@ -273,6 +305,10 @@ class World:
             error_rate=spec.error_rate,
             rng=self.simulation.rng_for(f"provider/{spec.name}"),
             region_of=self.region_of_host,
+            latency_by_region={
+                latency.region: LognormalLatency(latency.latency_median_s, latency.latency_p99_s)
+                for latency in spec.region_latency
+            },
         )
 
     def _delay_spike_s(self, source: str, destination: str) -> float:
@@ -301,22 +337,56 @@ class World:
     # -- clients ---------------------------------------------------------------------------------------------------
 
     def job_body(self, tenant: TenantSpec, sequence: int, key_index: int) -> dict[str, Any]:
-        return {
+        """A job of `tenant` for its `key_index`-th credential; the fields a tenant leaves at their defaults are left
+        out, so plain jobs are as they always were. Registers the job's intent (see the module docstring)."""
+        key = f"{tenant.name}-{sequence}"
+        body: dict[str, Any] = {
             "url": f"http://{provider_host(tenant.provider)}/v1/{tenant.name}",
             "method": "POST",
             "headers": {"Authorization": credential(tenant.name, key_index)},
             "body": f"job {sequence}",
-            "idempotent_key": f"{tenant.name}-{sequence}",
+            "idempotent_key": key,
             "metadata": {"tenant": tenant.name},
             "webhooks": [{"url": f"http://{receiver_host(name)}/{tenant.name}"} for name in tenant.receivers],
             "webhook_quorum": tenant.quorum,
         }
+        if tenant.regions:
+            body["regions"] = list(tenant.regions)
+        if tenant.execution_mode != "race":
+            body["execution_mode"] = tenant.execution_mode
+        if tenant.region_policy != "fallback":
+            body["region_policy"] = tenant.region_policy
+        if tenant.send_idempotency_key:
+            body["send_idempotency_key"] = True
+        follow_ups = tuple(kind for kind in FOLLOW_UPS if getattr(tenant, kind))
+        for kind in follow_ups:
+            body[kind] = self._follow_up_body(tenant, sequence, key_index, kind)
+            self.intents[f"{key}#{kind}"] = JobIntent(tenant.name, parent_key=key, kind=kind)
+        self.intents[key] = JobIntent(
+            tenant.name, tenant.regions, tenant.execution_mode, tenant.region_policy, follow_ups=follow_ups
+        )
+        return body
+
+    def _follow_up_body(self, tenant: TenantSpec, sequence: int, key_index: int, kind: str) -> dict[str, Any]:
+        """A follow-up: one more call with the same credential, its idempotency key the node's derived one."""
+        body: dict[str, Any] = {
+            "url": f"http://{provider_host(tenant.provider)}/v1/{tenant.name}/{kind}",
+            "method": "POST",
+            "headers": {"Authorization": credential(tenant.name, key_index)},
+            "body": f"job {sequence} {kind}",
+            "metadata": {"tenant": tenant.name, "follow_up": kind},
+        }
+        if tenant.send_idempotency_key:
+            body["send_idempotency_key"] = True
+        return body
 
     async def submit(self, tenant: TenantSpec, body: dict[str, Any]) -> Submission:
         """POST a job to the next node round-robin; on no answer (a node down, a cut request) the next one."""
         content = json.dumps(body).encode()
         headers = {"Authorization": f"Bearer {account_key(tenant.name)}", "Content-Type": "application/json"}
-        for _try in range(min(SUBMIT_NODES_TRIED_MAX, len(self.nodes))):
+        for try_index in range(min(SUBMIT_NODES_TRIED_MAX, len(self.nodes))):
+            if try_index:
+                self.resubmitted.add(str(body.get("idempotent_key")))
             node = self.nodes[next(self._next_node)]
             url = parsed_url(f"http://{node.api_authority}/api/v1/jobs")
             request = httpx.Request("POST", url, headers=headers, content=content)
@@ -354,6 +424,10 @@ class World:
                 return node.name, job
         return None
 
+    def disks(self) -> list[tuple[str, MemoryStoreData]]:
+        """(node, durable data) of every node, up or down."""
+        return [(node.name, node.data) for node in self.nodes.values()]
+
     def converged(self) -> bool:
         """Every running node sees exactly the running nodes as live members (trivially true unclustered)."""
         running = self.running_nodes()
@@ -368,7 +442,7 @@ class World:
 
 def _target(spec: ProviderSpec) -> TargetConfig:
     """A provider's origin as the operator configures it: its per-credential rate, and enough concurrency to
-    keep that rate up at the provider's p99 latency."""
-    concurrency = max(2, math.ceil(spec.rate_limit_rps * spec.latency_p99_s) + 1)
+    keep that rate up at the provider's p99 latency (in its slowest region)."""
+    concurrency = max(2, math.ceil(spec.rate_limit_rps * spec.latency_p99_max_s) + 1)
     origin = f"http://{provider_host(spec.name)}"
     return TargetConfig(origin=origin, rps=spec.rate_limit_rps, max_concurrent=concurrency)

@@ -432,7 +432,7 @@ def test_a_bad_source_address_fails_the_load_naming_the_file_or_variable_and_the
 def test_plans_are_built_in_overridable_and_extensible(tmp_path: Path) -> None:
     path = tmp_path / "plans.toml"
     path.write_text(
-        '[plans.tiny]\nmonthly_requests = 5\n[plans.pro]\noverage_requests_max = 7\n'
+        "[plans.tiny]\nmonthly_requests = 5\n[plans.pro]\noverage_requests_max = 7\n"
         '[[accounts]]\nid = "a"\nkey = "ck_aaaaaaaaaaaaaaaaaaaa"\nplan = "tiny"\n'
     )
     config = load_config(path, env={})

@@ -157,3 +157,35 @@ def test_a_delay_spike_holds_up_each_leg_of_the_paths_it_applies_to() -> None:
     calm_max_s, spiked_max_s = run_simulation(main, seed=3).value
     assert calm_max_s <= 2 * LATENCY.max_s + 1e-9  # the other source's path is untouched
     assert 2 * LATENCY.max_s < spiked_max_s <= 2 * (LATENCY.max_s + spike_s) + 1e-9
+
+
+def test_a_caller_that_gives_up_hangs_up_and_its_server_hears_the_disconnect_one_leg_later() -> None:
+    async def main(simulation: Simulation) -> tuple[list[tuple[str, float]], float]:
+        http = SimulatedHttp(rng=simulation.rng_for("http"), trace=simulation.trace, latency=LATENCY)
+        heard: list[tuple[str, float]] = []
+
+        async def watching_app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+            await receive()  # the body
+            heard.append(("sent", scope["extensions"]["simulated"]["sent_at"]))
+            with trio.move_on_after(5):
+                message = await receive()  # waits until the caller has gone, as hypercorn's does
+                heard.append((message["type"], trio.current_time()))
+                return  # no one is left to answer: ending without a response is fine then
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+        async with trio.open_nursery() as server:
+            http.mount("node:80", watching_app, nursery=server)
+            async with httpx.AsyncClient(transport=http.for_source("owner")) as client:
+                with trio.move_on_after(1):
+                    await client.get("http://node/")
+                gave_up = trio.current_time()
+            await trio.sleep(1)
+            server.cancel_scope.cancel()
+        return heard, gave_up
+
+    heard, gave_up = run_simulation(main, seed=3).value
+    (sent, sent_at), (disconnect, heard_at) = heard
+    assert (sent, sent_at) == ("sent", 0.0)  # stamped when it left the caller, before its first leg
+    assert disconnect == "http.disconnect"
+    assert gave_up + LATENCY.min_s <= heard_at <= gave_up + LATENCY.max_s

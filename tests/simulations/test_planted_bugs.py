@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from simulations.run import run_scenario
-from simulations.scenario import ClusterSpec, FaultSpec, ProviderSpec, Scenario, TenantSpec
+from simulations.scenario import ClusterSpec, FaultSpec, ProviderSpec, Scenario, TenantSpec, load_scenario
 
 # Each key gets jobs four times faster than its provider allows, so every queue stays backlogged: one pacer per
 # node is then visible upstream, and jobs wait in queues long enough for an uncommitted one to be lost.
@@ -54,6 +54,26 @@ def test_a_planted_bug_trips_its_invariant_and_the_same_scenario_passes_without_
     else:
         # The provider saw one pacer per key: never more calls than its limit allows, give or take the tolerance.
         assert sound.upstream_requests <= 0.5 * 5 * (scenario.duration_s + scenario.drain_s + 5) + 5 * 2
+
+
+# The bundled racing scenario, shortened: 6 nodes in three regions, jobs racing 2-3 regions whose provider latency
+# differs (iad 50 ms, lax 150 ms, ord 400 ms median), so a race has losers still running when it is won.
+RACING = load_scenario("racing").with_overrides({"duration": "8", "load": "0.5"})
+
+
+def test_losers_left_running_trip_losers_cancelled_and_the_same_races_pass_with_them_cancelled() -> None:
+    planted = run_scenario(RACING, seed=3, bugs=frozenset({"losers-not-cancelled"}))
+    (violation,) = planted.violations
+    assert violation.invariant == "losers-cancelled", violation
+    assert "after the win (grace" in violation.detail, violation  # the provider answered a loser in full
+    assert planted.bugs == ("losers-not-cancelled",)
+    assert violation.at_s < RACING.warmup_s + 4  # caught at the first race judged, its bound just passed
+
+    sound = run_scenario(RACING, seed=3)
+    assert sound.passed, sound.violations
+    assert sound.tiers["all"].succeeded > 0
+    # Races ran: more calls than jobs (the losers' legs, the follow-ups), and most jobs had losers hang up.
+    assert sound.upstream_requests > 2 * sound.tiers["all"].acked
 
 
 def test_an_unknown_bug_is_refused() -> None:

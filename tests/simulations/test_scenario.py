@@ -14,6 +14,7 @@ from simulations.scenario import (
     FaultSpec,
     NetworkSpec,
     ProviderSpec,
+    RegionLatencySpec,
     Scenario,
     ScenarioError,
     SwarmSpec,
@@ -221,6 +222,8 @@ def test_every_bundled_scenario_loads_and_says_what_it_checks() -> None:
         "rolling-restart",
         "partition",
         "one-key-50-workers",
+        "racing",
+        "slow-region",
     } <= names
     for path in bundled_scenarios():
         scenario = load_scenario(path)
@@ -309,3 +312,58 @@ def test_swarm_faults_keep_the_scheduled_ones() -> None:
     drawn = scenario_with(faults=(crash,), swarm=SwarmSpec(kinds=("loss",), rate_per_min=20.0)).with_swarm_faults(1)
     assert crash in drawn.faults
     assert {fault.kind for fault in drawn.faults} == {"crash", "loss"}
+
+
+REGIONAL = """
+[cluster]
+nodes = 3
+regions = ["iad", "lax", "ord"]
+
+[[providers]]
+name = "api"
+latency_median_s = 0.05
+latency_p99_s = 0.2
+
+[[providers.region_latency]]
+region = "ord"
+latency_median_s = 1.0
+latency_p99_s = 4.0
+
+[[tenants]]
+name = "racer"
+provider = "api"
+regions = ["iad", "ord"]
+execution_mode = "fanout"
+region_policy = "strict"
+send_idempotency_key = true
+on_success = true
+on_failure = true
+"""
+
+
+def test_region_latencies_and_the_job_fields_of_a_tenant_parse_and_default_to_plain_jobs(tmp_path: Path) -> None:
+    scenario = load_scenario(write(tmp_path, REGIONAL))
+    (provider,) = scenario.providers
+    assert provider.region_latency == (RegionLatencySpec(region="ord", latency_median_s=1.0, latency_p99_s=4.0),)
+    assert provider.latency_p99_max_s == 4.0
+    (tenant,) = scenario.tenants
+    assert (tenant.regions, tenant.execution_mode, tenant.region_policy) == (("iad", "ord"), "fanout", "strict")
+    assert tenant.send_idempotency_key and tenant.on_success and tenant.on_failure
+    plain = TenantSpec(name="t", provider="api")
+    assert (plain.regions, plain.execution_mode, plain.region_policy) == ((), "race", "fallback")
+    assert not (plain.send_idempotency_key or plain.on_success or plain.on_failure)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (('regions = ["iad", "ord"]', 'regions = ["iad", "sin"]'), "tenants[0].regions: 'sin' is not a cluster region"),
+        (('execution_mode = "fanout"', 'execution_mode = "hedge"'), "tenants[0].execution_mode: must be one of race"),
+        (('region = "ord"', 'region = "fra"'), "providers[0].region_latency[0].region: 'fra' is not a cluster region"),
+        (('regions = ["iad", "ord"]\n', ""), "tenants[0].execution_mode: needs regions"),
+        (("latency_p99_s = 4.0", "latency_p99_s = 0.5"), "latency_p99_s: must be >= latency_median_s"),
+    ],
+)
+def test_region_fields_are_validated(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
+    message = error_for(tmp_path, REGIONAL.replace(*change))
+    assert expected in message, message

@@ -28,6 +28,8 @@ CI_OVERRIDES: dict[str, dict[str, str]] = {
     "rolling-restart": {"duration": "33", "load": "0.15"},
     "partition": {"duration": "21", "load": "0.25"},
     "one-key-50-workers": {"duration": "6"},
+    "racing": {"duration": "10", "load": "0.5"},
+    "slow-region": {"duration": "19", "load": "0.4"},
 }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import random
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -28,7 +29,7 @@ from simulations.scenario import (
     load_scenario,
 )
 from simulations.workload import JobEntry, Ledger
-from simulations.world import World
+from simulations.world import JobIntent, World
 from tests.simulations.replay import replay_output
 
 SMALL = Scenario(
@@ -240,3 +241,81 @@ def test_a_run_replays_from_its_seed_in_this_process_and_under_other_hash_seeds(
     for hash_seed in ("1", "2"):
         output = replay_output(["-m", "simulations.run", str(path), "--seed", "21"], hash_seed=hash_seed)
         assert output == [first.trace_digest, str(first.trace_events), "passed"]
+
+
+def test_a_provider_answers_each_region_at_its_speed_and_logs_every_call_from_start_to_end() -> None:
+    async def main(simulation: Simulation) -> Provider:
+        regions = {"10.0.0.1": "iad", "10.0.0.2": "ord"}
+        provider = Provider(
+            name="api",
+            rate_limit_rps=100,
+            burst=10,
+            signal="none",
+            latency=LognormalLatency(0.05, 0.05),
+            latency_by_region={"ord": LognormalLatency(1.0, 1.0)},
+            error_rate=0.0,
+            rng=simulation.rng_for("provider"),
+            region_of=lambda host: regions.get(host, ""),
+        )
+        http = SimulatedHttp(rng=simulation.rng_for("http"), trace=simulation.trace)
+        http.mount("api.sim:80", provider)
+        headers = {"Idempotency-Key": "acme-1"}
+        async with (
+            httpx.AsyncClient(transport=http.for_source("10.0.0.1")) as iad,
+            httpx.AsyncClient(transport=http.for_source("10.0.0.2")) as ord_,
+        ):
+            await iad.post("http://api.sim/v1", headers=headers)
+            await ord_.post("http://api.sim/v1", headers=headers)
+            with trio.move_on_after(0.5):  # a race's loser: cancelled while the provider works on it
+                await ord_.post("http://api.sim/v1", headers={"Idempotency-Key": "acme-2"})
+        return provider
+
+    provider = run_simulation(main, seed=2).value
+    fast, slow, cut = provider.calls
+    assert provider.ended == [fast, slow, cut]
+    assert (fast.idempotency_key, fast.status, fast.source) == ("acme-1", 200, "10.0.0.1")
+    assert fast.answered_at is not None and fast.answered_at - fast.at == pytest.approx(0.05)
+    assert slow.answered_at is not None and slow.answered_at - slow.at == pytest.approx(1.0)
+    assert fast.sent_at < fast.at  # stamped when the request left its node, one leg before
+    assert cut.idempotency_key == "acme-2" and cut.answered_at is None and cut.status is None
+    assert cut.gone_at is not None and cut.ended_at == cut.gone_at < cut.at + 0.5
+
+
+def test_job_bodies_carry_only_the_fields_a_tenant_asks_for_and_register_what_it_asked() -> None:
+    racer = TenantSpec(
+        name="racer",
+        provider="api",
+        regions=("iad", "lax"),
+        region_policy="strict",
+        send_idempotency_key=True,
+        on_success=True,
+    )
+
+    async def main(simulation: Simulation) -> tuple[dict[str, Any], dict[str, Any], World]:
+        async with (
+            open_simulated_network(rng=simulation.rng_for("network"), trace=simulation.trace) as network,
+            trio.open_nursery() as nursery,
+        ):
+            world = World(simulation=simulation, scenario=SMALL, network=network, nursery=nursery)
+            return world.job_body(SMALL.tenants[0], 1, 0), world.job_body(racer, 7, 0), world
+
+    plain, racing, world = run_simulation(main, seed=1).value
+    assert set(plain) == {
+        "url",
+        "method",
+        "headers",
+        "body",
+        "idempotent_key",
+        "metadata",
+        "webhooks",
+        "webhook_quorum",
+    }
+    assert (racing["regions"], racing["region_policy"], racing["send_idempotency_key"]) == (
+        ["iad", "lax"],
+        "strict",
+        True,
+    )
+    assert "execution_mode" not in racing  # the default, left out
+    assert racing["on_success"]["send_idempotency_key"] and "idempotent_key" not in racing["on_success"]
+    assert world.intents["racer-7"] == JobIntent("racer", ("iad", "lax"), "race", "strict", follow_ups=("on_success",))
+    assert world.intents["racer-7#on_success"] == JobIntent("racer", parent_key="racer-7", kind="on_success")
