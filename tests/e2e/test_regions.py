@@ -120,7 +120,7 @@ async def test_a_rerouted_job_resumes_where_it_was_after_kill_9_of_its_owner(
     upstream.behave(region="ord", path="/moved", delay_s=3.0)
     job_id = await cluster.submit({"url": f"{url}/moved", "regions": ["iad"], "idempotent_key": "moved-k9"})
     await upstream.wait_for(lambda seen: len(seen) == 2, timeout_s=10)
-    assert [v.region for v in upstream.visits][0] == "iad" and upstream.visits[1].region != "iad"
+    assert upstream.visits[0].region == "iad" and upstream.visits[1].region != "iad"
     [owner_id] = {q["node"] for q in await cluster.queues() if q["in_flight"]}
     owner = cluster.node_by_id(owner_id)
     await owner.kill()
