@@ -129,3 +129,21 @@ async def test_a_rerouted_job_resumes_where_it_was_after_kill_9_of_its_owner(
     assert view["status"] == "success", view
     assert "iad" in view["regions_tried"] and view["attempts"][-1]["region"] != "iad"
     assert [v.region for v in upstream.visits].count("iad") == 1  # never back to the region it left
+
+    # A strict job that fails in iad spawns its on_failure child once, and never its on_success.
+    upstream.behave(region="iad", path="/fails", status=502)
+    job = {
+        "url": f"{url}/fails",
+        "regions": ["iad"],
+        "region_policy": "strict",
+        "on_success": {"url": f"{url}/never"},
+        "on_failure": {"url": f"{url}/alert", "idempotent_key": "alert-1"},
+    }
+    failed_id = await cluster.submit(job)
+    failed = await cluster.wait_finished(failed_id, timeout_s=30)
+    assert failed["status"] == "failed" and list(failed["children"]) == ["on_failure"]
+    child = await cluster.wait_finished(failed["children"]["on_failure"], timeout_s=30)
+    assert child["status"] == "success" and child["idempotent_key"] == "alert-1"
+    await trio.sleep(0.5)
+    paths = [v.path for v in upstream.visits]
+    assert paths.count("/alert") == 1 and "/never" not in paths
