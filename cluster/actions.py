@@ -1,10 +1,10 @@
-"""What the core asks of its shell: the whole transport contract, plus membership and shared-map news.
+"""What the core asks of its shell: the whole transport contract, plus membership, shared-map and counter news.
 
 The shell owns one UDP socket and one TCP listener on the member's gossip address. It performs `SendPacket`
 best-effort (a lost datagram is normal), and for `OpenStream` connects, writes `data`, reads one reply and
 hands it to `SwimNode.handle_stream` (a failed connection is simply dropped: the core retries on its own
 schedule). Bytes that arrive go to `handle_packet` / `handle_stream`, with the current `trio.current_time()`.
-`MemberEvent` and `SharedChanged` are news to publish; the shell performs nothing for them.
+`MemberEvent`, `SharedChanged` and `CounterChanged` are news to publish; the shell performs nothing for them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import final
 
-from .messages import Address, MemberInfo, SharedEntry
+from .messages import Address, CounterEntry, MemberInfo, SharedEntry
 
 
 class Action:
@@ -62,3 +62,12 @@ class SharedChanged(Action):
     `entry` is the entry now held, for the shell to publish and the caller to persist."""
 
     entry: SharedEntry
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class CounterChanged(Action):
+    """An entry of the counters changed in this node's view (a local add, or a greater one from a peer);
+    `entry` is the entry now held, for the shell to publish and the caller to persist."""
+
+    entry: CounterEntry

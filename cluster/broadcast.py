@@ -11,7 +11,8 @@ SWIM's dissemination).
 An update about a node replaces any queued update about the same node: only the newest word on a member
 matters, and without this a flapping member would fill the queue with stale states. The shared map's writes
 (shared.py) use the same rule per key: their subject is ("shared", key), a tuple, so no node id can collide
-with a key.
+with a key. Counter entries (counters.py) likewise, per (name, node): their subject is ("counter", name, node),
+so the newest value of a busy counter replaces the queued one instead of queueing every add.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from typing import final
 
 from sortedcontainers import SortedList
 
-# What a queued update is about: a member's node id, or (mechanism, key) for the shared map's registers.
-Subject = str | tuple[str, str]
+# What a queued update is about: a member's node id, ("shared", key) for the shared map's registers, or
+# ("counter", name, node) for a counter's entry.
+Subject = str | tuple[str, str] | tuple[str, str, str]
 
 
 def retransmit_limit(retransmit_mult: int, member_count: int) -> int:

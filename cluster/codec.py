@@ -5,12 +5,13 @@ raises `MalformedMessage` (envelope.py counts it and drops the datagram). Two ru
 compatible: message tags are only appended (messages.MessageType), and fields are only appended to a schema,
 so a decoder ignores trailing fields it does not know and skips tags it does not know. The other direction
 holds too: a field appended after a schema first shipped is marked `appended`, and when a peer that predates
-it leaves it out, the message class's default stands in (PushPull's `shared`).
+it leaves it out, the message class's default stands in (PushPull's `shared` and `counters`).
 
 Shared-map entries are checked for shape here (a str key, a scalar value, a uint timestamp, a node id) but
 not for the map's size bounds: those are shared.py's, which drops and counts an over-bound entry on its own.
 A peer whose bounds are wider (a later version) then costs only its over-bound entries, not the datagram or
-the whole push-pull that carries them, members included.
+the whole push-pull that carries them, members included. Counter entries (counters.py) are treated alike: a str
+name, a node id and a uint value here, the name's length and the map's size bound there.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from .messages import (
     Ack,
     Address,
     Alive,
+    CounterEntry,
+    Counters,
     Dead,
     IndirectPing,
     MemberInfo,
@@ -206,6 +209,42 @@ def _decode_shared_entries(value: Any) -> tuple[SharedEntry, ...]:
 SHARED_ENTRY = _Kind(_encode_shared_entry, _decode_shared_entry)
 SHARED_ENTRIES = _Kind(_encode_shared_entries, _decode_shared_entries, appended=True)
 
+
+def _decode_counter_name(value: Any) -> str:
+    if type(value) is not str:
+        raise MalformedMessage(f"a counter name must be text, got {value!r:.40}")
+    return value
+
+
+_COUNTER_ENTRY_SCHEMA: Schema = (
+    ("name", _Kind(_identity, _decode_counter_name)),
+    ("node", NODE_ID),
+    ("value", UINT),
+)
+
+
+def _encode_counter_entry(entry: CounterEntry) -> list[Any]:
+    return _encode_fields(entry, _COUNTER_ENTRY_SCHEMA)
+
+
+def _encode_counter_entries(entries: tuple[CounterEntry, ...]) -> list[Any]:
+    return [_encode_counter_entry(entry) for entry in entries]
+
+
+def _decode_counter_entries(value: Any) -> tuple[CounterEntry, ...]:
+    if type(value) is not list:
+        raise MalformedMessage("counter entries must be a list")
+    entries = []
+    for item in value:
+        if type(item) is not list:
+            raise MalformedMessage("a counter entry must be a list")
+        entries.append(_decode_fields(CounterEntry, _COUNTER_ENTRY_SCHEMA, item))
+    return tuple(entries)
+
+
+COUNTER_ENTRIES = _Kind(_encode_counter_entries, _decode_counter_entries)
+PUSH_PULL_COUNTERS = _Kind(_encode_counter_entries, _decode_counter_entries, appended=True)
+
 # The wire schema of every message: ONLY APPEND fields, never reorder or remove them.
 _SCHEMAS: dict[type[Message], tuple[MessageType, Schema]] = {
     Ping: (MessageType.PING, (("seq", UINT), ("target", NODE_ID))),
@@ -233,8 +272,12 @@ _SCHEMAS: dict[type[Message], tuple[MessageType, Schema]] = {
         MessageType.DEAD,
         (("node", NODE_ID), ("incarnation", UINT), ("accuser", NODE_ID), ("accuser_incarnation", UINT)),
     ),
-    PushPull: (MessageType.PUSH_PULL, (("members", MEMBERS), ("is_reply", FLAG), ("shared", SHARED_ENTRIES))),
+    PushPull: (
+        MessageType.PUSH_PULL,
+        (("members", MEMBERS), ("is_reply", FLAG), ("shared", SHARED_ENTRIES), ("counters", PUSH_PULL_COUNTERS)),
+    ),
     Shared: (MessageType.SHARED, (("entry", SHARED_ENTRY),)),
+    Counters: (MessageType.COUNTERS, (("entries", COUNTER_ENTRIES),)),
 }
 _BY_TAG: dict[int, tuple[type[Message], Schema]] = {int(tag): (cls, schema) for cls, (tag, schema) in _SCHEMAS.items()}
 
@@ -242,6 +285,11 @@ _BY_TAG: dict[int, tuple[type[Message], Schema]] = {int(tag): (cls, schema) for 
 def shared_entry_bytes(entry: SharedEntry) -> int:
     """The bytes `entry` takes inside a push-pull's shared list (to fit a push-pull into its stream bound)."""
     return len(msgpack.packb(_encode_shared_entry(entry)))
+
+
+def counter_entry_bytes(entry: CounterEntry) -> int:
+    """The bytes `entry` takes inside a push-pull's counters list (to fit a push-pull into its stream bound)."""
+    return len(msgpack.packb(_encode_counter_entry(entry)))
 
 
 def encode_message(message: Message) -> bytes:

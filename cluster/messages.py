@@ -10,6 +10,7 @@ accuser is the node itself, as in memberlist.
 
 `Shared` carries one write to the cluster's shared map (shared.py explains its ordering and bounds); it rides
 the same retransmit queue as the membership updates, and push-pull carries the whole map beside the members.
+`Counters` carries entries of the cluster's grow-only counters (counters.py) the same two ways.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class MessageType(IntEnum):
     DEAD = 7
     PUSH_PULL = 8
     SHARED = 9
+    COUNTERS = 10
 
 
 class MemberState(IntEnum):
@@ -96,6 +98,18 @@ class SharedEntry:
     @property
     def version(self) -> tuple[int, str]:
         return (self.wall_ms, self.node)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CounterEntry:
+    """One node's entry of a grow-only counter (counters.py): what a `Counters` carries, a push-pull entry, and
+    what the shell hands the caller to persist (and takes back at the next start). Only `node` raises it; a merge
+    keeps the greater `value`."""
+
+    name: str
+    node: str
+    value: int
 
 
 @final
@@ -167,13 +181,14 @@ class Dead(Message):
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PushPull(Message):
-    """The sender's whole member table and shared map. A request (`is_reply=False`) is answered with the
-    receiver's. `shared` came later than the other fields, so it is last on the wire and may be absent there
-    (from a peer that predates it): it defaults to empty."""
+    """The sender's whole member table, shared map and counters. A request (`is_reply=False`) is answered with
+    the receiver's. `shared`, then `counters`, came later than the other fields, so they are last on the wire
+    and may be absent there (from a peer that predates them): they default to empty."""
 
     members: tuple[MemberInfo, ...]
     is_reply: bool
     shared: tuple[SharedEntry, ...] = ()
+    counters: tuple[CounterEntry, ...] = ()
 
 
 @final
@@ -183,3 +198,13 @@ class Shared(Message):
     replaces it in the retransmit queue)."""
 
     entry: SharedEntry
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Counters(Message):
+    """Entries of the grow-only counters, gossiped like membership updates. The core queues one entry per
+    message under its (name, node), so a greater value replaces a queued older one; the tuple lets a message
+    carry several (a decoder takes any number that fit the datagram)."""
+
+    entries: tuple[CounterEntry, ...]

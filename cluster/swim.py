@@ -7,7 +7,9 @@ The caller API has a few verbs, all taking `now` (seconds, monotonic):
     tick(now)                           call when now >= next_deadline()
     join(seeds) / leave(now)            start talking to seeds / announce a graceful leave
     set_shared(key, value, wall_ms=)    write a register of the shared map (shared.py); shared() reads it
-    drain_actions()                     SendPacket / OpenStream to perform, MemberEvent / SharedChanged to publish
+    add_counter(name, amount)           add to this node's entry of a grow-only counter (counters.py); counters()
+    drain_actions()                     SendPacket / OpenStream to perform; MemberEvent / SharedChanged /
+                                        CounterChanged to publish
 
 How a protocol period goes (SWIM with the Lifeguard refinements). Every probe interval, stretched by the local
 health multiplier (awareness.py), the next member of a shuffled round-robin order (probe.py) gets a `Ping`. If
@@ -19,7 +21,8 @@ every datagram and on dedicated gossip rounds to `gossip_nodes` random members (
 push-pull full state exchanges over a stream repair anything gossip missed, and a join is a push-pull with a
 seed. The shared map's writes travel the same two ways: each change is queued for gossip under its key, and
 every push-pull carries the whole map (as much of it as the stream bound leaves room for; see
-`_seal_push_pull`).
+`_seal_push_pull`). So do the counters' entries, queued under their (name, node) and carried in push-pull's
+`counters` field.
 """
 
 from __future__ import annotations
@@ -27,15 +30,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, TypeVar, final
 
 import msgpack
 
-from .actions import Action, OpenStream, SendPacket, SharedChanged
+from .actions import Action, CounterChanged, OpenStream, SendPacket, SharedChanged
 from .awareness import Awareness
 from .broadcast import BroadcastQueue
-from .codec import decode_message, encode_message, shared_entry_bytes
+from .codec import counter_entry_bytes, decode_message, encode_message, shared_entry_bytes
 from .config import SwimConfig
+from .counters import CounterMap, CounterView
 from .envelope import Channel, DropCounts, Envelope
 from .keyring import InsecureClusterError, Keyring
 from .membership import Member, Membership
@@ -43,6 +47,8 @@ from .messages import (
     Ack,
     Address,
     Alive,
+    CounterEntry,
+    Counters,
     Dead,
     IndirectPing,
     MemberInfo,
@@ -61,6 +67,8 @@ from .shared import SharedMap, SharedView
 
 if TYPE_CHECKING:
     from random import Random
+
+_Entry = TypeVar("_Entry", SharedEntry, CounterEntry)
 
 
 def push_pull_interval(base_interval: float, member_count: int) -> float:
@@ -88,7 +96,9 @@ class SwimStatistics:
     live_members: int
     shared_entries: int
     shared_refused: int  # remote or restored entries over a bound, or new keys for a full map
-    push_pulls_truncated: int  # push-pulls that carried only part of the shared map (the stream bound)
+    push_pulls_truncated: int  # push-pulls that carried only part of the shared map or counters (the stream bound)
+    counter_entries: int = 0
+    counter_refused: int = 0  # remote or restored counter entries over a bound, or new ones for a full map
 
 
 @final
@@ -99,6 +109,8 @@ class SwimNode:
         "_awareness",
         "_broadcasts",
         "_config",
+        "_counters",
+        "_counters_cursor",
         "_envelope",
         "_membership",
         "_next_gossip_at",
@@ -130,11 +142,14 @@ class SwimNode:
         now: float,
         insecure: bool = False,
         shared_entries: Iterable[SharedEntry] = (),
+        counter_entries: Iterable[CounterEntry] = (),
     ) -> None:
         """`epoch` must grow across restarts of one node id (the boot wall-clock time in ms does); without a
         `keyring` the node talks to nobody unless `insecure` (a dev flag) is set. `shared_entries` restores
         the shared map as the caller saved it from `SharedChanged` (no events for them; entries over a bound
-        are dropped and counted); the first push-pull, the join, brings it up to date with the cluster."""
+        are dropped and counted); the first push-pull, the join, brings it up to date with the cluster.
+        `counter_entries` restores the counters the same way, from `CounterChanged` (counters.py says why this
+        node's own entries must come back: its adds continue from them, never from 0)."""
         identity = Alive(node=node_id, incarnation=1, address=address, region=region, api_address=api_address)
         # The checks a peer applies to our Alive: an identity that the wire would drop fails here.
         decode_message(msgpack.unpackb(encode_message(identity)))
@@ -177,6 +192,9 @@ class SwimNode:
         self._shared = SharedMap()
         self._shared.merge_all(shared_entries)
         self._shared_cursor = 0  # where the next push-pull that cannot carry the whole map starts in it
+        self._counters = CounterMap()
+        self._counters.merge_all(counter_entries)
+        self._counters_cursor = 0  # the same, for the counters' entries
         self._stats = dict.fromkeys(
             (
                 "packets_sent",
@@ -202,7 +220,7 @@ class SwimNode:
             f"<SwimNode {self._membership.local.node}: {self._membership.live_count} live, "
             f"{states.count(MemberState.DEAD)} dead, {states.count(MemberState.LEFT)} left | "
             f"health {self._awareness.score} | {len(self._broadcasts)} queued updates | "
-            f"{len(self._shared)} shared>"
+            f"{len(self._shared)} shared | {len(self._counters)} counter entries>"
         )
 
     # --- the caller API ---
@@ -224,6 +242,20 @@ class SwimNode:
         gossip it; a `SharedChanged` follows in the actions. Raises ValueError over a bound (shared.py)."""
         entry = self._shared.set(key, value, wall_ms, self._membership.local.node)
         self._shared_changed(entry)
+        return entry
+
+    def counters(self) -> CounterView:
+        """The grow-only counters as this node sees them (read-only, and live: it follows later changes)."""
+        return self._counters.view()
+
+    def add_counter(self, name: str, amount: int) -> CounterEntry:
+        """Add `amount` (>= 0) to this node's entry of counter `name` and gossip the entry; a `CounterChanged`
+        follows in the actions (none for 0, which changes nothing). Returns the entry. Raises ValueError over a
+        bound (counters.py)."""
+        before = self._counters.version
+        entry = self._counters.add(name, self._membership.local.node, amount)
+        if self._counters.version != before:
+            self._counter_changed(entry)
         return entry
 
     def set_keyring(self, keyring: Keyring) -> None:
@@ -279,6 +311,9 @@ class SwimNode:
                     self._membership.apply_dead(message, now)
                 case Shared():
                     self._merge_shared(message.entry)
+                case Counters():
+                    for counter_entry in message.entries:
+                        self._merge_counter(counter_entry)
                 # PushPull travels only on streams; in a datagram it is ignored.
 
     def handle_stream(self, data: bytes, now: float) -> bytes | None:
@@ -294,6 +329,8 @@ class SwimNode:
                 self._membership.merge(message.members, opened.sender, now)
                 for entry in message.shared:
                     self._merge_shared(entry)
+                for counter_entry in message.counters:
+                    self._merge_counter(counter_entry)
         return reply
 
     def tick(self, now: float) -> None:
@@ -346,6 +383,8 @@ class SwimNode:
             live_members=self._membership.live_count,
             shared_entries=len(self._shared),
             shared_refused=self._shared.refused,
+            counter_entries=len(self._counters),
+            counter_refused=self._counters.refused,
             **self._stats,
         )
 
@@ -484,41 +523,34 @@ class SwimNode:
         self._outbox.append(OpenStream(address, self._seal_push_pull(is_reply=False)))
 
     def _seal_push_pull(self, *, is_reply: bool) -> bytes:
-        """Our members and shared map, within stream_bytes_max.
+        """Our members, shared map and counters, within stream_bytes_max.
 
-        With the default 8 MiB the whole map always fits beside thousands of members: shared.py bounds it at
-        SHARED_ENTRIES_MAX * SHARED_ENTRY_WIRE_BYTES_MAX (2.7 MB). A smaller stream bound, or a huge cluster,
-        may leave less room; then the push-pull carries as many entries as fit, starting where the last such
-        push-pull stopped, so successive exchanges still cover the whole map (counted: push_pulls_truncated)."""
+        With the default 8 MiB everything always fits beside a thousand members at their largest: shared.py
+        bounds the map at SHARED_ENTRIES_MAX * SHARED_ENTRY_WIRE_BYTES_MAX (2.7 MB), counters.py the counters at
+        COUNTER_ENTRIES_MAX * COUNTER_ENTRY_WIRE_BYTES_MAX (4.5 MB). A smaller stream bound, or a huge cluster,
+        may leave less room; then the room left after the members is split between the two (`_split_room`), and
+        each carries as many entries as fit its share, starting where the last such push-pull stopped in it, so
+        successive exchanges still cover everything (counted: push_pulls_truncated)."""
         members = self._membership.snapshot()
-        entries = self._shared.entries()
-        encoded = encode_message(PushPull(members=members, is_reply=is_reply, shared=entries))
+        shared = self._shared.entries()
+        counters = self._counters.entries()
+        encoded = encode_message(PushPull(members=members, is_reply=is_reply, shared=shared, counters=counters))
         budget = self._config.stream_bytes_max - self._envelope.overhead_bytes
-        if len(encoded) > budget and entries:
+        if len(encoded) > budget and (shared or counters):
+            self._stats["push_pulls_truncated"] += 1
             bare = encode_message(PushPull(members=members, is_reply=is_reply))
-            # The empty list's 1-byte header grows to at most 5 (array32) once it holds entries.
-            fitting = self._shared_that_fits(entries, budget - len(bare) - 4)
-            encoded = encode_message(PushPull(members=members, is_reply=is_reply, shared=fitting))
+            # Each empty list's 1-byte header grows to at most 5 (array32) once it holds entries.
+            shared_sizes = [shared_entry_bytes(entry) for entry in shared]
+            counter_sizes = [counter_entry_bytes(entry) for entry in counters]
+            shared_room, counter_room = _split_room(budget - len(bare) - 8, sum(shared_sizes), sum(counter_sizes))
+            shared, self._shared_cursor = _round_that_fits(shared, shared_sizes, shared_room, self._shared_cursor)
+            counters, self._counters_cursor = _round_that_fits(
+                counters, counter_sizes, counter_room, self._counters_cursor
+            )
+            encoded = encode_message(PushPull(members=members, is_reply=is_reply, shared=shared, counters=counters))
         data = self._envelope.seal(Channel.STREAM, [encoded])
         self._stats["stream_bytes_sent"] += len(data)
         return data
-
-    def _shared_that_fits(self, entries: tuple[SharedEntry, ...], bytes_available: int) -> tuple[SharedEntry, ...]:
-        """Entries that fit in `bytes_available`, taken from the cursor on round the map; the cursor moves past
-        the last one taken, so successive truncated push-pulls go round the whole map."""
-        self._stats["push_pulls_truncated"] += 1
-        start = self._shared_cursor % len(entries)
-        chosen: list[SharedEntry] = []
-        last_taken = -1
-        for offset in range(len(entries)):
-            entry = entries[(start + offset) % len(entries)]
-            size = shared_entry_bytes(entry)
-            if size <= bytes_available:
-                bytes_available -= size
-                chosen.append(entry)
-                last_taken = offset
-        self._shared_cursor = start + last_taken + 1
-        return tuple(chosen)
 
     # --- the shared map ---
 
@@ -536,3 +568,48 @@ class SwimNode:
         if len(payload) <= self._config.packet_bytes_max - self._envelope.overhead_bytes:
             self._broadcasts.enqueue(("shared", entry.key), payload)
         self._outbox.append(SharedChanged(entry))
+
+    # --- the counters ---
+
+    def _merge_counter(self, entry: CounterEntry) -> None:
+        """A peer's entry: keep it if it is greater (counters.py), and then pass it on like our own add."""
+        if self._counters.merge(entry):
+            self._counter_changed(entry)
+
+    def _counter_changed(self, entry: CounterEntry) -> None:
+        """Gossip a changed entry under its (name, node), replacing an older queued value, and report it to the
+        shell. An entry is at most COUNTER_ENTRY_WIRE_BYTES_MAX + 3 = 275 bytes as a message, so unlike a shared
+        entry it always fits a datagram beside the envelope (packet_bytes_max is at least 512)."""
+        payload = encode_message(Counters(entries=(entry,)))
+        self._broadcasts.enqueue(("counter", entry.name, entry.node), payload)
+        self._outbox.append(CounterChanged(entry))
+
+
+def _split_room(room: int, shared_bytes: int, counter_bytes: int) -> tuple[int, int]:
+    """Share `room` between the shared map and the counters when both do not fit: each gets half, and one that
+    needs less than its half leaves the rest to the other."""
+    half = max(room, 0) // 2
+    if shared_bytes <= half:
+        return shared_bytes, room - shared_bytes
+    if counter_bytes <= half:
+        return room - counter_bytes, counter_bytes
+    return half, room - half
+
+
+def _round_that_fits(
+    entries: tuple[_Entry, ...], sizes: list[int], bytes_available: int, cursor: int
+) -> tuple[tuple[_Entry, ...], int]:
+    """Entries that fit in `bytes_available`, taken from `cursor` on round the list, and the cursor past the last
+    one taken, so successive truncated push-pulls go round all of them."""
+    if not entries:
+        return entries, cursor
+    start = cursor % len(entries)
+    chosen: list[_Entry] = []
+    last_taken = -1
+    for offset in range(len(entries)):
+        index = (start + offset) % len(entries)
+        if sizes[index] <= bytes_available:
+            bytes_available -= sizes[index]
+            chosen.append(entries[index])
+            last_taken = offset
+    return tuple(chosen), start + last_taken + 1

@@ -10,7 +10,8 @@ Fault model, i.e. what the protocol must survive here:
 - streams (push-pull) are reliable but delayed; a partition or a down peer refuses them;
 - partitions split nodes into groups that cannot reach each other in either direction, until `heal()`;
 - nodes crash (stop dead, lose all state) and may restart on the same address with a new epoch, empty or with
-  the shared-map entries they had saved (`saved_shared`, kept as the edge's store would keep them).
+  the shared-map and counter entries they had saved (`saved_shared`, `saved_counters`, kept as the edge's store
+  would keep them).
 Not modelled: duplicated or corrupted datagrams (the codec tests feed garbage), asymmetric links, clock drift.
 
 The event loop is a priority queue keyed by (time, insertion order): packet deliveries, stream requests and
@@ -26,10 +27,10 @@ from enum import IntEnum
 from random import Random
 from typing import final
 
-from .actions import MemberEvent, OpenStream, SendPacket, SharedChanged
+from .actions import CounterChanged, MemberEvent, OpenStream, SendPacket, SharedChanged
 from .config import SwimConfig
 from .keyring import Keyring
-from .messages import Address, MemberState, SharedEntry, SharedValue
+from .messages import Address, CounterEntry, MemberState, SharedEntry, SharedValue
 from .swim import SwimNode
 
 # A fixed key for simulated clusters: authentication runs on every simulated datagram, as in production.
@@ -88,6 +89,8 @@ class SimCluster:
         # Per node, what its caller would have persisted: the entries it was started with, then the last entry
         # each SharedChanged reported, by key. It outlives crashes, so a restart can be given it back.
         self.saved_shared: dict[str, dict[str, SharedEntry]] = {}
+        # The same for the counters: the last entry each CounterChanged reported, by (counter name, node).
+        self.saved_counters: dict[str, dict[tuple[str, str], CounterEntry]] = {}
         # (time, sequence, event, node it happens at, the peer's address (the node's own for a timer), bytes)
         self._queue: list[tuple[float, int, _Event, str, Address, bytes]] = []
         self._sequence = 0
@@ -111,13 +114,15 @@ class SimCluster:
     def node(self, name: str) -> SwimNode:
         return self._nodes[name]
 
-    def add_node(self, *, shared_entries: Iterable[SharedEntry] = ()) -> str:
+    def add_node(
+        self, *, shared_entries: Iterable[SharedEntry] = (), counter_entries: Iterable[CounterEntry] = ()
+    ) -> str:
         """Start a new node; it joins through the first node."""
         name = f"n{len(self._addresses):03d}"
         address = ("127.0.0.1", 20000 + len(self._addresses))
         self._addresses[name] = address
         self._names[address] = name
-        self._boot(name, shared_entries)
+        self._boot(name, shared_entries, counter_entries)
         return name
 
     def crash(self, name: str) -> None:
@@ -125,12 +130,19 @@ class SimCluster:
         del self._nodes[name]
         self._timers.pop(name, None)
 
-    def restart(self, name: str, *, shared_entries: Iterable[SharedEntry] = ()) -> None:
+    def restart(
+        self,
+        name: str,
+        *,
+        shared_entries: Iterable[SharedEntry] = (),
+        counter_entries: Iterable[CounterEntry] = (),
+    ) -> None:
         """Start a crashed node again on its address: fresh state, a higher epoch, incarnation 1, a join; its
-        shared map holds `shared_entries` (e.g. `saved_shared[name].values()`) or starts empty."""
+        shared map holds `shared_entries` (e.g. `saved_shared[name].values()`) or starts empty, and its counters
+        `counter_entries` (e.g. `saved_counters[name].values()`)."""
         if name in self._nodes:
             raise ValueError(f"{name} is running")
-        self._boot(name, shared_entries)
+        self._boot(name, shared_entries, counter_entries)
 
     def leave(self, name: str) -> None:
         self._nodes[name].leave(self.now)
@@ -144,6 +156,12 @@ class SimCluster:
         written = self._nodes[name].set_shared(key, value, wall_ms=wall_ms)
         self._after(name)
         return written
+
+    def add_counter(self, name: str, counter: str, amount: int = 1) -> CounterEntry:
+        """Add `amount` to `name`'s own entry of `counter`; returns that entry."""
+        entry = self._nodes[name].add_counter(counter, amount)
+        self._after(name)
+        return entry
 
     def partition(self, *groups: Iterable[str]) -> None:
         """Cut the listed groups off from each other and from every node not listed."""
@@ -219,6 +237,15 @@ class SimCluster:
         names = self._nodes if nodes is None else nodes
         return all(key in self._nodes[n].shared() and self._nodes[n].shared().get(key) == value for n in names)
 
+    def counter_totals(self, observer: str, prefix: str = "") -> dict[str, int]:
+        """{counter name: total} at `observer`, for the counters whose name starts with `prefix`."""
+        return self._nodes[observer].counters().totals(prefix)
+
+    def counters_agreed(self, counter: str, total: int, nodes: Iterable[str] | None = None) -> bool:
+        """Every one of `nodes` (default: the running nodes) counts `total` for `counter`."""
+        names = self._nodes if nodes is None else nodes
+        return all(self._nodes[n].counters().total(counter) == total for n in names)
+
     def converged(self, expected_live: Iterable[str] | None = None) -> bool:
         """Every running node sees exactly `expected_live` (default: the running nodes) as live."""
         expected = set(self._nodes if expected_live is None else expected_live)
@@ -226,8 +253,9 @@ class SimCluster:
 
     # --- plumbing ---
 
-    def _boot(self, name: str, shared_entries: Iterable[SharedEntry]) -> None:
+    def _boot(self, name: str, shared_entries: Iterable[SharedEntry], counter_entries: Iterable[CounterEntry]) -> None:
         restored = list(shared_entries)
+        restored_counters = list(counter_entries)
         boots = self._boots.get(name, 0) + 1
         self._boots[name] = boots
         node = SwimNode(
@@ -241,12 +269,14 @@ class SimCluster:
             epoch=boots,
             now=self.now,
             shared_entries=restored,
+            counter_entries=restored_counters,
         )
         self._nodes[name] = node
         self._timers.pop(name, None)
         self.packet_bytes_sent.setdefault(name, 0)
         self.stream_bytes_sent.setdefault(name, 0)
         self.saved_shared[name] = {entry.key: entry for entry in restored}
+        self.saved_counters[name] = {(entry.name, entry.node): entry for entry in restored_counters}
         seed = next(iter(self._addresses))
         if seed != name:
             node.join([self._addresses[seed]])
@@ -287,6 +317,8 @@ class SimCluster:
                 self.trace.append(TraceEntry(self.now, name, action.kind.value, member.node, member.incarnation))
             elif type(action) is SharedChanged:
                 self.saved_shared[name][action.entry.key] = action.entry
+            elif type(action) is CounterChanged:
+                self.saved_counters[name][(action.entry.name, action.entry.node)] = action.entry
         at = max(node.next_deadline(), self.now)
         current = self._timers.get(name)
         if current is None or at < current[0]:

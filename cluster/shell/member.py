@@ -11,6 +11,7 @@ The core decides, the shell does the I/O (style.md §17): every input is one syn
 - `SharedChanged` calls `on_shared_change` with the entry (synchronously, so the caller can persist it before
   anything else happens; an exception from it is logged and counted, never let into the member's tasks) and
   wakes `wait_shared_changed`;
+- `CounterChanged` does the same with `on_counter_change` and `wait_counters_changed`;
 - and the timer task's cancel scope is pulled in to the core's `next_deadline()`, which an input may have moved
   earlier (a new probe, a suspicion armed).
 Because nothing awaits between the core call and the drain, the core is only ever touched by one task at a time
@@ -26,7 +27,9 @@ DNS may by then name new machines. A member without seeds is a first member: it 
 
 The shared map (cluster/shared.py) lives in the core; the shell only stamps local writes with the wall clock
 (`Runtime.wall_ms`) and hands the core, at start, the entries the caller saved (`shared_entries`). The shell
-never touches a disk: persisting is the caller's, through `on_shared_change`.
+never touches a disk: persisting is the caller's, through `on_shared_change`. The grow-only counters
+(cluster/counters.py) likewise: `add_counter` adds to this member's own entry, `counter_entries` restores the saved
+entries at start, and `on_counter_change` is told about every changed entry to save it.
 
 Replay protection needs an epoch that grows across restarts of one node id: the boot time in wall-clock
 milliseconds from the injected runtime (`Runtime.wall_ms`). That holds unless the wall clock steps back by more
@@ -42,10 +45,10 @@ from typing import TYPE_CHECKING, Protocol, final
 
 import trio
 
-from cluster.actions import MemberEvent, OpenStream, SendPacket, SharedChanged
+from cluster.actions import CounterChanged, MemberEvent, OpenStream, SendPacket, SharedChanged
 from cluster.config import SwimConfig
 from cluster.keyring import InsecureClusterError, Keyring
-from cluster.messages import Address, MemberInfo, SharedEntry, SharedValue
+from cluster.messages import Address, CounterEntry, MemberInfo, SharedEntry, SharedValue
 from cluster.ownership import Rendezvous
 from cluster.swim import SwimNode, SwimStatistics
 
@@ -125,6 +128,7 @@ class ClusterStatistics:
     exchanges_refused: int = 0  # over exchanges_max, or to a refused address
     join_attempts: int = 0
     shared_callback_errors: int = 0  # on_shared_change raised (logged; the member carried on)
+    counter_callback_errors: int = 0  # on_counter_change raised (logged; the member carried on)
 
 
 DEFAULT_SETTINGS = ShellSettings()
@@ -164,12 +168,15 @@ class ClusterMember:
         settings: ShellSettings = DEFAULT_SETTINGS,
         shared_entries: Iterable[SharedEntry] = (),
         on_shared_change: Callable[[SharedEntry], None] | None = None,
+        counter_entries: Iterable[CounterEntry] = (),
+        on_counter_change: Callable[[CounterEntry], None] | None = None,
     ) -> None:
         """Checks the addresses now; `run()` refuses a member that could talk to nobody (no keyring, not insecure).
 
         `shared_entries`: the shared map as the caller saved it, entry by entry, from `on_shared_change`; the
         member starts with them (the join's push-pull then brings them up to date). `on_shared_change` is called
-        with every entry that changes afterwards, local writes included; it must not block."""
+        with every entry that changes afterwards, local writes included; it must not block. `counter_entries` and
+        `on_counter_change` are the same for the counters' entries."""
         self._bind = _parse_own_address(bind, "bind")
         self._advertise = None if advertise is None else _parse_own_address(advertise, "advertise")
         own_host, own_text = (self._bind[0], "bind") if self._advertise is None else (self._advertise[0], "advertise")
@@ -191,6 +198,9 @@ class ClusterMember:
         self._shared_entries = tuple(shared_entries)
         self._on_shared_change = on_shared_change
         self._shared_moved = trio.lowlevel.ParkingLot()
+        self._counter_entries = tuple(counter_entries)
+        self._on_counter_change = on_counter_change
+        self._counters_moved = trio.lowlevel.ParkingLot()
         self._node: SwimNode | None = None
         self._transport: Transport | None = None
         self._nursery: trio.Nursery | None = None
@@ -278,6 +288,38 @@ class ClusterMember:
             await self._shared_moved.park()
         return self.shared_version
 
+    # --- the counters ---
+
+    @property
+    def counter_version(self) -> int:
+        """Grows on every change to the counters this member sees; 0 for none that ever changed."""
+        return self._running_node.counters().version
+
+    def counter_total(self, name: str) -> int:
+        """Counter `name` cluster-wide as this member knows it: every member's entry summed (0 if unknown)."""
+        return self._running_node.counters().total(name)
+
+    def counter_own(self, name: str) -> int:
+        """This member's own entry of counter `name`: what it added itself, across restarts."""
+        return self._running_node.counters().own(name, self._node_id)
+
+    def counter_totals(self, prefix: str = "") -> dict[str, int]:
+        """{name: total} for the counters whose name starts with `prefix`, by name."""
+        return self._running_node.counters().totals(prefix)
+
+    def add_counter(self, name: str, amount: int = 1) -> CounterEntry:
+        """Add `amount` (>= 0) to this member's entry of counter `name` and gossip it; returns the entry (already
+        passed to `on_counter_change` unless `amount` is 0). Raises ValueError over a bound (cluster/counters.py)."""
+        entry = self._running_node.add_counter(name, amount)
+        self._dispatch()
+        return entry
+
+    async def wait_counters_changed(self, after_version: int) -> int:
+        """Wait until `counter_version` is past `after_version`, and return it."""
+        while self.counter_version <= after_version:
+            await self._counters_moved.park()
+        return self.counter_version
+
     async def leave(self, timeout_s: float) -> bool:
         """Announce a graceful leave and wait until it has been gossiped its full count and sent, or `timeout_s`.
 
@@ -330,6 +372,7 @@ class ClusterMember:
                 now=trio.current_time(),
                 insecure=self._insecure,
                 shared_entries=self._shared_entries,
+                counter_entries=self._counter_entries,
             )
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -371,6 +414,8 @@ class ClusterMember:
                     self._version_moved.unpark_all()
                 case SharedChanged(entry=entry):
                     self._shared_changed(entry)
+                case CounterChanged(entry=counter_entry):
+                    self._counter_changed(counter_entry)
         if self._timer is not None:
             self._timer.deadline = min(self._timer.deadline, node.next_deadline())
         self._progress.unpark_all()
@@ -386,6 +431,16 @@ class ClusterMember:
                 self._counts["shared_callback_errors"] += 1
                 log.exception("cluster on_shared_change failed for %r", entry.key)
         self._shared_moved.unpark_all()
+
+    def _counter_changed(self, entry: CounterEntry) -> None:
+        if self._on_counter_change is not None:
+            try:
+                self._on_counter_change(entry)
+            except Exception:
+                # As for shared entries: the entry stays counted; its next change is offered again.
+                self._counts["counter_callback_errors"] += 1
+                log.exception("cluster on_counter_change failed for %r of %s", entry.name, entry.node)
+        self._counters_moved.unpark_all()
 
     def _queue_packet(self, address: Address, data: bytes) -> None:
         if not usable_peer_address(address):

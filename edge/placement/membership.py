@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from cluster import Keyring, SharedEntry, SwimConfig
+from cluster import CounterEntry, Keyring, SharedEntry, SwimConfig
 from cluster.shell import ClusterMember
 from cluster.shell.transport import open_socket_transport
 from edge.config import ClusterConfig, Config, split_listen
@@ -73,11 +73,14 @@ async def start_membership(
     *,
     shared_entries: Iterable[SharedEntry] = (),
     on_shared_change: Callable[[SharedEntry], None] | None = None,
+    counter_entries: Iterable[CounterEntry] = (),
+    on_counter_change: Callable[[CounterEntry], None] | None = None,
 ) -> ClusterMember:
     """Start this node's member in `nursery` and wait (bounded) until it has joined its peers.
 
     `shared_entries` are the shared settings saved by this node (edge/placement/shared_state.py), and
-    `on_shared_change` is told about every change, to save it."""
+    `on_shared_change` is told about every change, to save it; `counter_entries` and `on_counter_change` are the
+    same for the counters (edge/placement/counters.py)."""
     settings = config.cluster
     assert settings.bind is not None
     member = ClusterMember(
@@ -94,6 +97,8 @@ async def start_membership(
         transport_factory=runtime.cluster_transport or open_socket_transport,
         shared_entries=shared_entries,
         on_shared_change=on_shared_change,
+        counter_entries=counter_entries,
+        on_counter_change=on_counter_change,
     )
     await nursery.start(member.run)
     if settings.seeds:

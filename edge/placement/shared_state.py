@@ -21,6 +21,7 @@ import msgpack
 import trio
 
 from cluster import SharedEntry, SharedMap, SharedValue
+from edge.placement.counters import is_counter_key
 from edge.store import Store, StoreError
 
 log = logging.getLogger("ezthrottle.shared_state")
@@ -34,9 +35,12 @@ def encode_entry(entry: SharedEntry) -> bytes:
 
 
 def decode_entries(saved: dict[str, bytes]) -> list[SharedEntry]:
-    """Entries as the store keeps them; an unreadable one is skipped (and logged), never fatal at start-up."""
+    """Entries as the store keeps them; an unreadable one is skipped (and logged), never fatal at start-up. The
+    table also holds the counters' entries (edge/placement/counters.py), which are not settings: skipped here."""
     entries = []
     for key, blob in saved.items():
+        if is_counter_key(key):
+            continue
         try:
             value, wall_ms, node = msgpack.unpackb(blob, raw=False)
             entries.append(SharedEntry(key=key, value=value, wall_ms=int(wall_ms), node=str(node)))

@@ -12,7 +12,7 @@ from random import Random
 
 import trio
 
-from cluster import Keyring, MemberState, SharedEntry, SwimConfig
+from cluster import CounterEntry, Keyring, MemberState, SharedEntry, SwimConfig
 from cluster.shell import ClusterMember, ShellSettings
 from edge.runtime import Resolver, Runtime, system_resolver
 
@@ -80,6 +80,8 @@ async def start(
     settings: ShellSettings = QUICK_JOIN,
     shared_entries: Iterable[SharedEntry] = (),
     on_shared_change: Callable[[SharedEntry], None] | None = None,
+    counter_entries: Iterable[CounterEntry] = (),
+    on_counter_change: Callable[[CounterEntry], None] | None = None,
 ) -> Running:
     member = ClusterMember(
         node_id=name,
@@ -95,6 +97,8 @@ async def start(
         settings=settings,
         shared_entries=shared_entries,
         on_shared_change=on_shared_change,
+        counter_entries=counter_entries,
+        on_counter_change=on_counter_change,
     )
     scope = trio.CancelScope()
 
