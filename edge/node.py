@@ -34,11 +34,13 @@ from edge.metrics import NodeMetrics
 from edge.outbound.client import OutboundHttp
 from edge.outbound.ssrf import guarded_transport
 from edge.placement.account_queues import AccountQueueFlags, SharedState
+from edge.placement.counters import Counters, CounterSaver, LocalCounters, decode_counter_entries
 from edge.placement.membership import describe_cluster, keyring_of, start_membership
 from edge.placement.peers import InternalRoutes, PeerClient
 from edge.placement.regions import ClusterPlacement
 from edge.placement.routing import JobRouter, owns_key
 from edge.placement.shared_state import LocalSharedState, SharedStateSaver, decode_entries
+from edge.placement.webhook_secrets import LOCAL_KEY_FILENAME, SecretBox, WebhookSecretStore
 from edge.proxy import ProxyMetrics, serve_protected
 from edge.runtime import Runtime
 from edge.store import Store, open_sqlite_store
@@ -67,6 +69,10 @@ class Node:
     membership: ClusterMember | None = None
     # Per-origin X-EZTHROTTLE-ACCOUNT-QUEUE as this node knows it (shared with the cluster when clustered).
     account_queues: AccountQueueFlags | None = None
+    # The accounts' webhook secrets set through the API (shared with the cluster when clustered, kept sealed).
+    webhook_secrets: WebhookSecretStore | None = None
+    # The grow-only counters (usage): the cluster member's when clustered, else this node's own (LocalCounters).
+    counters: Counters | None = None
 
     @property
     def base_url(self) -> str:
@@ -123,18 +129,32 @@ async def run_node(
         stop = trio.Event()
         saved_settings = decode_entries(await store.shared_state())
         saver = SharedStateSaver(store)
+        saved_counts = decode_counter_entries(await store.shared_state())  # the same table, the "counter:" rows
+        counter_saver = CounterSaver(store)
         async with trio.open_nursery() as services:
             services.start_soon(saver.run)
+            services.start_soon(counter_saver.run)
             membership = None
             shared: SharedState
+            counters: Counters
             if config.cluster.enabled:
                 membership = await start_membership(
-                    services, config, runtime, shared_entries=saved_settings, on_shared_change=saver.note
+                    services,
+                    config,
+                    runtime,
+                    shared_entries=saved_settings,
+                    on_shared_change=saver.note,
+                    counter_entries=saved_counts,
+                    on_counter_change=counter_saver.note,
                 )
                 shared = membership
+                counters = membership
             else:
                 shared = LocalSharedState(
                     node=config.server.node_id or "local", wall_ms=runtime.wall_ms, entries=saved_settings, saver=saver
+                )
+                counters = LocalCounters(
+                    node=config.server.node_id or "local", entries=saved_counts, saver=counter_saver
                 )
             keyring = keyring_of(config.cluster)
             peers = None
@@ -142,6 +162,15 @@ async def run_node(
                 peers = PeerClient(keyring=keyring, runtime=runtime, timeout_s=config.cluster.forward_deadline_s)
                 stack.push_async_callback(peers.aclose)
             account_queues = AccountQueueFlags(config, shared)
+            # Sealed under the cluster keyring; a node alone without one uses a key of its own, a cluster without
+            # keys none at all (edge/placement/webhook_secrets.py says why).
+            keyless_cluster = membership is not None and keyring is None
+            secret_box = SecretBox(
+                keyring=keyring,
+                local_key_path=None if keyless_cluster else config.server.data_dir / LOCAL_KEY_FILENAME,
+            )
+            webhook_secrets = WebhookSecretStore(shared=shared, box=secret_box, store=store)
+            deliverer.sign_with(webhook_secrets.signing_secret)
             placement: Placement = LocalPlacement(executor, region=config.cluster.region or "")
             if membership is not None and peers is not None:
                 placement = ClusterPlacement(
@@ -202,6 +231,7 @@ async def run_node(
                 regions_status=partial(_regions_status, placement, manager)
                 if isinstance(placement, ClusterPlacement)
                 else None,
+                webhook_secrets=webhook_secrets,
             )
             await services.start(manager.run)
             services.start_soon(router.hand_off_forever)
@@ -239,6 +269,8 @@ async def run_node(
                         protected,
                         membership,
                         account_queues,
+                        webhook_secrets,
+                        counters=counters,
                     )
                 )
                 await stop.wait()

@@ -184,6 +184,13 @@ LAYERS = (
     ),
     # The inbound proxy: the fair scheduler in front of an operator's upstream, served like the job API.
     Layer("edge.proxy", ("edge.proxy.*",), ("scheduler", "edge.problems", "edge.config", "edge.http.server")),
+    # The SDKs' metering envelope (pure), and the webhook-secrets API on the shared secret store.
+    Layer("edge.http.envelope", ("edge.http.envelope",), ()),
+    Layer(
+        "edge.http.secrets",
+        ("edge.http.secrets",),
+        ("edge.problems", "edge.config", "edge.store", "edge.placement"),
+    ),
     # The job API.
     Layer(
         "edge.http.api",
@@ -200,6 +207,8 @@ LAYERS = (
             "edge.http.server",
             "edge.engine.shell",
             "edge.placement",
+            "edge.http.envelope",
+            "edge.http.secrets",
         ),
     ),
     Layer("edge.http", ("edge.http",), ()),  # the package face

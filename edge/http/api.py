@@ -7,14 +7,19 @@ Routes:
     GET    /api/v1/queues          the account's queues with their limits and where each came from
     GET    /api/v1/cluster         members and this node's view of ownership
     GET    /api/v1/regions         regions with their members, and the health of the origins the account uses
+    GET/POST/DELETE /api/v1/webhook-secrets   the account's webhook signing secrets (edge/http/secrets.py)
+    GET    /api/v1/usage           the account's plan usage this month (when plans are metered)
+    POST   /api/v1/proxy           the public SDKs' metering envelope: runs /api/v1/jobs or /api/v1/webhook-secrets
+                                   in-process as the same account (edge/http/envelope.py)
     POST   /internal/v1/...        node-to-node calls (edge.placement.peers), authenticated with the cluster keyring
     GET    /healthz /readyz        liveness, readiness
     GET    /metrics                Prometheus text
 
 No web framework: the surface is small, and owning the body reading lets the API refuse an oversize body after
-reading at most the limit. Every error is RFC 9457 problem+json (`edge.problems`). API keys are compared in
-constant time (`Config.account_by_key`) and never logged; job request headers are shown by name only, since they
-usually carry the caller's credentials for the target.
+reading at most the limit. Every error is RFC 9457 problem+json (`edge.problems`), except the SDK proxy's own
+refusals, which keep the hosted proxy's shape for the SDKs that parse them. API keys are compared in constant time
+(`Config.account_by_key`) and never logged; job request headers are shown by name only, since they usually carry the
+caller's credentials for the target; webhook secrets are shown masked only.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ from edge.config import AccountConfig, Config
 from edge.engine.queue import BacklogFull
 from edge.engine.records import JobRecord
 from edge.engine.spec import JobSpec, queue_key, validate_job
+from edge.http import envelope
+from edge.http.envelope import JOBS_PATH, WEBHOOK_SECRETS_PATH, Envelope, EnvelopeError, parse_envelope
+from edge.http.secrets import WebhookSecretsApi
 from edge.http.server import REFUSED_BODY_DRAIN_BYTES_MAX, send_whole_response
 from edge.metrics import NodeMetrics
 from edge.outbound.origins import parsed_url
@@ -42,6 +50,8 @@ from edge.placement.peers import AUTH_HEADER, InternalRoutes
 from edge.placement.peers import CONTENT_TYPE as INTERNAL_CONTENT_TYPE
 from edge.placement.peers import PREFIX as INTERNAL_PREFIX
 from edge.placement.routing import JobRouter
+from edge.placement.usage import QuotaExceeded, UsageReport
+from edge.placement.webhook_secrets import WebhookSecretStore
 from edge.problems import PROBLEM_CONTENT_TYPE, Problem
 from edge.runtime import Runtime
 from edge.store import StoreError
@@ -77,6 +87,8 @@ class JobApi:
         internal: InternalRoutes | None = None,
         cluster_status: Callable[[], dict[str, Any]] | None = None,
         regions_status: Callable[[str], dict[str, Any]] | None = None,
+        usage: UsageReport | None = None,
+        webhook_secrets: WebhookSecretStore | None = None,
     ) -> None:
         self._config = config
         self._runtime = runtime
@@ -87,6 +99,8 @@ class JobApi:
         self._internal = internal
         self._cluster_status = cluster_status
         self._regions_status = regions_status
+        self._usage = usage
+        self._secrets = WebhookSecretsApi(webhook_secrets)
         # 64 MiB takes any job at the default body limit (1 MiB); a node configured for larger jobs takes one more.
         self._internal_body_bytes_max = max(
             INTERNAL_BODY_BYTES_MAX, config.server.body_bytes_max + INTERNAL_ENVELOPE_BYTES_MAX
@@ -133,9 +147,29 @@ class JobApi:
             self._authenticate(scope)
             status = self._cluster_status() if self._cluster_status else {"enabled": False}
             return 200, _dump(status), _JSON, {}
-        if path == "/api/v1/jobs":
+        if path == JOBS_PATH:
             _allow(method, "POST")
             return await self._submit(scope, receive)
+        if path == "/api/v1/proxy":
+            _allow(method, "POST")
+            return await self._proxy(scope, receive)
+        if path == WEBHOOK_SECRETS_PATH:
+            _allow(method, "GET", "POST", "DELETE")
+            payload = None
+            if method == "POST":
+                raw = await _read_body(scope, receive, self._config.server.body_bytes_max)
+                account = self._authenticate(scope)
+                payload = _json_body(scope, raw)
+            else:
+                account = self._authenticate(scope)
+            code, doc = await self._secrets.handle(account, method, payload)
+            return code, _dump(doc), _JSON, {}
+        if path == "/api/v1/usage":
+            _allow(method, "GET")
+            account = self._authenticate(scope)
+            if self._usage is None:
+                raise Problem(404, "Not found", "this node does not meter plan usage", kind="usage-not-metered")
+            return 200, _dump(self._usage.usage(account.id)), _JSON, {}
         if match := _JOB_PATH.match(path):
             _allow(method, "GET", "DELETE")
             account = self._authenticate(scope)
@@ -163,13 +197,22 @@ class JobApi:
         # stream on it included) when a client keeps sending a body the app has already answered.
         raw = await _read_body(scope, receive, self._config.server.body_bytes_max)
         account = self._authenticate(scope)
-        content_type = _header(scope, b"content-type").split(";")[0].strip().lower()
-        if content_type != "application/json" and not content_type.endswith("+json"):
-            raise Problem(415, "Unsupported media type", "send the job as application/json")
+        data = _json_body(scope, raw, "the job")
         try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise Problem(400, "Malformed JSON", f"the body is not valid JSON ({exc})", kind="malformed-json") from None
+            return await self._accept_job(account, data)
+        except QuotaExceeded as exceeded:
+            raise Problem(
+                429,
+                "Quota exceeded",
+                f"this account used its plan's {exceeded.limit} jobs this month",
+                kind="quota-exceeded",
+                headers={"Retry-After": str(envelope.retry_after_s(exceeded.retry_at_ms, self._runtime.wall_ms()))},
+                extra={"retry_at": exceeded.retry_at_ms, "limit": exceeded.limit},
+            ) from None
+
+    async def _accept_job(self, account: AccountConfig, data: Any) -> tuple[int, bytes, bytes, dict[str, str]]:
+        """Validate and submit one job for `account` (direct or through the proxy). Raises `Problem`, and
+        `QuotaExceeded` for the caller to answer in its own form."""
         job = validate_job(data, account_id=account.id)
         _refuse_private(job, allow=self._config.security.allow_private_targets)
         record = self._new_record(account, job)
@@ -280,9 +323,62 @@ class JobApi:
             **_workflow_view(record),
         }
 
-    def _authenticate(self, scope: Scope) -> AccountConfig:
+    # -- the SDK proxy --------------------------------------------------------------------------------------
+
+    async def _proxy(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes, dict[str, str]]:
+        """POST /api/v1/proxy: judge the envelope, run its inner call here as the same account, wrap the answer.
+
+        Proxy-level refusals use the hosted proxy's shape, not problem+json (edge/http/envelope.py); the inner
+        call's own answers, refusals included, travel inside `forwarded_response`."""
+        try:
+            raw = await _read_body(scope, receive, self._config.server.body_bytes_max)
+        except Problem as problem:  # 413 over the limit, 400 the body never arrived
+            if problem.status == 413:
+                self._metrics.jobs_refused.labels("413").inc()
+            return _proxy_refusal(problem.status, problem.detail or problem.title)
+        account = self._account_of(scope)
+        if account is None:
+            status, body, content_type, _headers = _proxy_refusal(401, "Invalid API key")
+            return status, body, content_type, {"WWW-Authenticate": 'Bearer realm="ezthrottle"'}
+        try:
+            call = parse_envelope(raw)
+        except EnvelopeError as exc:
+            return _proxy_refusal(exc.status_hint, str(exc))
+        try:
+            status, body, content_type, headers = await self._inner_call(account, call)
+        except QuotaExceeded as exceeded:
+            self._metrics.jobs_refused.labels("429").inc()
+            breach = self._breach_status(account)
+            if self._usage is None:  # a refusal without a report to describe it: say what the refusal knows
+                breach.update(is_breached=True, current_usage=exceeded.limit, limit_value=exceeded.limit)
+            wait_s = envelope.retry_after_s(exceeded.retry_at_ms, self._runtime.wall_ms())
+            return 429, _dump(envelope.denied(breach, exceeded.retry_at_ms)), _JSON, {"Retry-After": str(wait_s)}
+        except Problem as problem:
+            if call.path == JOBS_PATH and problem.status in (413, 429):
+                self._metrics.jobs_refused.labels(str(problem.status)).inc()
+            status, body, content_type = problem.status, problem.body(call.path), PROBLEM_CONTENT_TYPE
+            headers = problem.headers
+        forwarded = envelope.forwarded_response(status, {"Content-Type": content_type.decode(), **headers}, body)
+        return 200, _dump(envelope.allowed(self._breach_status(account), forwarded)), _JSON, {}
+
+    async def _inner_call(self, account: AccountConfig, call: Envelope) -> tuple[int, bytes, bytes, dict[str, str]]:
+        if call.path == JOBS_PATH:
+            _allow(call.method, "POST")
+            return await self._accept_job(account, call.payload)
+        status, doc = await self._secrets.handle(account, call.method, call.payload)
+        return status, _dump(doc), _JSON, {}
+
+    def _breach_status(self, account: AccountConfig) -> dict[str, Any]:
+        if self._usage is None:
+            return dict(envelope.NO_USAGE_BREACH_STATUS)
+        return self._usage.breach_status(account.id)
+
+    def _account_of(self, scope: Scope) -> AccountConfig | None:
         scheme, _, token = _header(scope, b"authorization").partition(" ")
-        account = self._config.account_by_key(token.strip()) if scheme.lower() == "bearer" else None
+        return self._config.account_by_key(token.strip()) if scheme.lower() == "bearer" else None
+
+    def _authenticate(self, scope: Scope) -> AccountConfig:
+        account = self._account_of(scope)
         if account is None:
             raise Problem(
                 401,
@@ -365,6 +461,22 @@ def static_refusal(url: str | httpx.URL) -> str | None:
     except ValueError:
         return None
     return forbidden_reason(host)
+
+
+def _json_body(scope: Scope, raw: bytes, what: str = "the body") -> Any:
+    """A request body that must be JSON: 415 for another media type, 400 for malformed JSON."""
+    content_type = _header(scope, b"content-type").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise Problem(415, "Unsupported media type", f"send {what} as application/json")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        reason = "too deeply nested" if isinstance(exc, RecursionError) else str(exc)
+        raise Problem(400, "Malformed JSON", f"the body is not valid JSON ({reason})", kind="malformed-json") from None
+
+
+def _proxy_refusal(status: int, message: str) -> tuple[int, bytes, bytes, dict[str, str]]:
+    return status, _dump(envelope.refusal(status, message)), _JSON, {}
 
 
 def _allow(method: str, *allowed: str) -> None:

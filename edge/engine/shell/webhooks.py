@@ -23,7 +23,7 @@ delivers it, so a region outage delays no result. The payload is signed here, so
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import count
 
@@ -71,6 +71,7 @@ class WebhookDeliverer:
         self._settings = settings
         self._schedule = DeliverySchedule(settings.schedule_s, settings.repeat_every_s, settings.give_up_after_s)
         self._secrets = {a.id: a.webhook_secret for a in config.accounts if a.webhook_secret}
+        self._secret_of: Callable[[str], str | None] = self._secrets.get
         self._runtime = runtime
         self._store = store
         self._outbound = outbound
@@ -85,6 +86,12 @@ class WebhookDeliverer:
     def place_in_regions(self, placement: Placement) -> None:
         """Deliver webhooks that name regions through `placement`'s nodes (a cluster with regions)."""
         self._placement = placement
+
+    def sign_with(self, secret_of: Callable[[str], str | None]) -> None:
+        """Sign with `secret_of(account_id)` when it gives a secret (the secrets set through the API, shared by
+        every node: edge/placement/webhook_secrets.py), else with the account's `webhook_secret` from the config."""
+        configured = self._secrets
+        self._secret_of = lambda account_id: secret_of(account_id) or configured.get(account_id)
 
     def attach(self, record: JobRecord) -> JobRecord:
         """A copy of a job that just finished, with one pending delivery per webhook (saved by the caller)."""
@@ -188,7 +195,7 @@ class WebhookDeliverer:
     ) -> tuple[bool, int | None, str | None]:
         """One try: (accepted, the receiver's status, the error when no answer came)."""
         headers = {"Content-Type": "application/json"}  # User-Agent: edge/outbound/client.py DEFAULT_HEADERS
-        secret = self._secrets.get(account_id)
+        secret = self._secret_of(account_id)
         if secret:
             headers[SIGNATURE_HEADER] = sign_webhook(secret, body, int(self._runtime.wall_clock()))
         if regions and self._placement is not None:
