@@ -258,6 +258,14 @@ class SwimNode:
             self._counter_changed(entry)
         return entry
 
+    def merge_counters(self, entries: Iterable[CounterEntry]) -> int:
+        """Merge counter entries learned outside the gossip (a peer's direct answer): each greater one is kept and
+        passed on like any merged entry. Returns how many changed something."""
+        before = self._counters.version
+        for entry in entries:
+            self._merge_counter(entry)
+        return self._counters.version - before
+
     def set_keyring(self, keyring: Keyring) -> None:
         """Swap in a rotated keyring (see keyring.py for the three-step rotation)."""
         self._envelope.keyring = keyring

@@ -58,6 +58,12 @@ class NodeMetrics:
         self.webhook_deliveries = Counter(
             "ezthrottle_webhook_deliveries", "Webhook delivery tries by outcome", ["outcome"], registry=r
         )
+        self.usage_accepted = Counter(
+            "ezthrottle_usage_accepted", "Jobs this node accepted against a metered plan's quota", ["plan"], registry=r
+        )
+        self.quota_refused = Counter(
+            "ezthrottle_quota_refused", "Submissions refused because the plan's quota was spent", ["plan"], registry=r
+        )
         for outcome in ATTEMPT_OUTCOMES:
             self.attempts.labels(outcome)
         for status in ("success", "failed", "cancelled"):

@@ -34,12 +34,13 @@ from edge.metrics import NodeMetrics
 from edge.outbound.client import OutboundHttp
 from edge.outbound.ssrf import guarded_transport
 from edge.placement.account_queues import AccountQueueFlags, SharedState
-from edge.placement.counters import Counters, CounterSaver, LocalCounters, decode_counter_entries
+from edge.placement.counters import CounterEntry, Counters, CounterSaver, LocalCounters, decode_counter_entries
 from edge.placement.membership import describe_cluster, keyring_of, start_membership
-from edge.placement.peers import InternalRoutes, PeerClient
+from edge.placement.peers import InternalRoutes, PeerClient, PeerError
 from edge.placement.regions import ClusterPlacement
 from edge.placement.routing import JobRouter, owns_key
 from edge.placement.shared_state import LocalSharedState, SharedStateSaver, decode_entries
+from edge.placement.usage import LendFailed, UsageMeter
 from edge.placement.webhook_secrets import LOCAL_KEY_FILENAME, SecretBox, WebhookSecretStore
 from edge.proxy import ProxyMetrics, serve_protected
 from edge.runtime import Runtime
@@ -183,6 +184,7 @@ async def run_node(
                 )
             if isinstance(placement, ClusterPlacement):
                 deliverer.place_in_regions(placement)
+            meter = _usage_meter(config, runtime, counters, membership, peers, metrics)
             manager = QueueManager(
                 config=config,
                 runtime=runtime,
@@ -194,6 +196,7 @@ async def run_node(
                 owns=partial(owns_key, membership),
                 on_account_queue=account_queues.learned,
                 per_key=account_queues.enabled,
+                admission=meter,
             )
             plans = {account.id: account.plan for account in config.accounts}
 
@@ -223,7 +226,7 @@ async def run_node(
                 metrics=metrics,
                 is_ready=lambda: ready,
                 internal=InternalRoutes(
-                    keyring=keyring, runtime=runtime, manager=manager, store=store, executor=executor
+                    keyring=keyring, runtime=runtime, manager=manager, store=store, executor=executor, lend=meter.lend
                 )
                 if membership is not None
                 else None,
@@ -232,6 +235,7 @@ async def run_node(
                 if isinstance(placement, ClusterPlacement)
                 else None,
                 webhook_secrets=webhook_secrets,
+                usage=meter,
             )
             await services.start(manager.run)
             services.start_soon(router.hand_off_forever)
@@ -319,3 +323,44 @@ async def _housekeeping(config: Config, runtime: Runtime, store: Store, manager:
         if purged or forgotten:
             log.info("purged %d finished jobs and %d idle queue keys past the retention", purged, forgotten)
         await trio.sleep(config.jobs.purge_interval_s)
+
+
+def _usage_meter(
+    config: Config,
+    runtime: Runtime,
+    counters: Counters,
+    membership: ClusterMember | None,
+    peers: PeerClient | None,
+    metrics: NodeMetrics,
+) -> UsageMeter:
+    """Plans' quotas on the counters: alone, this node holds every right; in a cluster, rights move between members
+    over the internal API (edge/placement/usage.py)."""
+    if membership is None or peers is None:
+        return UsageMeter(config, counters, runtime.wall_ms, node=config.server.node_id or "local", metrics=metrics)
+    members, client = membership, peers
+
+    def genesis_owner(account_id: str) -> str | None:
+        owner = members.owner_of(f"quota|{account_id}")
+        return owner.node if owner is not None else None
+
+    async def lend(node: str, account_id: str, month: str, wanted: int) -> list[CounterEntry]:
+        member = next((m for m in members.live_members() if m.node == node), None)
+        if member is None:
+            raise LendFailed(f"{node} is not a live member")
+        try:
+            return await client.lend(
+                member.api_address, account_id=account_id, month=month, wanted=wanted, borrower=members.local.node
+            )
+        except PeerError as exc:
+            raise LendFailed(str(exc)) from exc
+
+    return UsageMeter(
+        config,
+        counters,
+        runtime.wall_ms,
+        node=members.local.node,
+        members=lambda: [m.node for m in members.live_members()],
+        genesis_owner=genesis_owner,
+        lend=lend,
+        metrics=metrics,
+    )

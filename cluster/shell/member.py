@@ -314,6 +314,15 @@ class ClusterMember:
         self._dispatch()
         return entry
 
+    def counter_entries(self, prefix: str) -> tuple[CounterEntry, ...]:
+        """Every node's entry of the counters whose name starts with `prefix`."""
+        return self._running_node.counters().entries_named(prefix)
+
+    def merge_counters(self, entries: Iterable[CounterEntry]) -> None:
+        """Merge entries a peer sent directly (they are gossiped on like any merged entry)."""
+        self._running_node.merge_counters(entries)
+        self._dispatch()
+
     async def wait_counters_changed(self, after_version: int) -> int:
         """Wait until `counter_version` is past `after_version`, and return it."""
         while self.counter_version <= after_version:

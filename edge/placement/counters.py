@@ -54,6 +54,14 @@ class Counters(Protocol):
         """This node's own entry of the counter."""
         ...
 
+    def counter_entries(self, prefix: str) -> tuple[CounterEntry, ...]:
+        """Every node's entry of the counters whose name starts with `prefix`, as this node knows them."""
+        ...
+
+    def merge_counters(self, entries: Iterable[CounterEntry]) -> None:
+        """Merge entries learned directly from a peer (element-wise max)."""
+        ...
+
 
 def counter_key(name: str, node: str) -> str:
     """The store key of one entry: "counter:" + name + NUL + node."""
@@ -150,6 +158,14 @@ class LocalCounters:
             self._saver.note(entry)
             self._moved.unpark_all()
         return entry
+
+    def counter_entries(self, prefix: str) -> tuple[CounterEntry, ...]:
+        return self._map.entries_named(prefix)
+
+    def merge_counters(self, entries: Iterable[CounterEntry]) -> None:
+        for entry in self._map.merge_all(entries):
+            self._saver.note(entry)
+        self._moved.unpark_all()
 
     async def wait_counters_changed(self, after_version: int) -> int:
         while self._map.version <= after_version:

@@ -47,6 +47,7 @@ import msgpack
 import trio
 
 from cluster import Keyring
+from cluster.messages import CounterEntry
 from edge.engine.outcome import AttemptResult
 from edge.engine.queue import BacklogFull
 from edge.engine.records import JobRecord
@@ -54,6 +55,7 @@ from edge.engine.shell.executor import Executor, Timeouts
 from edge.engine.shell.queues import QueueManager
 from edge.outbound.client import OutboundHttp, read_capped
 from edge.outbound.origins import parse_http_url
+from edge.placement.usage import QuotaExceeded
 from edge.problems import Problem
 from edge.runtime import Runtime
 from edge.store import Store
@@ -163,6 +165,8 @@ class PeerClient:
         reply = await self._call(api_address, "jobs", {"record": record.to_wire()})
         if reply.get("refused") == "backlog-full":
             raise BacklogFull(record.account_id, int(reply["limit"]))
+        if reply.get("refused") == "quota-exceeded":
+            raise QuotaExceeded(record.account_id, int(reply["limit"]), int(reply["retry_at_ms"]))
         return JobRecord.from_wire(reply["record"]), bool(reply["created"])
 
     async def hand_off(self, api_address: str, records: list[JobRecord]) -> int:
@@ -184,6 +188,17 @@ class PeerClient:
     async def stop(self, api_address: str, job_id: str) -> bool:
         """Stop a step job if the peer holds it; whether it did."""
         return bool((await self._call(api_address, "stop", {"job_id": job_id}))["found"])
+
+    async def lend(
+        self, api_address: str, *, account_id: str, month: str, wanted: int, borrower: str
+    ) -> list[CounterEntry]:
+        """Ask the peer for quota rights (edge/placement/usage.py); its ledger entries of that quota."""
+        doc = {"account_id": account_id, "month": month, "wanted": wanted, "borrower": borrower}
+        reply = await self._call(api_address, "lend", doc)
+        try:
+            return [CounterEntry(name=str(n), node=str(o), value=int(v)) for n, o, v in reply["entries"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PeerError(f"{api_address}: unreadable lend reply ({exc})") from None
 
     async def report(self, api_address: str, step: JobRecord) -> None:
         """Tell the peer that holds a step's root that the step ended."""
@@ -298,8 +313,16 @@ class InternalRoutes:
     the node's executor."""
 
     def __init__(
-        self, *, keyring: Keyring | None, runtime: Runtime, manager: QueueManager, store: Store, executor: Executor
+        self,
+        *,
+        keyring: Keyring | None,
+        runtime: Runtime,
+        manager: QueueManager,
+        store: Store,
+        executor: Executor,
+        lend: Callable[[str, str, int, str], list[CounterEntry]] | None = None,
     ) -> None:
+        self._lend = lend
         self._keyring = keyring
         self._runtime = runtime
         self._manager = manager
@@ -313,6 +336,7 @@ class InternalRoutes:
             "queues": self._queues,
             "stop": self._stop,
             "step": self._step,
+            "lend": self._lend_rights,
         }
         # Routes whose work is abandoned when the caller goes away; None from them means it went away.
         self._watched_routes: dict[str, Callable[[dict[str, Any], CallerGone], Awaitable[dict[str, Any] | None]]] = {
@@ -385,6 +409,8 @@ class InternalRoutes:
             stored, created = await self._manager.submit(JobRecord.from_wire(doc["record"]))
         except BacklogFull as full:
             return {"refused": "backlog-full", "limit": full.limit}
+        except QuotaExceeded as spent:
+            return {"refused": "quota-exceeded", "limit": spent.limit, "retry_at_ms": spent.retry_at_ms}
         return {"record": stored.to_wire(), "created": created}
 
     async def _handoff(self, doc: dict[str, Any]) -> dict[str, Any]:
@@ -415,6 +441,20 @@ class InternalRoutes:
             raise Problem(400, "Malformed request", "record: not a finished step job", field="record")
         await self._manager.step_ended(step, forward=False)
         return {}
+
+    async def _lend_rights(self, doc: dict[str, Any]) -> dict[str, Any]:
+        if self._lend is None:
+            raise Problem(404, "Not found", "this node does not meter plan usage")
+        wanted = doc["wanted"]
+        if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 1:
+            raise Problem(400, "Malformed request", "wanted: a positive integer", field="wanted")
+        entries = self._lend(
+            _string(doc["account_id"], "account_id"),
+            _string(doc["month"], "month"),
+            wanted,
+            _string(doc["borrower"], "borrower"),
+        )
+        return {"entries": [[e.name, e.node, e.value] for e in entries]}
 
     async def _queues(self, doc: dict[str, Any]) -> dict[str, Any]:
         return {"queues": self._manager.queues_with_prefix(str(doc["prefix"]))}

@@ -1,34 +1,50 @@
-"""Plans and usage: each account's accepted jobs this month, counted cluster-wide, against its plan's quota.
+"""Plans and usage: each account's accepted jobs this month, counted cluster-wide, and a quota no split overshoots.
 
 Counting. Every accepted job counts once, on the node that made it durable (an idempotent duplicate does not
 count): that node adds 1 to its own entry of the account's G-counter for the month (`usage|<account>|<YYYY-MM>`,
-UTC), and the gossip carries the entries to every member (edge/placement/counters.py, cluster/counters.py): each
-node increments only its own entry and merges others' by element-wise max, so every node converges on the
-cluster-wide count without a coordinator, and a restarted node carries on from its saved entry.
+UTC), which the gossip carries to every member (cluster/counters.py), so every node converges on the cluster-wide
+count without a coordinator, and a restarted node carries on from its saved entry.
 
-Admission (`reserve`, then `settle`). A new submission is let in while the count this node knows, plus the
-submissions it is saving right now, is under the plan's allowance (`monthly_requests` + `overage_requests_max`;
-0 requests means unlimited). Past it the job is refused with QuotaExceeded, which the API answers 429 with
-`Retry-After` until the month's end; jobs already accepted are never affected. A resubmission of a job still
-unfinished on this node is answered with that job, quota or not.
+Enforcing the quota: escrow (cluster/escrow.py explains the rules and their proof). The plan's allowance for the
+month (`monthly_requests` + `overage_requests_max`; 0 requests: unlimited, not metered) exists as rights, and a node
+accepts a job only by spending one of its own (`reserve`, then `settle` once the job was saved). Rights, gifts and
+use are G-counter entries, each written by one node, so no partition can make the cluster spend more rights than
+the allowance:
 
-The bound of this admission, stated plainly: each node sees the others' increments only as fast as the gossip
-brings them (well under a second in a healthy cluster), and not at all across a partition. So the cluster-wide
-total may pass the allowance by what the other nodes accept in that window: at most (nodes - 1) x (their
-acceptance rate x the propagation delay) when healthy, and up to the allowance again on each side of a split.
-Escrow (splitting the remainder into per-node allowances that nodes transfer over gossip, so that no split can
-overshoot) is the open part of this work.
+- the genesis: the month's first submission anywhere makes the account's rendezvous owner (among the live members)
+  mint the allowance (`mint|<account>|<month>`) and give every other live member an equal share at once;
+- a node whose rights run out borrows from the member its ledger shows richest, over the internal API (`lend`:
+  the lender gives half of what it has spare, as a `give|<account>|<month>|<to>` entry, and answers with the
+  ledger's entries so the borrower can spend at once);
+- no rights reachable: 429 with `Retry-After` until the month's end when the whole allowance is spent as far as
+  this node knows, else a few seconds (the rights are on a node it cannot reach now).
+
+What it costs: the first job of a month waits for the genesis (one internal call when the owner is another node); a
+node that runs out waits for one borrow; rights held by a node that is gone for good are lost until the month ends
+(under-admission, never overshoot). Two geneses can only happen if the cluster is split at the month's first
+submission; then the lowest node id's mint counts, and the other side's spending before it learns so is the one
+overshoot this design allows. A resubmission of a job still unfinished on its key's owner is answered with that job,
+quota or not (edge/engine/shell/queues.py).
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, final
 
+import trio
+
+from cluster import escrow
+from cluster.messages import CounterEntry
 from edge.config import Config, PlanConfig
+from edge.metrics import NodeMetrics
+from edge.placement.counters import Counters
+
+log = logging.getLogger("ezthrottle.usage")
 
 
 class QuotaExceeded(Exception):
@@ -54,12 +70,17 @@ class UsageReport(Protocol):
         ...
 
 
-class Counters(Protocol):
-    """The cluster's G-counters as this node sees them (edge/placement/counters.py)."""
+BORROW_WANTED = 1  # rights a borrower asks for; the lender gives half of its spare, at least this
+BORROW_TRIES = 3  # members asked, richest first, before a submission is refused
+UNREACHABLE_RETRY_S = 2  # Retry-After when the rights are on members this node cannot reach now
 
-    def add_counter(self, name: str, amount: int) -> None: ...
+# Ask node `lender` for `wanted` rights of (account, month): its ledger entries (the internal API's `lend`); raises
+# LendFailed when the lender cannot be asked.
+Lend = Callable[[str, str, str, int], Awaitable[list[CounterEntry]]]
 
-    def counter_total(self, name: str) -> int: ...
+
+class LendFailed(Exception):
+    """A member could not be asked for rights (unreachable, or it refused the call)."""
 
 
 def month_of(wall_ms: int) -> str:
@@ -74,17 +95,26 @@ def month_end_ms(wall_ms: int) -> int:
     return int(datetime.datetime(year, month, 1, tzinfo=datetime.UTC).timestamp() * 1000)
 
 
-def counter_name(account_id: str, month: str) -> str:
+def usage_name(account_id: str, month: str) -> str:
     return f"usage|{account_id}|{month}"
+
+
+def _mint_name(account_id: str, month: str) -> str:
+    return f"mint|{account_id}|{month}"
+
+
+def _gifts_prefix(account_id: str, month: str) -> str:
+    return f"give|{account_id}|{month}|"
 
 
 @final
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """A submission let in and being saved: it holds a place in the account's allowance until `settle`."""
+    """A submission let in and being saved: it holds one of this node's rights until `settle`."""
 
     account_id: str
     month: str
+    metered: bool
 
 
 @final
@@ -96,42 +126,80 @@ class UsageMeter:
         config: Config,
         counters: Counters,
         wall_ms: Callable[[], int],
-        on_refused: Callable[[str], None] = lambda plan: None,
+        *,
+        node: str,
+        members: Callable[[], list[str]] = list,
+        genesis_owner: Callable[[str], str | None] = lambda account_id: None,
+        lend: Lend | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self._plans = {account.id: config.plan(account.plan) for account in config.accounts}
         self._counters = counters
         self._wall_ms = wall_ms
-        self._on_refused = on_refused
+        self._node = node
+        self._members = members  # the live members' node ids, this one included
+        self._genesis_owner = genesis_owner  # None: this node (alone)
+        self._lend = lend
+        self._metrics = metrics
         self._pending: Counter[tuple[str, str]] = Counter()
+        self._borrowing: dict[tuple[str, str], trio.Lock] = {}
 
-    def plan_of(self, account_id: str) -> PlanConfig | None:
-        return self._plans.get(account_id)
+    # -- admission ------------------------------------------------------------------------------------------
 
-    def reserve(self, account_id: str) -> Reservation:
-        """Let one new submission of the account in, or raise QuotaExceeded."""
+    async def reserve(self, account_id: str) -> Reservation:
+        """Let one new submission of the account in, spending one of this node's rights, or raise QuotaExceeded."""
         wall_ms = self._wall_ms()
         month = month_of(wall_ms)
         plan = self._plans.get(account_id)
-        if plan is not None and not plan.unlimited:
-            used = self._counters.counter_total(counter_name(account_id, month)) + self._pending[(account_id, month)]
-            if used >= plan.allowance:
-                self._on_refused(plan.name)
-                raise QuotaExceeded(account_id, plan.allowance, month_end_ms(wall_ms))
-        self._pending[(account_id, month)] += 1
-        return Reservation(account_id, month)
+        if plan is None or plan.unlimited:
+            return Reservation(account_id, month, metered=False)
+        key = (account_id, month)
+        if self._spare(account_id, month, plan) <= 0:
+            lock = self._borrowing.setdefault(key, trio.Lock())
+            async with lock:  # one borrow at a time per quota: the others wait for its rights
+                if self._spare(account_id, month, plan) <= 0:
+                    await self._borrow(account_id, month, plan)
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._borrowing.pop(key, None)
+        if self._spare(account_id, month, plan) <= 0:
+            raise self._refusal(account_id, month, plan, wall_ms)
+        self._pending[key] += 1
+        return Reservation(account_id, month, metered=True)
 
     def settle(self, reservation: Reservation, *, created: bool) -> None:
-        """The submission was saved (`created`: a new job, which counts) or turned out a duplicate or failed."""
+        """The submission was saved (`created`: a new job, which spends its right) or was a duplicate or failed."""
+        if not reservation.metered:
+            if created:
+                self._counters.add_counter(usage_name(reservation.account_id, reservation.month), 1)
+            return
         key = (reservation.account_id, reservation.month)
         self._pending[key] -= 1
         if self._pending[key] <= 0:
             del self._pending[key]
         if created:
-            self._counters.add_counter(counter_name(*key), 1)
+            self._counters.add_counter(usage_name(*key), 1)
+            if self._metrics is not None:
+                self._metrics.usage_accepted.labels(self._plans[reservation.account_id].name).inc()
+
+    def lend(self, account_id: str, month: str, wanted: int, borrower: str) -> list[CounterEntry]:
+        """Another node ran out: give it rights if this node can spare some (minting first when this node is the
+        account's genesis owner and nobody has minted yet); the ledger's entries, for the borrower to merge."""
+        plan = self._plans.get(account_id)
+        if plan is not None and not plan.unlimited and borrower != self._node:
+            ledger = self._ledger(account_id, month)
+            if ledger.minter is None and self._is_genesis_owner(account_id):
+                self._mint(account_id, month, plan)
+                ledger = self._ledger(account_id, month)
+            amount = escrow.gift(ledger, self._node, wanted, pending=self._pending[(account_id, month)])
+            if amount:
+                self._counters.add_counter(f"{_gifts_prefix(account_id, month)}{borrower}", amount)
+        return self._entries(account_id, month)
+
+    # -- reports ------------------------------------------------------------------------------------------------
 
     def count(self, account_id: str) -> int:
         """The account's accepted jobs this month, cluster-wide as far as this node knows."""
-        return self._counters.counter_total(counter_name(account_id, month_of(self._wall_ms())))
+        return self._counters.counter_total(usage_name(account_id, month_of(self._wall_ms())))
 
     def breach_status(self, account_id: str) -> dict[str, Any]:
         plan = self._plans.get(account_id)
@@ -147,18 +215,98 @@ class UsageMeter:
 
     def usage(self, account_id: str) -> dict[str, Any]:
         wall_ms = self._wall_ms()
+        month = month_of(wall_ms)
         plan = self._plans.get(account_id)
         used = self.count(account_id)
-        unlimited = plan is None or plan.unlimited
-        quota = None if unlimited or plan is None else plan.monthly_requests
+        metered = plan is not None and not plan.unlimited
+        quota = plan.monthly_requests if plan is not None and metered else None
+        ledger = self._ledger(account_id, month)
         return {
             "account_id": account_id,
             "plan": plan.name if plan is not None else None,
-            "month": month_of(wall_ms),
+            "month": month,
             "count": used,
             "quota": quota,
-            "overage_max": None if unlimited or plan is None else plan.overage_requests_max,
+            "overage_max": plan.overage_requests_max if plan is not None and metered else None,
             "remaining": None if quota is None else max(0, quota - used),
             "overage": 0 if quota is None else max(0, used - quota),
             "resets_at_ms": month_end_ms(wall_ms),
+            # Escrow: the rights this node holds unspent, and every node's as this node knows them.
+            "rights_here": ledger.available(self._node) if metered else None,
         }
+
+    # -- escrow ------------------------------------------------------------------------------------------------
+
+    def _ledger(self, account_id: str, month: str) -> escrow.Ledger:
+        counters = self._counters
+        minted = {e.node: e.value for e in counters.counter_entries(_mint_name(account_id, month))}
+        prefix = _gifts_prefix(account_id, month)
+        given = {(e.node, e.name[len(prefix) :]): e.value for e in counters.counter_entries(prefix)}
+        used = {e.node: e.value for e in counters.counter_entries(usage_name(account_id, month))}
+        return escrow.Ledger(minted=minted, given=given, used=used)
+
+    def _entries(self, account_id: str, month: str) -> list[CounterEntry]:
+        counters = self._counters
+        return [
+            *counters.counter_entries(_mint_name(account_id, month)),
+            *counters.counter_entries(_gifts_prefix(account_id, month)),
+            *counters.counter_entries(usage_name(account_id, month)),
+        ]
+
+    def _spare(self, account_id: str, month: str, plan: PlanConfig) -> int:
+        """Rights this node may spend now: its own, less the submissions being saved; and never past the known
+        cluster-wide ceiling (a plan lowered mid-month cannot take back rights already spread)."""
+        ledger = self._ledger(account_id, month)
+        if ledger.minter is None and self._is_genesis_owner(account_id):
+            self._mint(account_id, month, plan)
+            ledger = self._ledger(account_id, month)
+        elif top_up := escrow.top_up(ledger, self._node, plan.allowance):
+            self._counters.add_counter(_mint_name(account_id, month), top_up)
+            ledger = self._ledger(account_id, month)
+        pending = self._pending[(account_id, month)]
+        if ledger.total_used + pending >= plan.allowance:
+            return 0
+        return ledger.available(self._node) - pending
+
+    def _mint(self, account_id: str, month: str, plan: PlanConfig) -> None:
+        self._counters.add_counter(_mint_name(account_id, month), plan.allowance)
+        members = self._members() or [self._node]
+        for receiver, share in escrow.genesis_gifts(plan.allowance, self._node, members).items():
+            self._counters.add_counter(f"{_gifts_prefix(account_id, month)}{receiver}", share)
+
+    def _is_genesis_owner(self, account_id: str) -> bool:
+        owner = self._genesis_owner(account_id)
+        return owner is None or owner == self._node
+
+    async def _borrow(self, account_id: str, month: str, plan: PlanConfig) -> None:
+        """Ask the richest members (or, before the genesis, the genesis owner) for rights, until some arrive."""
+        if self._lend is None:
+            return
+        ledger = self._ledger(account_id, month)
+        others = [node for node in self._members() if node != self._node]
+        candidates = ledger.richest(others)
+        if ledger.minter is None:
+            owner = self._genesis_owner(account_id)
+            candidates = [owner] if owner is not None and owner != self._node else []
+        for lender in candidates[:BORROW_TRIES]:
+            try:
+                entries = await self._lend(lender, account_id, month, BORROW_WANTED)
+            except LendFailed as exc:
+                log.info("could not borrow quota of %s from %s (%s)", account_id, lender, exc)
+                continue
+            self._counters.merge_counters(entries)
+            if self._spare(account_id, month, plan) > 0:
+                return
+
+    def _refusal(self, account_id: str, month: str, plan: PlanConfig, wall_ms: int) -> QuotaExceeded:
+        ledger = self._ledger(account_id, month)
+        elsewhere = ledger.minter is None or any(
+            ledger.available(node) > 0 for node in ledger.nodes() if node != self._node
+        )
+        spent = ledger.total_used >= plan.allowance
+        if self._metrics is not None:
+            self._metrics.quota_refused.labels(plan.name).inc()
+        retry_at_ms = month_end_ms(wall_ms)
+        if elsewhere and not spent:
+            retry_at_ms = wall_ms + UNREACHABLE_RETRY_S * 1000
+        return QuotaExceeded(account_id, plan.allowance, retry_at_ms)

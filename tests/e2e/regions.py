@@ -39,6 +39,7 @@ import sys
 import tomllib
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -331,6 +332,11 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
+def _join_cgroup(cgroup: Path) -> None:
+    """In the child before exec: move into `cgroup`, so every socket the node opens belongs to it."""
+    (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
+
 def _child_env() -> dict[str, str]:
     """The test's environment without what would change a node's configuration behind the harness's back."""
     env = {
@@ -354,6 +360,8 @@ class RegionNode:
     directory: Path  # the node's config, log and data dir (directory / "data") are here
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    # A cgroup v2 directory the process starts in (tests/e2e/partition.py cuts it off by its sockets' cgroup).
+    cgroup: Path | None = None
 
     @property
     def base_url(self) -> str:
@@ -393,6 +401,7 @@ class RegionNode:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=_child_env(),
+                preexec_fn=None if self.cgroup is None else partial(_join_cgroup, self.cgroup),
             )
 
     async def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
@@ -708,6 +717,7 @@ async def start_region_cluster(
     extra_config: str = "",
     *,
     region_config: Mapping[str, str] | None = None,
+    cgroups: Mapping[str, Path] | None = None,
     timeout_s: float = FORM_TIMEOUT_S,
 ) -> RegionCluster:
     """One real `ezthrottle serve` per region, seeded with each other; returns once every node sees all alive.
@@ -717,6 +727,7 @@ async def start_region_cluster(
     `[http_client] source_address = source_address(i)` and the accounts of tests/e2e/support.py (ACCOUNT_KEY,
     OTHER_KEY). `extra_config` (TOML, every node) and `region_config[region]` (TOML, that node) are laid over it:
     tables merge key by key (`[cluster]\\njoin_wait_s = 1` keeps the rest of [cluster]), arrays are replaced.
+    `cgroups[region]` is a cgroup v2 directory that region's process starts in (tests/e2e/partition.py).
 
     Every process is SIGKILLed when `nursery` ends (the test's end, pass or fail). A config the node would refuse
     fails here, before any process starts, with the node's own ConfigError.
@@ -737,6 +748,7 @@ async def start_region_cluster(
             api_port=ports[2 * index],
             gossip_port=ports[2 * index + 1],
             directory=tmp_path / region,
+            cgroup=(cgroups or {}).get(region),
         )
         for index, region in enumerate(regions)
     ]

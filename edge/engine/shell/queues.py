@@ -82,7 +82,7 @@ class Admission(Protocol):
     """Whether a new submission may be accepted beyond the backlog bound (the plan's quota, edge/placement/usage.py):
     `reserve` raises to refuse; `settle` is told whether the job was new once it was saved, or failed."""
 
-    def reserve(self, account_id: str) -> Any: ...
+    async def reserve(self, account_id: str) -> Any: ...
 
     def settle(self, reservation: Any, *, created: bool) -> None: ...
 
@@ -202,7 +202,7 @@ class QueueManager:
         self._queues.admit(record.account_id, self._config.server.account_backlog_max if admit else None)
         created = False
         try:
-            reservation = self._admission.reserve(record.account_id) if admit and self._admission else None
+            reservation = await self._admission.reserve(record.account_id) if admit and self._admission else None
             try:
                 stored, created = await self._store.insert_job(record, spawn)
             finally:
