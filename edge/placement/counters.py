@@ -27,15 +27,14 @@ import msgpack
 import trio
 
 from cluster import CounterEntry, CounterMap
-from edge.store import Store, StoreError
+from edge.placement.saving import StoreSaver
 
 log = logging.getLogger("ezthrottle.counters")
 
 COUNTER_KEY_PREFIX: Final = "counter:"
-# Entries waiting to be saved; coalesced by (name, node), so this bounds distinct entries, not adds. The cluster's
-# own bound (COUNTER_ENTRIES_MAX) is larger, but only a full resync after a long partition changes that many at
-# once, and an entry not saved now is saved at its next change (or learned back from the peers).
-PENDING_SAVES_MAX: Final = 4096
+# Entries waiting to be saved are bounded like settings (saving.PENDING_SAVES_MAX), coalesced by (name, node):
+# the cluster's own bound (COUNTER_ENTRIES_MAX) is larger, but only a full resync after a long partition changes
+# that many at once, and an entry not saved now is saved at its next change (or learned back from the peers).
 
 
 class Counters(Protocol):
@@ -94,38 +93,19 @@ def decode_counter_entries(saved: dict[str, bytes]) -> list[CounterEntry]:
     return entries
 
 
-class CounterSaver:
-    """Saves changed entries to the store, latest per (name, node), from a task of its own (`run`)."""
+class CounterSaver(StoreSaver[CounterEntry]):
+    """Saves counter entries, the greatest value per (name, node)."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._pending: dict[tuple[str, str], CounterEntry] = {}
-        self._changed = trio.Event()
+    what = "counter"
 
-    def note(self, entry: CounterEntry) -> None:
-        about = (entry.name, entry.node)
-        if about not in self._pending and len(self._pending) >= PENDING_SAVES_MAX:
-            log.warning("not saving counter %r of %s: %d entries wait to be saved", *about, PENDING_SAVES_MAX)
-            return
-        current = self._pending.get(about)
-        if current is None or entry.value > current.value:
-            self._pending[about] = entry
-        self._changed.set()
+    def _key(self, entry: CounterEntry) -> str:
+        return counter_key(entry.name, entry.node)
 
-    async def run(self) -> None:
-        while True:
-            await self._changed.wait()
-            self._changed = trio.Event()
-            batch, self._pending = self._pending, {}
-            for entry in batch.values():
-                try:
-                    await self._store.save_shared_state(
-                        counter_key(entry.name, entry.node), encode_counter_entry(entry)
-                    )
-                except StoreError:
-                    log.exception(
-                        "could not save counter %r of %s; it is saved again at its next change", entry.name, entry.node
-                    )
+    def _encode(self, entry: CounterEntry) -> bytes:
+        return encode_counter_entry(entry)
+
+    def _keeps(self, new: CounterEntry, old: CounterEntry) -> bool:
+        return new.value > old.value
 
 
 class LocalCounters:

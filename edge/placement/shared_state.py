@@ -15,19 +15,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import Final
 
 import msgpack
 import trio
 
 from cluster import SharedEntry, SharedMap, SharedValue
 from edge.placement.counters import is_counter_key
-from edge.store import Store, StoreError
+from edge.placement.saving import StoreSaver
 
 log = logging.getLogger("ezthrottle.shared_state")
-
-# Changes waiting to be saved; entries are coalesced by key, so this bounds distinct keys, not writes.
-PENDING_SAVES_MAX: Final = 4096
 
 
 def encode_entry(entry: SharedEntry) -> bytes:
@@ -49,31 +45,16 @@ def decode_entries(saved: dict[str, bytes]) -> list[SharedEntry]:
     return entries
 
 
-class SharedStateSaver:
-    """Saves changed entries to the store, latest per key, from a task of its own (`run`)."""
+class SharedStateSaver(StoreSaver[SharedEntry]):
+    """Saves the shared settings (latest per key)."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._pending: dict[str, SharedEntry] = {}
-        self._changed = trio.Event()
+    what = "setting"
 
-    def note(self, entry: SharedEntry) -> None:
-        if entry.key not in self._pending and len(self._pending) >= PENDING_SAVES_MAX:
-            log.warning("not saving setting %r: %d settings wait to be saved", entry.key, PENDING_SAVES_MAX)
-            return
-        self._pending[entry.key] = entry
-        self._changed.set()
+    def _key(self, entry: SharedEntry) -> str:
+        return entry.key
 
-    async def run(self) -> None:
-        while True:
-            await self._changed.wait()
-            self._changed = trio.Event()
-            batch, self._pending = self._pending, {}
-            for entry in batch.values():
-                try:
-                    await self._store.save_shared_state(entry.key, encode_entry(entry))
-                except StoreError:
-                    log.exception("could not save setting %r; it is saved again at its next change", entry.key)
+    def _encode(self, entry: SharedEntry) -> bytes:
+        return encode_entry(entry)
 
 
 class LocalSharedState:
