@@ -187,3 +187,12 @@ class Wire:
             reply = self.nodes[destination].handle_stream(action.data, now)
             if reply is not None:
                 assert self.nodes[source].handle_stream(reply, now) is None
+
+
+def wired(*names: str, config: SwimConfig | None = None) -> Wire:
+    """A Wire with `names` added and connected to each other."""
+    wire = Wire(config)
+    for name in names:
+        wire.add(name)
+    wire.connect(*names)
+    return wire

@@ -13,7 +13,7 @@ from cluster.envelope import Channel
 from cluster.messages import Counters, PushPull
 from cluster.testing import SimCluster
 
-from .helpers import KEYRING, Wire, address_of, inspect
+from .helpers import KEYRING, Wire, address_of, inspect, wired
 
 USAGE = "usage:acme:2025-01"
 OTHER = "usage:globex:2025-01"
@@ -21,14 +21,6 @@ LAN = SwimConfig.lan()
 # Push-pull out of the way (its first round comes at a random phase within the interval): whatever spreads,
 # spreads by gossip.
 GOSSIP_ONLY = dataclasses.replace(LAN, push_pull_interval=1e6, reconnect_interval=1e6)
-
-
-def wired(*names: str, config: SwimConfig | None = None) -> Wire:
-    wire = Wire(config)
-    for name in names:
-        wire.add(name)
-    wire.connect(*names)
-    return wire
 
 
 def counter_entries_sent(wire: Wire, *, source: str | None = None) -> list[CounterEntry]:

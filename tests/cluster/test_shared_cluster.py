@@ -14,7 +14,7 @@ from cluster.envelope import Channel
 from cluster.messages import PushPull, Shared
 from cluster.testing import SimCluster
 
-from .helpers import KEYRING, Wire, address_of, inspect
+from .helpers import KEYRING, Wire, address_of, inspect, wired
 
 STRIPE = "account_queue:https://api.stripe.com"
 GITHUB = "account_queue:https://api.github.com"
@@ -22,14 +22,6 @@ LAN = SwimConfig.lan()
 # Push-pull out of the way (its first round comes at a random phase within the interval: 11 days): whatever
 # spreads, spreads by gossip.
 GOSSIP_ONLY = dataclasses.replace(LAN, push_pull_interval=1e6, reconnect_interval=1e6)
-
-
-def wired(*names: str, config: SwimConfig | None = None) -> Wire:
-    wire = Wire(config)
-    for name in names:
-        wire.add(name)
-    wire.connect(*names)
-    return wire
 
 
 def shared_messages(wire: Wire, *, source: str | None = None) -> list[Shared]:
