@@ -75,6 +75,23 @@ def baseline_target() -> BenchTarget:
     )
 
 
+def load_generators() -> dict[str, Callable[[ServedTarget, Path], LoadResult]]:
+    """The intake tables' load runs by row label, h2c (h2load) first, then HTTP/1.1 (wrk); each takes the served
+    target and a scratch directory. Also what `bench.proxy_intake` drives."""
+    return {
+        f"h2c, {CLIENTS} connections x {STREAMS_PER_CLIENT} streams": functools.partial(
+            run_h2load,
+            duration_s=DURATION_S,
+            warm_up_s=WARM_UP_S,
+            clients=CLIENTS,
+            streams=STREAMS_PER_CLIENT,
+        ),
+        f"HTTP/1.1, {CLIENTS} keep-alive connections": functools.partial(
+            run_wrk, duration_s=DURATION_S, connections=CLIENTS
+        ),
+    }
+
+
 def run(
     candidate_app_factory: str | None = None,
     verify: Callable[[ServedTarget], dict[str, Any]] | None = None,
@@ -87,18 +104,7 @@ def run(
     factories = {"baseline": BASELINE_FACTORY}
     if candidate_app_factory is not None:
         factories["candidate"] = candidate_app_factory
-    protocols: dict[str, Callable[[ServedTarget, Path], LoadResult]] = {
-        f"h2c, {CLIENTS} connections x {STREAMS_PER_CLIENT} streams": functools.partial(
-            run_h2load,
-            duration_s=DURATION_S,
-            warm_up_s=WARM_UP_S,
-            clients=CLIENTS,
-            streams=STREAMS_PER_CLIENT,
-        ),
-        f"HTTP/1.1, {CLIENTS} keep-alive connections": functools.partial(
-            run_wrk, duration_s=DURATION_S, connections=CLIENTS
-        ),
-    }
+    protocols = load_generators()
     h2c_label = next(iter(protocols))
     rows: list[dict[str, str]] = []
     commands: list[str] = []

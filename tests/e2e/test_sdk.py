@@ -8,6 +8,7 @@ The Python SDK is synchronous (requests): each call runs in a worker thread whil
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 import uuid
@@ -16,8 +17,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import ezthrottle.client
 import httpx
 import pytest
+import requests
 import trio
 from ezthrottle import (
     EZThrottle,
@@ -31,7 +34,7 @@ from ezthrottle import (
 from ezthrottle.webhook_utils import verify_webhook_signature
 
 from edge.node import Node
-from edge.placement.usage import QuotaExceeded
+from edge.placement.usage import QuotaExceeded, month_end_ms
 from tests.e2e.regions import RegionUpstream
 from tests.e2e.support import (
     ACCOUNT_KEY,
@@ -358,11 +361,12 @@ class FakeUsage:
 async def test_a_quota_refusal_reaches_the_sdk_as_an_error_with_retry_at(
     nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    """Quotas are being built (edge/placement/usage.py); until the router raises QuotaExceeded itself, the test
-    injects a fake report and a router that refuses, through the app's private attributes."""
+    """The refusal's shape whatever the report says: the test injects a fake report and a router that refuses,
+    through the app's private attributes (a real plan's refusal: the tests on a small plan below)."""
     node = await start_node(nursery, tmp_path)
     async with httpx.AsyncClient(base_url=node.base_url) as client:
-        assert (await client.get("/api/v1/usage", headers=auth())).status_code == 404  # nothing metered yet
+        metered = await client.get("/api/v1/usage", headers=auth())
+        assert metered.status_code == 200 and metered.json()["count"] == 0  # acme is on the pro plan, metered
         allowed = await client.post(
             "/api/v1/proxy",
             json={"target_url": f"{node.base_url}/api/v1/jobs", "method": "POST", "body": '{"url": "http://a.b/"}'},
@@ -370,8 +374,8 @@ async def test_a_quota_refusal_reaches_the_sdk_as_an_error_with_retry_at(
         )
         assert allowed.json()["breach_status"] == {
             "is_breached": False,
-            "current_usage": 0,
-            "limit_value": 0,
+            "current_usage": 1,
+            "limit_value": 10_000_000,  # the built-in pro plan's monthly_requests
             "limit_operator": "gte",
             "breach_action": "deny",
         }
@@ -411,6 +415,79 @@ async def test_a_quota_refusal_reaches_the_sdk_as_an_error_with_retry_at(
         usage = await client.get("/api/v1/usage", headers=auth())
         assert usage.status_code == 200 and usage.json() == FakeUsage().usage("acme")
         assert (await client.get("/api/v1/usage")).status_code == 401
+
+
+TINY_KEY = "ck_test_tiny_0123456789"
+TINY_PLAN = f"""
+[plans.tiny]
+monthly_requests = 2
+overage_requests_max = 0
+
+[[accounts]]
+id = "tiny"
+key = "{TINY_KEY}"
+plan = "tiny"
+"""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def test_a_small_plan_takes_two_jobs_from_the_sdk_and_refuses_the_third_with_the_months_end(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A real quota, no fakes: 2 jobs a month, no overage. The third submission is refused with a 429 whose
+    `retry_at` is the first instant of next month (UTC); the SDK's error carries it as the SDK computes it."""
+    node = await start_node(nursery, tmp_path, TINY_PLAN)
+    answers: list[requests.Response] = []  # what the node answered the SDK, call by call
+    real_post = requests.post
+
+    def recording_post(*args: Any, **kwargs: Any) -> requests.Response:
+        answers.append(real_post(*args, **kwargs))
+        return answers[-1]
+
+    monkeypatch.setattr(ezthrottle.client.requests, "post", recording_post)
+    client = sdk(node, TINY_KEY)
+    job = {"url": "https://api.example.com/v1/charges", "method": "POST", "body": '{"amount": 42}', "retry_at": LATER}
+    for index in range(2):
+        accepted = await call(client.submit_job, **job, idempotent_key=f"tiny-{index}")
+        assert accepted["status"] == "queued" and accepted["idempotent_key"] == f"tiny-{index}"
+
+    before_ms = now_ms()
+    with pytest.raises(EZThrottleError, match=r"^Rate limited: Plan limit exceeded$") as refused:
+        await call(client.submit_job, **job, idempotent_key="tiny-2")
+    after_ms = now_ms()
+    assert type(refused.value) is EZThrottleError  # the SDK's QuotaExceededError is never raised by submit_job
+
+    answer = answers[-1]
+    assert answer.status_code == 429 and answer.headers["content-type"] == "application/json"
+    month_end = month_end_ms(before_ms)
+    assert month_end_ms(after_ms) == month_end, "the test ran across a month's end: run it again"
+    assert answer.json() == {
+        "status": "denied",
+        "breach_status": {
+            "is_breached": True,
+            "current_usage": 2,
+            "limit_value": 2,
+            "limit_operator": "gte",
+            "breach_action": "deny",
+        },
+        "error": "Plan limit exceeded",
+        "retry_at": month_end,
+    }
+    retry_after_s = int(answer.headers["retry-after"])
+    assert math.ceil((month_end - after_ms) / 1000) <= retry_after_s <= math.ceil((month_end - before_ms) / 1000)
+    # client.py prefers Retry-After to the JSON's retry_at: time.time() + Retry-After, so it carries the node's
+    # retry_at rounded up to the header's whole second (never earlier, at most a second and the call's time later).
+    assert refused.value.retry_at is not None
+    assert month_end - 1 <= refused.value.retry_at <= month_end + 1_000 + (after_ms - before_ms)
+
+    async with httpx.AsyncClient(base_url=node.base_url) as http:
+        usage = (await http.get("/api/v1/usage", headers=auth(TINY_KEY))).json()
+    assert (usage["account_id"], usage["plan"], usage["count"], usage["quota"]) == ("tiny", "tiny", 2, 2)
+    assert usage["remaining"] == 0 and usage["overage_max"] == 0  # the refusal counted nothing
+    assert await accepted_jobs(node) == 2
 
 
 # -- the Node and Go SDKs, replayed ------------------------------------------------------------------------------
@@ -549,6 +626,98 @@ async def test_the_go_sdks_envelopes_with_its_hard_coded_host_and_camel_case_tag
         assert deleted["json"] == {"status": "ok", "message": "Webhook secrets deleted"}
         missing = await proxied(client, envelope(target, "GET", "", headers={}), OTHER_KEY)
         assert missing["status_code"] == 404  # Go turns it into "no webhook secrets configured"
+
+
+def node_sdk_submit(target: str, job: dict[str, Any]) -> bytes:
+    """client.ts submitJob's request body: JSON.stringify (compact, insertion order) of the envelope, whose body is
+    JSON.stringify of the job."""
+    doc = envelope(target, "POST", json.dumps(job, separators=(",", ":")))
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def go_sdk_submit(job: dict[str, Any]) -> bytes:
+    """client.go SubmitJob's request body: json.Marshal of maps (compact, keys sorted), the hard-coded host."""
+    body = json.dumps(job, separators=(",", ":"), sort_keys=True)
+    return json.dumps(
+        envelope(f"{GO_TARGET}/api/v1/jobs", "POST", body), separators=(",", ":"), sort_keys=True
+    ).encode()
+
+
+def node_sdk_rate_limit(response: httpx.Response) -> tuple[str, int | None]:
+    """client.ts on a 429: RateLimitError(`Rate limited: ${error}`, retryAt), retryAt the JSON's retry_at, or only
+    without one Date.now() + parseInt(Retry-After) * 1000."""
+    data = response.json()
+    retry_at = data.get("retry_at")
+    retry_after = response.headers.get("retry-after")
+    if retry_after and not retry_at:
+        retry_at = now_ms() + int(retry_after) * 1000
+    return f"Rate limited: {data.get('error') or 'Unknown error'}", retry_at
+
+
+class _GoFloat(float):
+    """A JSON number with a fraction or an exponent, which Go refuses to decode into an int64."""
+
+
+def go_sdk_rate_limit(response: httpx.Response) -> tuple[str, int]:
+    """client.go on a 429: json.Unmarshal into ErrorResponse{Error string; RetryAt int64} (any failure, a fractional
+    retry_at say, and the error is a bare "Rate limited" with no RetryAt), then, with a Retry-After header,
+    RetryAt = time.Now().UnixMilli() + Sscanf(Retry-After, "%d") * 1000."""
+    data = json.loads(response.content, parse_float=_GoFloat)
+    assert isinstance(data.get("error", ""), str)
+    retry_at = data.get("retry_at", 0)
+    assert type(retry_at) is int and -(2**63) <= retry_at < 2**63, "Go's decoder would refuse this retry_at"
+    retry_after = response.headers.get("retry-after")
+    if retry_after:
+        leading = re.match(r"[+-]?\d+", retry_after)
+        retry_at = now_ms() + (int(leading[0]) if leading else 0) * 1000
+    return data.get("error", ""), retry_at
+
+
+async def test_a_quota_refusal_as_the_node_and_go_sdks_read_it(nursery: trio.Nursery, tmp_path: Path):
+    """The same small plan, through the Node and Go SDKs' envelopes byte for byte: 2 jobs accepted, then a 429
+    with Retry-After and an integer JSON retry_at, which Node reads as is and Go recomputes from Retry-After."""
+    node = await start_node(nursery, tmp_path, TINY_PLAN)
+    job = {"url": "https://api.example.com/v1/charges", "method": "POST", "body": '{"amount": 42}', "retry_at": LATER}
+    headers = {**auth(TINY_KEY), "Content-Type": "application/json"}
+    node_target = f"{node.base_url}/api/v1/jobs"
+    async with httpx.AsyncClient(base_url=node.base_url) as client:
+        for content in (
+            node_sdk_submit(node_target, {**job, "idempotent_key": "node-1"}),
+            go_sdk_submit({**job, "idempotent_key": "go-1"}),
+        ):
+            accepted = await client.post("/api/v1/proxy", content=content, headers=headers)
+            assert accepted.status_code == 200 and accepted.json()["forwarded_response"]["status_code"] == 201
+
+        before_ms = now_ms()
+        from_node = await client.post(
+            "/api/v1/proxy", content=node_sdk_submit(node_target, {**job, "idempotent_key": "node-2"}), headers=headers
+        )
+        from_go = await client.post(
+            "/api/v1/proxy", content=go_sdk_submit({**job, "idempotent_key": "go-2"}), headers=headers
+        )
+        after_ms = now_ms()
+        usage = (await client.get("/api/v1/usage", headers=auth(TINY_KEY))).json()
+
+    month_end = month_end_ms(before_ms)
+    assert month_end_ms(after_ms) == month_end, "the test ran across a month's end: run it again"
+    for refused in (from_node, from_go):
+        assert refused.status_code == 429 and refused.headers["content-type"] == "application/json"
+        assert refused.headers["retry-after"].isdigit()
+        retry_after_s = int(refused.headers["retry-after"])
+        assert math.ceil((month_end - after_ms) / 1000) <= retry_after_s <= math.ceil((month_end - before_ms) / 1000)
+        document = refused.json()
+        assert (document["status"], document["error"], document["retry_at"]) == (
+            "denied",
+            "Plan limit exceeded",
+            month_end,
+        )
+        assert document["breach_status"]["is_breached"] is True
+
+    assert node_sdk_rate_limit(from_node) == ("Rate limited: Plan limit exceeded", month_end)
+    message, go_retry_at = go_sdk_rate_limit(from_go)
+    assert message == "Plan limit exceeded"
+    assert month_end - 1 <= go_retry_at <= month_end + 1_000 + (now_ms() - before_ms)
+    assert usage["count"] == 2 and usage["remaining"] == 0
 
 
 # -- what the proxy refuses ---------------------------------------------------------------------------------------
