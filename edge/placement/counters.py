@@ -53,6 +53,11 @@ class Counters(Protocol):
         """This node's own entry of the counter."""
         ...
 
+    @property
+    def counter_version(self) -> int:
+        """Grows on every change to any counter this node sees."""
+        ...
+
     def counter_entries(self, prefix: str) -> tuple[CounterEntry, ...]:
         """Every node's entry of the counters whose name starts with `prefix`, as this node knows them."""
         ...

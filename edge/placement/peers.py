@@ -61,6 +61,9 @@ from edge.runtime import Runtime
 from edge.store import Store
 
 log = logging.getLogger("ezthrottle.internal")
+# A quota lender that has not answered in this long is taken as unreachable (edge/placement/usage.py): the
+# submission waiting for the rights is refused with a short Retry-After rather than held for the forward deadline.
+LEND_TIMEOUT_S = 1.0
 
 PREFIX = "/internal/v1/"
 AUTH_HEADER = "X-EZThrottle-Cluster"
@@ -194,7 +197,7 @@ class PeerClient:
     ) -> list[CounterEntry]:
         """Ask the peer for quota rights (edge/placement/usage.py); its ledger entries of that quota."""
         doc = {"account_id": account_id, "month": month, "wanted": wanted, "borrower": borrower}
-        reply = await self._call(api_address, "lend", doc)
+        reply = await self._call(api_address, "lend", doc, deadline_s=min(LEND_TIMEOUT_S, self._timeout_s))
         try:
             return [CounterEntry(name=str(n), node=str(o), value=int(v)) for n, o, v in reply["entries"]]
         except (KeyError, TypeError, ValueError) as exc:

@@ -16,8 +16,9 @@ the allowance:
 - a node whose rights run out borrows from the member its ledger shows richest, over the internal API (`lend`:
   the lender gives half of what it has spare, as a `give|<account>|<month>|<to>` entry, and answers with the
   ledger's entries so the borrower can spend at once);
-- no rights reachable: 429 with `Retry-After` until the month's end when the whole allowance is spent as far as
-  this node knows, else a few seconds (the rights are on a node it cannot reach now).
+- no rights reachable: 429 with `Retry-After` of a few seconds while a live member holds rights this node could
+  not reach (each lender is asked with a short deadline, LEND_TIMEOUT_S, so a split costs a submission little),
+  else until the month's end.
 
 What it costs: the first job of a month waits for the genesis (one internal call when the owner is another node); a
 node that runs out waits for one borrow; rights held by a node that is gone for good are lost until the month ends
@@ -85,7 +86,23 @@ class LendFailed(Exception):
 
 def month_of(wall_ms: int) -> str:
     """The calendar month (UTC) of a unix-ms instant: "2026-12"."""
-    return datetime.datetime.fromtimestamp(wall_ms / 1000, datetime.UTC).strftime("%Y-%m")
+    start, end, name = _current_month
+    if start <= wall_ms < end:
+        return name
+    return _remember_month(wall_ms)
+
+
+def _remember_month(wall_ms: int) -> str:
+    """Work the month out (datetime: microseconds, on every submission otherwise) and keep its bounds."""
+    global _current_month
+    now = datetime.datetime.fromtimestamp(wall_ms / 1000, datetime.UTC)
+    start = datetime.datetime(now.year, now.month, 1, tzinfo=datetime.UTC)
+    name = now.strftime("%Y-%m")
+    _current_month = (int(start.timestamp() * 1000), month_end_ms(wall_ms), name)
+    return name
+
+
+_current_month: tuple[int, int, str] = (0, 0, "")
 
 
 def month_end_ms(wall_ms: int) -> int:
@@ -143,6 +160,9 @@ class UsageMeter:
         self._metrics = metrics
         self._pending: Counter[tuple[str, str]] = Counter()
         self._borrowing: dict[tuple[str, str], trio.Lock] = {}
+        # (account, month) -> (counters' version, this node's rights available, cluster-wide use) when last worked
+        # out from the ledger; this node's own spends keep it current, anything else the counters learn redoes it.
+        self._known: dict[tuple[str, str], tuple[int, int, int]] = {}
 
     # -- admission ------------------------------------------------------------------------------------------
 
@@ -177,7 +197,11 @@ class UsageMeter:
         if self._pending[key] <= 0:
             del self._pending[key]
         if created:
+            known = self._known.get(key)
+            fresh = known is not None and known[0] == self._counters.counter_version
             self._counters.add_counter(usage_name(*key), 1)
+            if fresh and known is not None:  # the one change since: this spend
+                self._known[key] = (self._counters.counter_version, known[1] - 1, known[2] + 1)
             if self._metrics is not None:
                 self._metrics.usage_accepted.labels(self._plans[reservation.account_id].name).inc()
 
@@ -256,17 +280,24 @@ class UsageMeter:
     def _spare(self, account_id: str, month: str, plan: PlanConfig) -> int:
         """Rights this node may spend now: its own, less the submissions being saved; and never past the known
         cluster-wide ceiling (a plan lowered mid-month cannot take back rights already spread)."""
-        ledger = self._ledger(account_id, month)
-        if ledger.minter is None and self._is_genesis_owner(account_id):
-            self._mint(account_id, month, plan)
+        key = (account_id, month)
+        known = self._known.get(key)
+        if known is None or known[0] != self._counters.counter_version:
             ledger = self._ledger(account_id, month)
-        elif top_up := escrow.top_up(ledger, self._node, plan.allowance):
-            self._counters.add_counter(_mint_name(account_id, month), top_up)
-            ledger = self._ledger(account_id, month)
-        pending = self._pending[(account_id, month)]
-        if ledger.total_used + pending >= plan.allowance:
+            if ledger.minter is None and self._is_genesis_owner(account_id):
+                self._mint(account_id, month, plan)
+                ledger = self._ledger(account_id, month)
+            elif top_up := escrow.top_up(ledger, self._node, plan.allowance):
+                self._counters.add_counter(_mint_name(account_id, month), top_up)
+                ledger = self._ledger(account_id, month)
+            known = (self._counters.counter_version, ledger.available(self._node), ledger.total_used)
+            if ledger.minter is not None:  # before the genesis there is nothing to keep
+                self._known[key] = known
+        _version, available, used = known
+        pending = self._pending[key]
+        if used + pending >= plan.allowance:
             return 0
-        return ledger.available(self._node) - pending
+        return available - pending
 
     def _mint(self, account_id: str, month: str, plan: PlanConfig) -> None:
         self._counters.add_counter(_mint_name(account_id, month), plan.allowance)
@@ -300,8 +331,9 @@ class UsageMeter:
 
     def _refusal(self, account_id: str, month: str, plan: PlanConfig, wall_ms: int) -> QuotaExceeded:
         ledger = self._ledger(account_id, month)
+        # Rights on a live member this node could not reach come back soon; a dead member's may never.
         elsewhere = ledger.minter is None or any(
-            ledger.available(node) > 0 for node in ledger.nodes() if node != self._node
+            ledger.available(node) > 0 for node in self._members() if node != self._node
         )
         spent = ledger.total_used >= plan.allowance
         if self._metrics is not None:
