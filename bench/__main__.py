@@ -31,6 +31,7 @@ from bench import (
     regions,
     scheduler_ops,
     simulator_speed,
+    usage_convergence,
 )
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -48,6 +49,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "noisy_neighbour": noisy_neighbour.run,
     "regions": regions.run,
     "simulator_speed": simulator_speed.run,
+    "usage_convergence": usage_convergence.run,
 }
 
 

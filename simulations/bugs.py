@@ -12,6 +12,11 @@ They live here, in the simulator, and change only how the world wires real nodes
   it runs a fanout's, each to its end. The provider answers the losers in full, well after the win, and the
   losers-cancelled invariant must trip, and only it: the job still ends after its last leg, so no call is sent
   after it is terminal.
+- "quota-by-count": a node admits an account's job while the account's cluster-wide usage, as far as its
+  counters know, is below the plan's allowance, instead of spending a right of its own (`quota_by_count` replaces
+  each node's `UsageMeter._spare`): the G-counter-only ceiling cluster/escrow.py explains is not enough. Every
+  side of a partition, and every node between two gossip rounds, admits up to the whole remainder, so the
+  quota-never-exceeded invariant must trip.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from typing import Any, final
 
 import trio
 
+from edge.config import PlanConfig
 from edge.engine.records import JobRecord
 from edge.node import Node
+from edge.placement.usage import usage_name
 from edge.store import Store
 from edge.store.base import EncodedJob
 
@@ -31,6 +38,7 @@ PLANTED_BUGS: Mapping[str, str] = {
     "queue-per-node": "nodes are not clustered: every node runs its own queue for every key",
     "ack-before-commit": "the store acknowledges a new job before it is durable and commits it later",
     "losers-not-cancelled": "a race waits for every leg to answer instead of cancelling the losers",
+    "quota-by-count": "a node admits while the cluster-wide usage it knows is under the allowance, spending no right",
 }
 COMMIT_LAG_S = 2.0
 
@@ -80,3 +88,19 @@ def losers_run_to_the_end(node: Node) -> None:
         await run_legs(*args, race=False, **kwargs)
 
     setattr(manager, "_run_legs", every_leg_to_its_end)  # noqa: B010  (an instance attribute shadows the method)
+
+
+def quota_by_count(node: Node) -> None:
+    """Plant "quota-by-count" in a node that just started: its usage meter lets a submission in while the usage
+    counter's total it knows, plus the submissions it is saving, is below the allowance; it never spends, borrows
+    or mints rights for it (a borrow still happens at the allowance, and is useless)."""
+    meter = getattr(node.manager, "_admission", None)
+    counters = node.counters
+    pending = getattr(meter, "_pending", None)
+    if meter is None or counters is None or pending is None or not callable(getattr(meter, "_spare", None)):
+        raise RuntimeError("the node has no usage meter with _spare and _pending to plant quota-by-count in")
+
+    def spare_by_count(account_id: str, month: str, plan: PlanConfig) -> int:
+        return plan.allowance - counters.counter_total(usage_name(account_id, month)) - pending[(account_id, month)]
+
+    setattr(meter, "_spare", spare_by_count)  # noqa: B010  (an instance attribute shadows the method)

@@ -51,7 +51,7 @@ DESCRIPTION = """\
 Run a scenario on the deterministic simulator: the real node code for a whole cluster in one process, on virtual
 time, with faults, checking invariants throughout. SCENARIO is a TOML file or the name of one in
 simulations/scenarios/ (baseline, noisy-neighbour, region-outage, rolling-restart, partition, one-key-50-workers,
-racing, slow-region)."""
+racing, slow-region, quota)."""
 
 EPILOG = f"""\
 examples:
@@ -406,9 +406,13 @@ def print_outcome(out: TextIO, scenario: Scenario, outcome: RunOutcome, *, quiet
 
 def _figures(report: RunReport) -> str:
     speed = report.virtual_s / report.wall_s if report.wall_s > 0 else float("inf")
+    quotas = "".join(
+        f", quota {tenant} {stats.counted}/{stats.allowance} ({stats.refused} refused)"
+        for tenant, stats in report.quotas.items()
+    )
     return (
         f"{report.virtual_s:.0f} virtual s in {report.wall_s:.1f} s wall ({speed:.0f}x), "
-        f"{report.throughput_per_s:.1f} jobs/s, shed {report.shed_rate:.1%}, trace {report.trace_digest[:12]}"
+        f"{report.throughput_per_s:.1f} jobs/s, shed {report.shed_rate:.1%}{quotas}, trace {report.trace_digest[:12]}"
     )
 
 

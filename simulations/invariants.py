@@ -46,6 +46,16 @@ the call's request left its node (`sent_at`), when it arrived, and when it ended
   its parent, has the id its parent derives for that kind, and its parent's record is on a disk, terminal with the
   matching status (success for on_success, failed for on_failure), naming this child, and no other follow-up.
   At the end, every acknowledged job that ended with a status its follow-ups ask for has that child on a disk.
+- "quota-never-exceeded" (scenarios whose `[[plans]]` give a tenant a finite allowance, `QuotaChecks`): for each
+  such account and calendar month (UTC), the jobs counted are the distinct job ids of the account that were on
+  any node's disk at any check so far, created that month (`created_at_ms`) and submitted by a client (follow-ups
+  and workflow steps, which the node spawns unmetered, name a `parent_id` and are not counted), together with
+  those acknowledged (201, or 200 for a job already there) to one of its clients that month; at every check and at
+  the end that count is at most the plan's allowance, `monthly_requests + overage_requests_max`. The one exception
+  is the design's stated one (edge/placement/usage.py, cluster/escrow.py): a month whose allowance was minted by
+  more than one node (only a cluster split at the month's first submission can do that) is held to the sum of the
+  mints instead, since every node spends and gives only what it was minted or given. Mints are read from every
+  running node's counters and every disk's saved ones.
 
 Liveness, at the end of the drain:
 - every acknowledged job is terminal, or pending with a reason (queued on a running node, or on the disk of a node
@@ -53,11 +63,23 @@ Liveness, at the end of the drain:
 - "webhook-quorum": every terminal job with webhooks was accepted by at least its quorum of receivers, or its
   record says deliveries are still being retried;
 - "membership-converges": unless a fault is never healed, every running node sees the same live members.
+- "quota-reached" (accounts "quota-never-exceeded" judges): the allowance is not left unused when the demand was
+  there on a healthy cluster. Judged when the month had one mint and the account's last judged submission of the
+  month (acknowledged, or refused for the quota; other refusals never reached the meter) was answered within a
+  stretch of consecutive checks at which membership was settled, from its first check T to a check at or after
+  that answer. Let L be the allowance less the jobs counted at T: if the account's clients made more than L
+  judged submissions from T on (by when they were made), the month's count at the end must equal the allowance
+  less the rights held by the nodes that are down at the end. Escrow loses no right, but rights on a node that is
+  down cannot be spent until it is back (a node that restarts gets its own back from its disk and its peers); the
+  rights are read from the ledger of every node's entries at their greatest, as the running nodes and the disks
+  know them. Without such demand (or with a second mint, or membership unsettled at the last answer) the count
+  only has to stay within the allowance; `QuotaStats.reached` says which.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,16 +87,21 @@ from typing import NoReturn, Protocol, final
 
 import trio
 
+from cluster import escrow
+from cluster.messages import CounterEntry
+from edge.config import PlanConfig
 from edge.engine.records import TERMINAL_STATUSES, JobRecord
+from edge.placement.counters import decode_counter_entries
 from edge.placement.routing import HANDOFF_SWEEP_S
+from edge.placement.usage import month_end_ms, month_of, usage_name
 from edge.store import MemoryStoreData
 from edge.store.base import EncodedJob
 
 from .actors import Provider, UpstreamCall
 from .runtime import SIMULATED_EPOCH_S
 from .scenario import FaultSpec, NetworkSpec
-from .workload import TERMINAL, JobEntry, Ledger
-from .world import FOLLOW_UPS, JobIntent, World
+from .workload import TERMINAL, JobEntry, Ledger, TenantLog
+from .world import FOLLOW_UPS, JobIntent, SimNode, World
 
 LIMIT_WINDOW_S = 10.0
 SETTLE_S = 2 * HANDOFF_SWEEP_S
@@ -117,6 +144,7 @@ class Invariants:
         self._calls = CallChecks(world, self._fail, allowance_s=spike_allowance_s(scenario.faults, scenario.network))
         asks_follow_ups = any(tenant.on_success or tenant.on_failure for tenant in scenario.tenants)
         self._follow_ups = FollowUpChecks(world, self._fail) if asks_follow_ups else None
+        self.quotas = QuotaChecks.of(world, ledger, self._fail)
 
     def __repr__(self) -> str:
         return f"<Invariants settled since {self.settled_since:.1f} | {len(self._ledger.open)} open jobs>"
@@ -139,6 +167,8 @@ class Invariants:
         self._calls.check(now)
         if self._follow_ups is not None:
             self._follow_ups.check()
+        if self.quotas is not None:
+            self.quotas.check(now, settled=now > self.settled_since)
 
     def _observe_membership(self, now: float) -> None:
         versions = {}
@@ -202,6 +232,8 @@ class Invariants:
         self._webhook_quorum()
         if self._follow_ups is not None:
             self._follow_ups.final(self._ledger.jobs.values())
+        if self.quotas is not None:
+            self.quotas.final(trio.current_time())
         if not faults_never_healed and not self._world.converged():
             views = {
                 node.name: sorted(info.node for info in node.running.membership.live_members())
@@ -523,3 +555,227 @@ class FollowUpChecks:
                     f"job {entry.job_id} ended {parent.status}, and its {kind} follow-up "
                     f"{'was never created' if child_id is None else f'{child_id} is on no disk'}",
                 )
+
+
+# -- plans' quotas (see the module docstring) ----------------------------------------------------------------------
+
+
+def _month_at(at_s: float) -> str:
+    """The calendar month (UTC) of a virtual instant, on the simulated wall clock."""
+    return month_of(round((SIMULATED_EPOCH_S + at_s) * 1000))
+
+
+class QuotaObserved(Protocol):
+    """What the quota checks read of the world (`World` is one; unit tests build small ones)."""
+
+    @property
+    def nodes(self) -> Mapping[str, SimNode]: ...
+
+    def running_nodes(self) -> list[SimNode]: ...
+
+    def disks(self) -> Iterable[tuple[str, MemoryStoreData]]: ...
+
+
+@final
+@dataclass(slots=True)
+class _Stretch:
+    """Consecutive checks at which membership was settled: the first (`base_at`, with the jobs counted then) and
+    the last so far."""
+
+    base_at: float
+    counted: dict[tuple[str, str], int]  # (account, month) -> jobs counted at base_at
+    last_at: float
+    ended: bool = False
+
+
+@final
+@dataclass(frozen=True, kw_only=True)
+class QuotaStats:
+    """One metered account at the end of a run, for the month the run ended in."""
+
+    plan: str
+    allowance: int
+    counted: int  # its jobs (the invariant's count)
+    used: int  # the usage counter's total, every node's entry at its greatest
+    submitted: int  # every submission of the run, whatever its answer
+    refused: int  # answered 429 quota-exceeded
+    refused_until_month_end: int  # ... with `retry_at` the month's end (spent, as far as the refusing node knew)
+    minters: tuple[str, ...]  # the nodes that minted the month's allowance
+    stranded: int  # rights held by nodes that are down at the end
+    reached: str  # what "quota-reached" concluded: "judged", or why it was not judged
+
+
+@final
+class QuotaChecks:
+    """The checks "quota-never-exceeded" and "quota-reached" over every disk, the clients' ledger and the nodes'
+    counters (see the module docstring)."""
+
+    def __init__(self, world: QuotaObserved, ledger: Ledger, fail: Fail, plans: Mapping[str, PlanConfig]) -> None:
+        self._world = world
+        self._ledger = ledger
+        self._fail = fail
+        self.plans = dict(plans)  # metered account -> its plan (finite)
+        self._seen: set[str] = set()  # job ids looked at once already (counted or not)
+        self._acked_read = 0  # ledger.jobs entries read
+        self.counted: dict[tuple[str, str], dict[str, str]] = {}  # (account, month) -> {job id: where first seen}
+        self._stretches: list[_Stretch] = []
+        self.stats: dict[str, QuotaStats] = {}
+
+    def __repr__(self) -> str:
+        counts = {f"{account}/{month}": len(jobs) for (account, month), jobs in self.counted.items()}
+        return f"<QuotaChecks {counts} | {len(self._stretches)} settled stretches>"
+
+    @classmethod
+    def of(cls, world: World, ledger: Ledger, fail: Fail) -> QuotaChecks | None:
+        """The checks for the scenario's tenants on a finite plan of its own `[[plans]]`; None when there are none
+        (the built-in plans' allowances, a million jobs a month and more, are beyond any run)."""
+        scenario = world.scenario
+        plans = {
+            tenant.name: world.plan_of(tenant)
+            for tenant in scenario.tenants
+            if scenario.plan_spec(tenant) is not None and not world.plan_of(tenant).unlimited
+        }
+        return cls(world, ledger, fail, plans) if plans else None
+
+    # -- throughout --------------------------------------------------------------------------------------------
+
+    def check(self, now: float, *, settled: bool) -> None:
+        self._count()
+        self._within_allowance()
+        if not settled:
+            if self._stretches:
+                self._stretches[-1].ended = True
+            return
+        if not self._stretches or self._stretches[-1].ended:
+            counted = {key: len(jobs) for key, jobs in self.counted.items()}
+            self._stretches.append(_Stretch(base_at=now, counted=counted, last_at=now))
+        else:
+            self._stretches[-1].last_at = now
+
+    def _count(self) -> None:
+        for node, data in self._world.disks():
+            for job_id, job in data.jobs.items():
+                if job_id in self._seen:
+                    continue
+                self._seen.add(job_id)
+                if job.account_id in self.plans and data.decode(job).parent_id is None:
+                    month = month_of(job.created_at_ms)
+                    self.counted.setdefault((job.account_id, month), {}).setdefault(job_id, f"disk of {node}")
+        jobs = self._ledger.jobs
+        for entry in itertools.islice(jobs.values(), self._acked_read, None):
+            if entry.tenant in self.plans:
+                where = f"acknowledged by {entry.node}"
+                self.counted.setdefault((entry.tenant, _month_at(entry.acked_at)), {}).setdefault(entry.job_id, where)
+        self._acked_read = len(jobs)
+
+    def _within_allowance(self) -> None:
+        for (account, month), jobs in self.counted.items():
+            plan = self.plans[account]
+            if len(jobs) <= plan.allowance:
+                continue
+            mints = self.ledger(account, month).minted
+            bound = sum(mints.values()) if len(mints) > 1 else plan.allowance
+            if len(jobs) <= bound:
+                continue
+            first_seen = Counter(jobs.values())
+            self._fail(
+                "quota-never-exceeded",
+                f"{account} has {len(jobs)} jobs in {month}, over its plan {plan.name!r}'s allowance of "
+                f"{plan.allowance} ({plan.monthly_requests} + {plan.overage_requests_max} overage)"
+                + (f", bound {bound} by {len(mints)} mints" if len(mints) > 1 else "")
+                + f"; first seen: {dict(sorted(first_seen.items()))}; {self._describe(account, month)}",
+            )
+
+    # -- the ledger, as every node's entries at their greatest -----------------------------------------------------
+
+    def _entries(self, prefix: str) -> dict[tuple[str, str], int]:
+        """Every entry of the counters named `prefix`..., at the greatest value any running node or disk holds."""
+        views: list[Iterable[CounterEntry]] = []
+        for node in self._world.running_nodes():
+            if node.running is not None and node.running.counters is not None:
+                views.append(node.running.counters.counter_entries(prefix))
+        for _name, data in self._world.disks():
+            views.append(entry for entry in decode_counter_entries(data.shared_state) if entry.name.startswith(prefix))
+        greatest: dict[tuple[str, str], int] = {}
+        for view in views:
+            for entry in view:
+                key = (entry.name, entry.node)
+                greatest[key] = max(greatest.get(key, 0), entry.value)
+        return greatest
+
+    def ledger(self, account: str, month: str) -> escrow.Ledger:
+        """The quota's escrow ledger (edge/placement/usage.py's counters: mint|, give|, usage|<account>|<month>)."""
+        mint, gifts, usage = f"mint|{account}|{month}", f"give|{account}|{month}|", usage_name(account, month)
+        return escrow.Ledger(
+            minted={node: value for (name, node), value in self._entries(mint).items() if name == mint and value},
+            given={(node, name[len(gifts) :]): value for (name, node), value in self._entries(gifts).items()},
+            used={node: value for (name, node), value in self._entries(usage).items() if name == usage},
+        )
+
+    def _describe(self, account: str, month: str) -> str:
+        ledger = self.ledger(account, month)
+        available = {node: ledger.available(node) for node in sorted(ledger.nodes())}
+        used = dict(sorted(ledger.used.items()))
+        return f"ledger: minted {dict(ledger.minted)}, used {used} (total {ledger.total_used}), available {available}"
+
+    # -- at the end -------------------------------------------------------------------------------------------
+
+    def final(self, now: float) -> None:
+        self._count()
+        self._within_allowance()
+        month = _month_at(now)
+        for account, plan in self.plans.items():
+            log = self._ledger.tenants.get(account, TenantLog())
+            ledger = self.ledger(account, month)
+            down = [node.name for node in self._world.nodes.values() if node.running is None]
+            stranded = sum(max(0, ledger.available(node)) for node in down)
+            counted = len(self.counted.get((account, month), {}))
+            reached = self._reached(account, month, plan, log, ledger, counted, stranded)
+            month_end = month_end_ms(round((SIMULATED_EPOCH_S + now) * 1000))
+            self.stats[account] = QuotaStats(
+                plan=plan.name,
+                allowance=plan.allowance,
+                counted=counted,
+                used=ledger.total_used,
+                submitted=log.submitted,
+                refused=len(log.quota_refusals),
+                refused_until_month_end=sum(retry_at == month_end for _at, retry_at in log.quota_refusals),
+                minters=tuple(sorted(ledger.minted)),
+                stranded=stranded,
+                reached=reached,
+            )
+
+    def _reached(
+        self,
+        account: str,
+        month: str,
+        plan: PlanConfig,
+        log: TenantLog,
+        ledger: escrow.Ledger,
+        counted: int,
+        stranded: int,
+    ) -> str:
+        """Judge "quota-reached" for one account's month; what was concluded, or why it was not judged."""
+        if len(ledger.minted) > 1:
+            return f"not judged: {len(ledger.minted)} mints"
+        judged = [(at, answered) for at, answered in log.judged if _month_at(at) == month]
+        if not judged:
+            return "not judged: no submission judged this month"
+        last_answer = max(answered for _at, answered in judged)
+        stretch = next((s for s in self._stretches if s.base_at <= last_answer <= s.last_at), None)
+        if stretch is None:
+            return "not judged: membership unsettled at the last answer"
+        left = plan.allowance - stretch.counted.get((account, month), 0)
+        demand = sum(at >= stretch.base_at for at, _answered in judged)
+        if demand <= left:
+            return f"not judged: {demand} submissions from t={stretch.base_at:g} for {left} rights left"
+        if counted != plan.allowance - stranded:
+            self._fail(
+                "quota-reached",
+                f"{account} had {counted} jobs in {month} at the end, not its allowance {plan.allowance}"
+                + (f" less {stranded} rights on nodes down" if stranded else "")
+                + f", although its clients made {demand} judged submissions from t={stretch.base_at:g} (membership "
+                f"settled from then until t={stretch.last_at:g}, after its last answer at t={last_answer:.3f}) "
+                f"with {left} left; {len(log.quota_refusals)} refused in all; {self._describe(account, month)}",
+            )
+        return "judged"

@@ -21,16 +21,18 @@ from typing import final
 
 import trio
 
-from .bugs import PLANTED_BUGS, lagging_commits, losers_run_to_the_end
+from edge.node import Node
+
+from .bugs import PLANTED_BUGS, lagging_commits, losers_run_to_the_end, quota_by_count
 from .determinism import Simulation, run_simulation
 from .faults import RANDOM_FAULT_KINDS, FaultInjector
-from .invariants import LIMIT_WINDOW_S, Invariants, InvariantViolated, Violation
+from .invariants import LIMIT_WINDOW_S, Invariants, InvariantViolated, QuotaStats, Violation
 from .network import open_simulated_network
 from .scenario import Scenario, load_scenario
 from .workload import JobEntry, Ledger, TierCounts, run_tenant
-from .world import World
+from .world import NodePatch, World
 
-__all__ = ["PLANTED_BUGS", "RANDOM_FAULT_KINDS", "RunReport", "TierStats", "Violation", "run_scenario"]
+__all__ = ["PLANTED_BUGS", "RANDOM_FAULT_KINDS", "QuotaStats", "RunReport", "TierStats", "Violation", "run_scenario"]
 
 SAMPLE_INTERVAL_S = 1.0
 PROGRESS_STEPS = 100
@@ -75,6 +77,8 @@ class RunReport:
     series: Mapping[str, tuple[tuple[float, float], ...]]
     # Why acknowledged jobs were still unfinished at the end (reason -> jobs).
     pending_reasons: Mapping[str, int] = field(default_factory=dict)
+    # Per tenant on a finite plan of the scenario's [[plans]]: its quota at the end (simulations/invariants.py).
+    quotas: Mapping[str, QuotaStats] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -133,6 +137,7 @@ class _Outcome:
     faults: FaultInjector
     sampler: _Sampler
     pending_reasons: dict[str, int]
+    quotas: dict[str, QuotaStats]
 
 
 async def _run(
@@ -155,7 +160,7 @@ async def _run(
             nursery=nursery,
             clustered="queue-per-node" not in bugs,
             store_wrapper=lagging_commits if "ack-before-commit" in bugs else None,
-            node_patch=losers_run_to_the_end if "losers-not-cancelled" in bugs else None,
+            node_patch=_node_patch(bugs),
             on_delivery=ledger.on_delivery,
         )
         await world.start_all()
@@ -179,7 +184,25 @@ async def _run(
         except InvariantViolated as exc:
             violation = exc.violation
         nursery.cancel_scope.cancel()
-    return _Outcome(violation, ledger, world, injector, sampler, dict(invariants.pending_reasons))
+    quotas = {} if invariants.quotas is None else dict(invariants.quotas.stats)
+    return _Outcome(violation, ledger, world, injector, sampler, dict(invariants.pending_reasons), quotas)
+
+
+def _node_patch(bugs: frozenset[str]) -> NodePatch | None:
+    """The planted bugs that rewire each node as it starts, as one patch."""
+    patches = [
+        patch
+        for bug, patch in (("losers-not-cancelled", losers_run_to_the_end), ("quota-by-count", quota_by_count))
+        if bug in bugs
+    ]
+    if not patches:
+        return None
+
+    def patch_all(node: Node) -> None:
+        for patch in patches:
+            patch(node)
+
+    return patch_all
 
 
 async def _clients(simulation: Simulation, world: World, ledger: Ledger, scope: trio.CancelScope) -> None:
@@ -265,6 +288,7 @@ def run_scenario(
         failover_s=_failover_s(outcome),
         series={name: tuple(points) for name, points in outcome.sampler.series.items()},
         pending_reasons=outcome.pending_reasons,
+        quotas=outcome.quotas,
     )
 
 

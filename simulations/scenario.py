@@ -12,6 +12,10 @@ Conventions the world relies on:
   jobs, no new faults; queues drain and webhooks finish before the final checks).
 - `FaultSpec.at_s` counts from the start of the workload (the end of the warm-up), so a scenario's faults stay put
   when only its warm-up changes. A fault with `duration_s = None` is never healed.
+- A tenant is one account; its plan is its `plan`, or else its tier's (reserved: enterprise, unlimited; paid: pro;
+  free: free, `TIER_PLANS`). `[[plans]]` define plans by name, as `[plans.NAME]` does in a node's configuration (a
+  built-in name overrides that plan), so a scenario can give an account a small monthly allowance
+  (`monthly_requests` + `overage_requests_max`) and check that the cluster enforces it (simulations/invariants.py).
 - Two faults that act on the same thing (the same node's crash, any two partitions, the same link fault, the same
   provider or receiver) must not overlap in time: what "crash a node that is already down" means is not a question
   the scenario should leave to the world.
@@ -33,12 +37,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar, final
 
+from edge.config import IDENTIFIER_PATTERN, PLANS
+
 from .determinism import derive_seed
 from .network import LinkFaults
 
 SCENARIOS_DIR = Path(__file__).parent / "scenarios"
 
 TIERS = ("reserved", "paid", "free")
+TIER_PLANS = {"reserved": "enterprise", "paid": "pro", "free": "free"}  # a tenant's plan unless it names one
 SIGNALS = ("retry-after", "ratelimit", "x-ratelimit", "none")
 EXECUTION_MODES = ("race", "fanout")  # as the job API's `execution_mode`, its default first
 REGION_POLICIES = ("fallback", "strict")  # as the job API's `region_policy`, its default first
@@ -254,6 +261,11 @@ class TenantSpec:
     send_idempotency_key: bool = False
     on_success: bool = False
     on_failure: bool = False
+    plan: str = ""  # the account's plan: one of the scenario's [[plans]] or a built-in; empty = its tier's plan
+
+    @property
+    def plan_name(self) -> str:
+        return self.plan or TIER_PLANS[self.tier]
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "name", "must not be empty")
@@ -270,6 +282,27 @@ class TenantSpec:
         _check_choice(self.region_policy, REGION_POLICIES, "region_policy")
         _check(bool(self.regions) or self.execution_mode == EXECUTION_MODES[0], "execution_mode", "needs regions")
         _check(bool(self.regions) or self.region_policy == REGION_POLICIES[0], "region_policy", "needs regions")
+
+
+@final
+@dataclass(frozen=True, kw_only=True)
+class PlanSpec:
+    """A plan, as a node's `[plans.NAME]` table: the accepted jobs a month its accounts get (`monthly_requests`,
+    0 = unlimited) and how many more beyond it (`overage_requests_max`). Tenants name it in `plan`."""
+
+    name: str
+    monthly_requests: int = 0
+    overage_requests_max: int = 0
+
+    def __post_init__(self) -> None:
+        _check(bool(IDENTIFIER_PATTERN.fullmatch(self.name)), "name", "must be 1-64 characters from A-Z a-z 0-9 _ . -")
+        _check(self.monthly_requests >= 0, "monthly_requests", "must be >= 0 (0 = unlimited)")
+        _check(self.overage_requests_max >= 0, "overage_requests_max", "must be >= 0")
+
+    @property
+    def allowance(self) -> int | None:
+        """The jobs a month its accounts may have accepted in all; None when unlimited."""
+        return None if self.monthly_requests == 0 else self.monthly_requests + self.overage_requests_max
 
 
 @final
@@ -392,6 +425,7 @@ class Scenario:
     tenants: tuple[TenantSpec, ...]
     faults: tuple[FaultSpec, ...] = ()
     swarm: SwarmSpec = field(default_factory=SwarmSpec)
+    plans: tuple[PlanSpec, ...] = ()
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "name", "must not be empty")
@@ -403,6 +437,8 @@ class Scenario:
         _check_unique([provider.name for provider in self.providers], "providers")
         _check_unique([receiver.name for receiver in self.receivers], "receivers")
         _check_unique([tenant.name for tenant in self.tenants], "tenants")
+        _check_unique([plan.name for plan in self.plans], "plans")
+        plans = {plan.name for plan in self.plans} | set(PLANS)
         providers = {provider.name: provider for provider in self.providers}
         receivers = {receiver.name for receiver in self.receivers}
         for index, tenant in enumerate(self.tenants):
@@ -410,6 +446,11 @@ class Scenario:
             _check(tenant.provider in providers, f"{where}.provider", f"no provider named {tenant.provider!r}")
             for receiver in tenant.receivers:
                 _check(receiver in receivers, f"{where}.receivers", f"no receiver named {receiver!r}")
+            _check(
+                not tenant.plan or tenant.plan in plans,
+                f"{where}.plan",
+                f"no plan named {tenant.plan!r} (plans: {', '.join(sorted(plans))})",
+            )
         for index, tenant in enumerate(self.tenants):
             for region in tenant.regions:
                 self._check_region(region, f"tenants[{index}].regions")
@@ -458,6 +499,10 @@ class Scenario:
                 f"{where}.at_s",
                 f"overlaps faults[{other_index}] ({other.describe()}) on the same {fault.subject}",
             )
+
+    def plan_spec(self, tenant: TenantSpec) -> PlanSpec | None:
+        """The scenario's `[[plans]]` entry the tenant's account is on; None when it is on a built-in plan."""
+        return next((plan for plan in self.plans if plan.name == tenant.plan_name), None)
 
     @property
     def total_keys(self) -> int:

@@ -14,6 +14,10 @@ another node after a cut request may have created a second job under the same id
 it was told about is owed to it. A webhook may reach its receiver before the job's 201 reaches the client (the owner
 runs the job while the answer is still on its way back through the node that forwarded it); such a report is kept
 until the acknowledgement arrives, and counted as unknown only if none ever does.
+
+Per tenant (`TenantLog`) the ledger also keeps when each submission the account's plan judged (acknowledged, or
+refused with 429 "quota-exceeded") was made and answered, and each quota refusal's `retry_at`: what the quota
+invariants read (simulations/invariants.py).
 """
 
 from __future__ import annotations
@@ -55,6 +59,18 @@ class JobEntry:
 
 @final
 @dataclass(slots=True)
+class TenantLog:
+    """One tenant's submissions, as their clients saw them."""
+
+    submitted: int = 0
+    # (submitted at, answered at) of every submission the account's plan judged: acknowledged, or refused by
+    # the quota. Refusals for other reasons (backlog, a node not answering) never reached the meter.
+    judged: list[tuple[float, float]] = field(default_factory=list)
+    quota_refusals: list[tuple[float, int | None]] = field(default_factory=list)  # (answered at, retry_at ms)
+
+
+@final
+@dataclass(slots=True)
 class TierCounts:
     submitted: int = 0
     acked: int = 0
@@ -69,6 +85,7 @@ class Ledger:
         self.jobs: dict[str, JobEntry] = {}
         self.open: dict[str, JobEntry] = {}  # acknowledged, not yet seen terminal
         self.counts: dict[str, TierCounts] = {}
+        self.tenants: dict[str, TenantLog] = {}
         self.terminal_events: list[JobEntry] = []  # in the order they became terminal
         # Reports about jobs no client has been told of yet, by job id.
         self._early: dict[str, list[DeliveryReport]] = {}
@@ -83,6 +100,12 @@ class Ledger:
         if counts is None:
             counts = self.counts[tier] = TierCounts()
         return counts
+
+    def tenant(self, name: str) -> TenantLog:
+        log = self.tenants.get(name)
+        if log is None:
+            log = self.tenants[name] = TenantLog()
+        return log
 
     def acknowledge(self, entry: JobEntry) -> None:
         self.jobs[entry.job_id] = entry
@@ -131,8 +154,16 @@ async def _submit_one(
         submitted_at = trio.current_time()
         counts = ledger.counts_for(tenant.tier)
         counts.submitted += 1
+        log = ledger.tenant(tenant.name)
+        log.submitted += 1
         body = world.job_body(tenant, sequence, key_index)
         answer = await world.submit(tenant, body)
+        answered_at = trio.current_time()
+        if answer.status == 429 and answer.problem == "quota-exceeded":
+            log.quota_refusals.append((answered_at, answer.retry_at_ms))
+            log.judged.append((submitted_at, answered_at))
+        elif answer.status in (200, 201):
+            log.judged.append((submitted_at, answered_at))
         if answer.status in (200, 201) and answer.job_id is not None and answer.node is not None:
             entry = JobEntry(
                 job_id=answer.job_id,

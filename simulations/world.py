@@ -16,7 +16,8 @@ same data, with an RNG stream of its own (label "<node>/boot-<n>").
 
 Configuration the world chooses for its nodes, as an operator would: each provider's origin has `rps` equal to
 the provider's documented per-credential limit; webhook retries follow WEBHOOK_SCHEDULE_S (seconds, not the
-production default's minutes, so retries happen within a run); tiers map to plans (`TIER_PLANS`).
+production default's minutes, so retries happen within a run); tiers map to plans (`TIER_PLANS`) unless a tenant
+names its plan, and the scenario's `[[plans]]` are the nodes' `[plans.NAME]` tables.
 
 What clients asked for: every job body the world builds registers a `JobIntent` under its idempotency key (and one
 for each follow-up it carries, under the key the node derives for it, `<key>#on_success`), so that a provider call
@@ -45,6 +46,7 @@ from edge.config import (
     AccountConfig,
     ClusterConfig,
     Config,
+    PlanConfig,
     SecurityConfig,
     ServerConfig,
     TargetConfig,
@@ -52,6 +54,7 @@ from edge.config import (
 )
 from edge.node import Node, run_node
 from edge.outbound.origins import parsed_url
+from edge.problems import PROBLEM_TYPE_BASE
 from edge.store import MemoryStoreData, Store, open_memory_store
 
 from .actors import DeliveryReport, LognormalLatency, Provider, WebhookReceiver
@@ -59,12 +62,12 @@ from .determinism import Simulation
 from .http import PathState, SimulatedHttp
 from .network import SimulatedNetwork
 from .runtime import simulated_runtime
+from .scenario import TIER_PLANS as TIER_PLANS
 from .scenario import ProviderSpec, Scenario, TenantSpec
 
 GOSSIP_PORT = 7946
 API_PORT = 8080
 CLIENT_HOST = "192.0.2.1"  # TEST-NET-1: the clients' side of the internet
-TIER_PLANS = {"reserved": "enterprise", "paid": "pro", "free": "free"}
 WEBHOOK_SCHEDULE_S = (0.0, 1.0, 5.0, 15.0, 60.0)
 WEBHOOK_REPEAT_S = 120.0
 # Client-side: how many nodes a submission tries when a node does not answer (down, or the request was cut).
@@ -138,6 +141,8 @@ class Submission:
     status: int | None  # None: no node answered
     job_id: str | None
     node: str | None
+    problem: str | None = None  # a refusal's problem kind (its `type` after PROBLEM_TYPE_BASE): "quota-exceeded"
+    retry_at_ms: int | None = None  # a quota refusal's `retry_at`: when the account may submit again (unix ms)
 
 
 @final
@@ -217,7 +222,8 @@ class World:
                 starting.start_soon(self.start, name)
 
     async def start(self, name: str) -> None:
-        """Boot `name` over its kept data; returns once it serves its API (after its bounded join wait)."""
+        """Boot `name` over its kept data; returns once it serves its API (after its bounded join wait), or once
+        a crash stopped it while it was booting (a crash fault may come before a restart's join wait is over)."""
         node = self.nodes[name]
         if node.scope is not None:
             raise RuntimeError(f"{name} is already running")
@@ -248,6 +254,7 @@ class World:
             transport=self.http.for_source(node.host),
             cluster_transport=self.network.open_transport if self.clustered else None,
         )
+        started = False
         with scope:
             async with (
                 open_memory_store(node.data) as durable,
@@ -262,6 +269,9 @@ class World:
                 self.http.mount(node.api_authority, running.app, nursery=server)
                 node.running = running
                 task_status.started()
+                started = True
+        if not started:  # crashed while it was booting: `start` returns with the node down again
+            task_status.started()
 
     def _wrap(self, store: Store) -> Any:
         return contextlib.nullcontext(store) if self._store_wrapper is None else self._store_wrapper(store)
@@ -286,9 +296,17 @@ class World:
                 AccountConfig(
                     id=tenant.name,
                     key_sha256=hashlib.sha256(account_key(tenant.name).encode()).digest(),
-                    plan=TIER_PLANS[tenant.tier],
+                    plan=tenant.plan_name,
                 )
                 for tenant in self.scenario.tenants
+            ),
+            plans=tuple(
+                PlanConfig(
+                    name=plan.name,
+                    monthly_requests=plan.monthly_requests,
+                    overage_requests_max=plan.overage_requests_max,
+                )
+                for plan in self.scenario.plans
             ),
             targets=tuple(_target(spec) for spec in self.scenario.providers),
         )
@@ -395,7 +413,14 @@ class World:
             except httpx.TransportError:
                 continue
             answer = json.loads(await response.aread())
-            return Submission(response.status_code, answer.get("job_id"), node.name)
+            problem = answer.get("type")
+            return Submission(
+                response.status_code,
+                answer.get("job_id"),
+                node.name,
+                problem=problem.removeprefix(PROBLEM_TYPE_BASE) if isinstance(problem, str) else None,
+                retry_at_ms=answer.get("retry_at"),
+            )
         return Submission(None, None, None)
 
     async def find_job(self, job_id: str, account: str) -> dict[str, Any] | None:
@@ -415,6 +440,10 @@ class World:
         return None
 
     # -- what invariants read ------------------------------------------------------------------------------------
+
+    def plan_of(self, tenant: TenantSpec) -> PlanConfig:
+        """The plan the nodes enforce on the tenant's account (every node has the same configuration)."""
+        return next(iter(self._config.values())).plan(tenant.plan_name)
 
     def durable_job(self, job_id: str) -> tuple[str, Any] | None:
         """(node, encoded job) for the first node whose disk holds `job_id`."""

@@ -79,3 +79,23 @@ def test_losers_left_running_trip_losers_cancelled_and_the_same_races_pass_with_
 def test_an_unknown_bug_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown planted bugs"):
         run_scenario(BACKLOGGED, seed=1, bugs=frozenset({"no-such-bug"}))
+
+
+# The bundled quota scenario as CI runs it (test_scenarios_ci.py): a 200-job plan, about 1,000 submissions over
+# 30 s, the cluster split 2|3 from t=1 s to t=11 s of the workload while the allowance is being spent.
+QUOTA = load_scenario("quota").with_overrides({"duration": "30", "load": "0.7"})
+
+
+def test_admitting_by_the_known_count_trips_quota_never_exceeded_and_escrow_keeps_the_same_run_within() -> None:
+    planted = run_scenario(QUOTA, seed=1, bugs=frozenset({"quota-by-count"}))
+    (violation,) = planted.violations
+    assert violation.invariant == "quota-never-exceeded", violation
+    assert "over its plan 'small''s allowance of 200 (160 + 40 overage)" in violation.detail, violation
+    assert planted.bugs == ("quota-by-count",)
+    split_at = QUOTA.warmup_s + QUOTA.faults[0].at_s
+    assert split_at < violation.at_s <= QUOTA.warmup_s + QUOTA.faults[0].end_s  # each side admitted on its own
+
+    sound = run_scenario(QUOTA, seed=1)
+    assert sound.passed, sound.violations
+    stats = sound.quotas["metered"]
+    assert stats.counted == stats.allowance == 200 and stats.reached == "judged"

@@ -13,6 +13,7 @@ from simulations.scenario import (
     ClusterSpec,
     FaultSpec,
     NetworkSpec,
+    PlanSpec,
     ProviderSpec,
     RegionLatencySpec,
     Scenario,
@@ -224,6 +225,7 @@ def test_every_bundled_scenario_loads_and_says_what_it_checks() -> None:
         "one-key-50-workers",
         "racing",
         "slow-region",
+        "quota",
     } <= names
     for path in bundled_scenarios():
         scenario = load_scenario(path)
@@ -367,3 +369,57 @@ def test_region_latencies_and_the_job_fields_of_a_tenant_parse_and_default_to_pl
 def test_region_fields_are_validated(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
     message = error_for(tmp_path, REGIONAL.replace(*change))
     assert expected in message, message
+
+
+PLANNED = (
+    MINIMAL
+    + """plan = "small"
+
+[[tenants]]
+name = "paying"
+tier = "paid"
+provider = "api"
+
+[[plans]]
+name = "small"
+monthly_requests = 100
+overage_requests_max = 10
+
+[[plans]]
+name = "pro"
+monthly_requests = 500
+"""
+)
+
+
+def test_plans_parse_and_tenants_name_one_or_get_their_tiers(tmp_path: Path) -> None:
+    scenario = load_scenario(write(tmp_path, PLANNED))
+    assert scenario.plans == (
+        PlanSpec(name="small", monthly_requests=100, overage_requests_max=10),
+        PlanSpec(name="pro", monthly_requests=500),
+    )
+    small, paying = scenario.tenants
+    assert (small.plan_name, paying.plan_name) == ("small", "pro")  # a paid tenant is on pro, here overridden
+    assert [scenario.plan_spec(tenant) for tenant in scenario.tenants] == list(scenario.plans)
+    assert [plan.allowance for plan in scenario.plans] == [110, 500]
+    assert PlanSpec(name="open").allowance is None  # 0 requests: unlimited, as in a node's [plans.NAME]
+    assert scenario_with().plans == () and scenario_with().plan_spec(scenario_with().tenants[0]) is None
+    assert TenantSpec(name="t", provider="api", tier="reserved").plan_name == "enterprise"
+    assert TenantSpec(name="t", provider="api", plan="starter").plan_name == "starter"  # a built-in plan
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (('plan = "small"', 'plan = "big"'), "tenants[0].plan: no plan named 'big' (plans: enterprise, free,"),
+        (('name = "small"', 'name = "a small one"'), "plans[0].name: must be 1-64 characters"),
+        (('name = "pro"', 'name = "small"'), "plans: names must be unique, 'small' repeats"),
+        (("monthly_requests = 100", "monthly_requests = -1"), "plans[0].monthly_requests: must be >= 0"),
+        (("overage_requests_max = 10", "overage_requests_max = 1.5"), "plans[0].overage_requests_max: must be a"),
+        (("overage_requests_max = 10", "overage = 10"), "plans[0].overage: unknown key"),
+    ],
+)
+def test_plan_fields_are_validated(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
+    old, new = change
+    assert old in PLANNED
+    assert error_for(tmp_path, PLANNED.replace(old, new, 1)).startswith(expected)

@@ -30,6 +30,7 @@ CI_OVERRIDES: dict[str, dict[str, str]] = {
     "one-key-50-workers": {"duration": "6"},
     "racing": {"duration": "10", "load": "0.5"},
     "slow-region": {"duration": "19", "load": "0.4"},
+    "quota": {"duration": "30", "load": "0.7"},  # still 5x the allowance, spent during the split
 }
 
 
@@ -50,3 +51,7 @@ def test_bundled_scenario_passes(path: Path, seed: int) -> None:
     assert report.passed, printed.getvalue()
     assert report.tiers["all"].submitted > 0 and report.tiers["all"].acked > 0, printed.getvalue()
     assert len(report.fault_schedule) == len(scenario.faults), printed.getvalue()
+    for tenant, stats in report.quotas.items():
+        # Demand over the allowance, and the run healed early enough for quota-reached to judge it: used up.
+        assert stats.submitted > 2 * stats.allowance and stats.refused > 0, (tenant, stats)
+        assert stats.reached == "judged" and stats.counted == stats.allowance - stats.stranded, (tenant, stats)

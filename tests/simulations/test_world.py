@@ -3,6 +3,7 @@ providers speak each rate-limit dialect, and a whole run replays from its seed, 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from pathlib import Path
@@ -12,6 +13,7 @@ import httpx
 import pytest
 import trio
 
+from edge.config import PlanConfig
 from scheduler import parse_limit_headers
 from simulations.actors import LognormalLatency, Provider, Receive, Scope, Send, arrival_times, respond
 from simulations.determinism import Simulation, run_simulation, wait_for
@@ -22,6 +24,7 @@ from simulations.run import run_scenario
 from simulations.scenario import (
     ClusterSpec,
     FaultSpec,
+    PlanSpec,
     ProviderSpec,
     ReceiverSpec,
     Scenario,
@@ -319,3 +322,56 @@ def test_job_bodies_carry_only_the_fields_a_tenant_asks_for_and_register_what_it
     assert racing["on_success"]["send_idempotency_key"] and "idempotent_key" not in racing["on_success"]
     assert world.intents["racer-7"] == JobIntent("racer", ("iad", "lax"), "race", "strict", follow_ups=("on_success",))
     assert world.intents["racer-7#on_success"] == JobIntent("racer", parent_key="racer-7", kind="on_success")
+
+
+def test_the_scenarios_plans_are_the_nodes_plans_and_each_tenant_gets_its_own() -> None:
+    planned = dataclasses.replace(
+        SMALL,
+        plans=(PlanSpec(name="small", monthly_requests=20, overage_requests_max=5),),
+        tenants=(*SMALL.tenants, TenantSpec(name="metered", provider="api", plan="small")),
+    )
+
+    async def main(simulation: Simulation) -> World:
+        async with (
+            open_simulated_network(rng=simulation.rng_for("network"), trace=simulation.trace) as network,
+            trio.open_nursery() as nursery,
+        ):
+            return World(simulation=simulation, scenario=planned, network=network, nursery=nursery)
+
+    world = run_simulation(main, seed=1).value
+    acme, metered = planned.tenants
+    assert world.plan_of(metered) == PlanConfig(name="small", monthly_requests=20, overage_requests_max=5)
+    assert world.plan_of(acme).name == "pro" and world.plan_of(acme).allowance == 11_000_000  # built in
+    config = world._config["n2"]  # what node n2 runs with
+    assert {account.id: account.plan for account in config.accounts} == {"acme": "pro", "metered": "small"}
+    assert config.plan("small").allowance == 25
+
+
+def test_a_node_crashed_while_it_boots_is_down_and_can_boot_again() -> None:
+    async def main(simulation: Simulation) -> tuple[bool, bool, int]:
+        async with (
+            open_simulated_network(rng=simulation.rng_for("network"), trace=simulation.trace) as network,
+            trio.open_nursery() as nursery,
+        ):
+            world = World(simulation=simulation, scenario=SMALL, network=network, nursery=nursery)
+            await world.start_all()
+            world.crash("n3")
+            restarting = trio.Event()
+
+            async def restart() -> None:
+                await world.start("n3")  # a crash fault may come before a restart's join wait is over
+                restarting.set()
+
+            nursery.start_soon(restart)
+            while world.nodes["n3"].scope is None:
+                await trio.lowlevel.checkpoint()
+            assert world.nodes["n3"].running is None  # booting: not serving yet
+            world.crash("n3")
+            await restarting.wait()  # `start` returned, the run goes on
+            down_after_crash = world.nodes["n3"].running is None and world.nodes["n3"].scope is None
+            await world.start("n3")
+            up_again = world.nodes["n3"].running is not None
+            nursery.cancel_scope.cancel()
+        return down_after_crash, up_again, world.nodes["n3"].boots
+
+    assert run_simulation(main, seed=2).value == (True, True, 3)
