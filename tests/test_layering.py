@@ -249,6 +249,7 @@ LAYERS = (
             "edge.config",
             "edge.placement",
             "edge.node",
+            "edge.problems",  # it reads refusals as clients do: by their problem type
         ),
     ),
 )

@@ -18,6 +18,8 @@ log = logging.getLogger("ezthrottle.saving")
 
 E = TypeVar("E")
 
+SAVE_ON_STOP_S: Final = 5.0  # how long a stopping node may spend saving what is still pending
+
 # Changes waiting to be saved; entries are coalesced by key, so this bounds distinct keys, not writes.
 PENDING_SAVES_MAX: Final = 4096
 
@@ -55,12 +57,21 @@ class StoreSaver(Generic[E]):
         self._changed.set()
 
     async def run(self) -> None:
-        while True:
-            await self._changed.wait()
-            self._changed = trio.Event()
-            batch, self._pending = self._pending, {}
-            for key, entry in batch.items():
-                try:
-                    await self._store.save_shared_state(key, self._encode(entry))
-                except StoreError:
-                    log.exception("could not save %s %r; it is saved again at its next change", self.what, key)
+        """Save changes as they come; when cancelled (the node stops), save what is still pending first."""
+        try:
+            while True:
+                await self._changed.wait()
+                self._changed = trio.Event()
+                await self._save_pending()
+        finally:
+            with trio.move_on_after(SAVE_ON_STOP_S) as last:
+                last.shield = True
+                await self._save_pending()
+
+    async def _save_pending(self) -> None:
+        batch, self._pending = self._pending, {}
+        for key, entry in batch.items():
+            try:
+                await self._store.save_shared_state(key, self._encode(entry))
+            except StoreError:
+                log.exception("could not save %s %r; it is saved again at its next change", self.what, key)
