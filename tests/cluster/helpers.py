@@ -15,6 +15,7 @@ from cluster import Keyring, MemberEvent, MemberState, OpenStream, SendPacket, S
 from cluster.codec import encode_message
 from cluster.envelope import Channel, Envelope
 from cluster.messages import Address, Alive, Message
+from cluster.testing import SimCluster
 
 KEY = bytes(range(32, 64))
 KEYRING = Keyring(KEY)
@@ -196,3 +197,14 @@ def wired(*names: str, config: SwimConfig | None = None) -> Wire:
         wire.add(name)
     wire.connect(*names)
     return wire
+
+
+def started(count: int, *, seed: int, config: SwimConfig | None = None, loss: float = 0.0) -> SimCluster:
+    """A SimCluster of `count` nodes that have converged and whose join gossip has died down."""
+    sim = SimCluster(seed=seed, config=config or SwimConfig.lan(), loss=loss)
+    for _ in range(count):
+        sim.add_node()
+        sim.run_for(0.05)
+    assert sim.run_until_true(sim.converged, timeout=30.0) is not None, "the cluster never converged"
+    sim.run_for(5.0)
+    return sim

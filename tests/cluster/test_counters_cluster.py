@@ -13,7 +13,7 @@ from cluster.envelope import Channel
 from cluster.messages import Counters, PushPull
 from cluster.testing import SimCluster
 
-from .helpers import KEYRING, Wire, address_of, inspect, wired
+from .helpers import KEYRING, Wire, address_of, inspect, started, wired
 
 USAGE = "usage:acme:2025-01"
 OTHER = "usage:globex:2025-01"
@@ -157,16 +157,6 @@ def test_a_push_pull_over_the_stream_bound_shares_it_between_the_map_and_the_cou
 
 
 # --- many nodes on the simulated network ---
-
-
-def started(count: int, *, seed: int, config: SwimConfig = LAN, loss: float = 0.0) -> SimCluster:
-    sim = SimCluster(seed=seed, config=config, loss=loss)
-    for _ in range(count):
-        sim.add_node()
-        sim.run_for(0.05)
-    assert sim.run_until_true(sim.converged, timeout=30.0) is not None, "the cluster never converged"
-    sim.run_for(5.0)  # the join gossip has died down
-    return sim
 
 
 @pytest.mark.parametrize("seed", range(1, 4))

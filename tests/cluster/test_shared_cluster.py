@@ -14,7 +14,7 @@ from cluster.envelope import Channel
 from cluster.messages import PushPull, Shared
 from cluster.testing import SimCluster
 
-from .helpers import KEYRING, Wire, address_of, inspect, wired
+from .helpers import KEYRING, Wire, address_of, inspect, started, wired
 
 STRIPE = "account_queue:https://api.stripe.com"
 GITHUB = "account_queue:https://api.github.com"
@@ -143,16 +143,6 @@ def test_a_map_larger_than_the_stream_bound_arrives_over_several_push_pulls() ->
 
 
 # --- many nodes on the simulated network ---
-
-
-def started(count: int, *, seed: int, config: SwimConfig = LAN, loss: float = 0.0) -> SimCluster:
-    sim = SimCluster(seed=seed, config=config, loss=loss)
-    for _ in range(count):
-        sim.add_node()
-        sim.run_for(0.05)
-    assert sim.run_until_true(sim.converged, timeout=30.0) is not None, "the cluster never converged"
-    sim.run_for(5.0)  # the join gossip has died down
-    return sim
 
 
 @pytest.mark.parametrize("seed", range(1, 6))
