@@ -1,4 +1,7 @@
 # EZThrottle Edge: one node per container. Data (the SQLite job store) lives in /data.
+# It listens on 0.0.0.0, so it needs an account, e.g. -e EZTHROTTLE_ACCOUNTS='[{"id": "acme", "key": "..."}]':
+# without one the node refuses to start rather than serve a development account's key to the network.
+# fly.toml runs this image on Fly.io (README.md, "Deploying on Fly.io").
 FROM python:3.11-slim
 
 WORKDIR /app

@@ -21,6 +21,7 @@ from typing import Any
 from bench import (
     execution,
     forwarding,
+    fuzz,
     gossip,
     intake,
     job_api_target,
@@ -50,6 +51,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "regions": regions.run,
     "simulator_speed": simulator_speed.run,
     "usage_convergence": usage_convergence.run,
+    "fuzz": fuzz.run,
 }
 
 

@@ -55,3 +55,17 @@ class Rendezvous:
             if best is None or candidate > best:
                 best = candidate
         return None if best is None else best[1]
+
+    def ranked(self, key: str | bytes, count: int) -> list[str]:
+        """The `count` heaviest members for `key`, heaviest first: the owner, then its successors.
+
+        The second is exactly the member that `owner` names once the first is gone (removing a member changes no
+        other member's weight), which is why replicas go to this order: a takeover finds the jobs already there."""
+        data = key.encode() if isinstance(key, str) else key
+        weighted = []
+        for member, prefix in self._prefixes:
+            hasher = prefix.copy()
+            hasher.update(data)
+            weighted.append((int.from_bytes(hasher.digest(), "big"), member))
+        weighted.sort(reverse=True)
+        return [member for _weight, member in weighted[:count]]

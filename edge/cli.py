@@ -10,7 +10,6 @@ only when that command runs, or when the help lists it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import secrets
@@ -22,13 +21,17 @@ from pathlib import Path
 
 import trio
 
-from edge.config import Config, ConfigError, load_config, with_dev_account
-from edge.node import run_node
+from edge.config import Config, ConfigError, is_loopback_listen, load_config, with_dev_account
+from edge.fly import fly_defaults
+from edge.logs import JsonFormatter, configure_logging
+from edge.node import Node, run_node
 from edge.runtime import Runtime
 
 DEV_KEY_FILENAME = "dev-account.key"
 COMMAND_GROUP = "ezthrottle.commands"
 BUILT_IN_COMMANDS = ("serve",)
+# A graceful stop (drain, leave the cluster, close the store) on either: Ctrl-C, `docker stop`, Fly's kill_signal.
+SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 Command = Callable[[list[str]], int]
 
@@ -38,7 +41,9 @@ EZTHROTTLE_SERVER_LISTEN=0.0.0.0:8080 or EZTHROTTLE_SECURITY_ALLOW_PRIVATE_TARGE
 EZTHROTTLE_TARGETS take JSON. Precedence: config file < environment < command-line flags.
 
 With no [[accounts]] configured, the node creates a development account, keeps its key in DATA_DIR/dev-account.key
-and prints it with a curl example.
+and prints it with a curl example; it does so only when every listener is on loopback, and otherwise refuses to
+start. On Fly.io, FLY_REGION, FLY_MACHINE_ID, FLY_PRIVATE_IP and FLY_APP_NAME fill in what the config leaves unset
+(edge/fly.py).
 """
 
 
@@ -122,7 +127,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command(argv[1:])
     # `serve` never needs the other commands' help; anything else (no command, --help, a typo) lists them all.
     args = build_parser(registered if argv[:1] != ["serve"] else {}).parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {}
     if args.listen:
         overrides["server.listen"] = args.listen
@@ -135,19 +139,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.insecure_cluster:
         overrides["cluster.insecure"] = True
     try:
-        config = load_config(args.config, overrides=overrides)
+        config = fly_defaults(load_config(args.config, overrides=overrides), os.environ)
     except ConfigError as exc:
         print(f"ezthrottle: bad configuration: {exc}", file=sys.stderr)
         return 2
+    exposed = [] if config.accounts else _exposed_listeners(config)
+    if exposed:
+        print(_dev_account_refusal(exposed), file=sys.stderr)
+        return 2
+    formatter = configure_logging(
+        args.log_level, config.server.log_format, node=config.server.node_id, region=config.cluster.region
+    )
     if not config.accounts:
         config = _with_dev_account(config)
-    if config.cluster.region is None and os.environ.get("FLY_REGION"):
-        # On Fly.io every machine knows its region; members advertise it for region-aware routing.
-        cluster = dataclasses.replace(config.cluster, region=os.environ["FLY_REGION"])
-        config = dataclasses.replace(config, cluster=cluster)
     logging.getLogger("ezthrottle").info("starting: %s", config.describe())
-    trio.run(_serve, config)
+    trio.run(_serve, config, formatter)
     return 0
+
+
+def _exposed_listeners(config: Config) -> list[str]:
+    """The listeners other machines could reach, as `key = address`: the job API's and each protected one's."""
+    listeners = [("server.listen", config.server.listen)]
+    listeners += [(f"protect[{index}].listen", listener.listen) for index, listener in enumerate(config.protect)]
+    return [f"{key} = {address}" for key, address in listeners if not is_loopback_listen(address)]
+
+
+def _dev_account_refusal(exposed: Sequence[str]) -> str:
+    """Why a node without accounts does not start on a reachable address, and the two ways out."""
+    listeners = "".join(f"  {listener}\n" for listener in exposed)
+    return (
+        "ezthrottle: refusing to start: no [[accounts]] are configured, and these listeners are not on loopback:\n"
+        f"{listeners}"
+        "Without accounts the node makes a development account and prints its key, and that key must never be "
+        "served beyond this machine.\n"
+        "Either configure an account: an [[accounts]] table (id, and key or key_sha256) in the config file, or\n"
+        '  EZTHROTTLE_ACCOUNTS=\'[{"id": "acme", "key": "<a random key of 16 characters or more>"}]\'\n'
+        'or listen on loopback only: server.listen = "127.0.0.1:8080" (EZTHROTTLE_SERVER_LISTEN, --listen), and '
+        "each protect[].listen likewise."
+    )
 
 
 def _with_dev_account(config: Config) -> Config:
@@ -174,11 +203,31 @@ def _with_dev_account(config: Config) -> Config:
     return with_dev_account(config, account_id="dev", key=key)
 
 
-async def _serve(config: Config) -> None:
-    async with trio.open_nursery() as nursery:
-        node = await nursery.start(run_node, config, Runtime.real())
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                logging.getLogger("ezthrottle").info("%s: shutting down", signal.Signals(signum).name)
-                node.stop()
-                break
+async def _serve(config: Config, formatter: JsonFormatter | None) -> None:
+    """Run the node until a shutdown signal: the first stops it gracefully, or cancels its start if it is still
+    starting (waiting for its peers, say) rather than letting the signal kill the process; a second one stops it
+    at once."""
+    with trio.open_signal_receiver(*SHUTDOWN_SIGNALS) as signals:
+        async with trio.open_nursery() as nursery:
+            running = trio.CancelScope()
+            node: Node | None = None
+
+            async def stop_on_signals() -> None:
+                stopping = False
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if node is None or stopping:
+                        logging.getLogger("ezthrottle").info("%s: stopping at once", name)
+                        running.cancel()
+                        return
+                    logging.getLogger("ezthrottle").info("%s: shutting down", name)
+                    node.stop()
+                    stopping = True
+
+            nursery.start_soon(stop_on_signals)
+            with running:
+                async with trio.open_nursery() as serving:
+                    node = await serving.start(run_node, config, Runtime.real())
+                    if formatter is not None and node.membership is not None:
+                        formatter.identify(node=node.membership.local.node)  # a generated id is known only now
+            nursery.cancel_scope.cancel()  # the node has stopped: no more signals to wait for

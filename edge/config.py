@@ -48,6 +48,7 @@ BUILTIN_PLANS: dict[str, tuple[int, int]] = {
     "enterprise": (0, 0),
 }
 TIERS = tuple(tier.value for tier in Tier)
+LOG_FORMATS = ("text", "json")
 BEARER_KEY_HEADER = "authorization"  # as a protected listener's key_header: the Authorization Bearer token
 IDENTIFIER_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _HOSTNAME_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -227,6 +228,19 @@ def split_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def is_loopback_listen(text: str) -> bool:
+    """Whether a listen address ("127.0.0.1:8080", "[::1]:0", "localhost:8080") is reachable only from this machine.
+
+    Any other name counts as reachable from outside: what it resolves to is not known here."""
+    host = split_listen(text)[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _listen(value: Any) -> str:
     try:
         split_listen(value if isinstance(value, str) else "")
@@ -331,6 +345,8 @@ class ServerConfig(_Validated):
     # A connection with no request in progress (idle keep-alive, or a head still arriving) is closed after this.
     idle_timeout_s: float = _setting(IDLE_TIMEOUT_S_DEFAULT, _number(0, inclusive=False))
     node_id: str | None = _setting(None, _optional(_identifier), text=True)
+    # "text" for people at a terminal; "json" (one object per line, edge/logs.py) for log collectors.
+    log_format: str = _setting("text", _choice(LOG_FORMATS))
 
     @property
     def listen_host(self) -> str:
@@ -603,6 +619,9 @@ class ClusterConfig(_Validated):
     insecure: bool = _setting(False, _boolean)  # allow a multi-node cluster without keys (development only)
     forward_deadline_s: float = _setting(10.0, _number(0, inclusive=False))  # to reach a key's owner
     join_wait_s: float = _setting(10.0, _number(0))  # how long queues wait at start for a peer to answer
+    # Members that keep each job durable before it is acknowledged: the key's owner and its successors
+    # (edge/placement/replication.py); 1 turns replication off.
+    replicas: int = _setting(2, _integer(1))
 
     def _check(self) -> None:
         if self.bind is not None and not self.keys and not self.insecure:

@@ -38,6 +38,7 @@ from edge.placement.counters import CounterEntry, Counters, CounterSaver, LocalC
 from edge.placement.membership import describe_cluster, keyring_of, start_membership
 from edge.placement.peers import InternalRoutes, PeerClient, PeerError
 from edge.placement.regions import ClusterPlacement
+from edge.placement.replication import Replicator
 from edge.placement.routing import JobRouter, owns_key
 from edge.placement.shared_state import LocalSharedState, SharedStateSaver, decode_entries
 from edge.placement.usage import LendFailed, UsageMeter
@@ -131,7 +132,7 @@ async def run_node(
         saved_settings = decode_entries(await store.shared_state())
         saver = SharedStateSaver(store)
         saved_counts = decode_counter_entries(await store.shared_state())  # the same table, the "counter:" rows
-        counter_saver = CounterSaver(store)
+        counter_saver = CounterSaver(store, saved=saved_counts)
         async with trio.open_nursery() as services:
             services.start_soon(saver.run)
             services.start_soon(counter_saver.run)
@@ -184,7 +185,16 @@ async def run_node(
                 )
             if isinstance(placement, ClusterPlacement):
                 deliverer.place_in_regions(placement)
-            meter = _usage_meter(config, runtime, counters, membership, peers, metrics)
+            meter = _usage_meter(config, runtime, counters, counter_saver, membership, peers, metrics)
+            replicator = None
+            if membership is not None and peers is not None and config.cluster.replicas > 1:
+                replicator = Replicator(
+                    membership=membership,
+                    peers=peers,
+                    store=store,
+                    replicas=config.cluster.replicas,
+                    deadline_s=config.cluster.forward_deadline_s,
+                )
             manager = QueueManager(
                 config=config,
                 runtime=runtime,
@@ -193,10 +203,12 @@ async def run_node(
                 placement=placement,
                 webhooks=deliverer,
                 metrics=metrics,
-                owns=partial(owns_key, membership),
+                owns=partial(owns_key, membership) if replicator is None else replicator.may_dispatch,
                 on_account_queue=account_queues.learned,
                 per_key=account_queues.enabled,
                 admission=meter,
+                replication=replicator,
+                holds_copy=replicator.holds_copy if replicator is not None else lambda key: False,
             )
             plans = {account.id: account.plan for account in config.accounts}
 
@@ -215,8 +227,18 @@ async def run_node(
                 membership=membership,
                 peers=peers,
                 forward_deadline_s=config.cluster.forward_deadline_s,
+                holds_copy=replicator.holds if replicator is not None else lambda key: False,
             )
             manager.connect(router)
+            internal = None
+            if membership is not None:
+                internal = InternalRoutes(
+                    keyring=keyring, runtime=runtime, manager=manager, store=store, executor=executor, lend=meter.lend
+                )
+            if replicator is not None and internal is not None:
+                replicator.connect(manager, deliverer)
+                deliverer.replicate_with(is_copy=replicator.holds_copy, on_final=replicator.delivery_final)
+                internal.serve_replicas(replicator)
             ready = False
             app = JobApi(
                 config=config,
@@ -225,11 +247,7 @@ async def run_node(
                 account_queues=account_queues,
                 metrics=metrics,
                 is_ready=lambda: ready,
-                internal=InternalRoutes(
-                    keyring=keyring, runtime=runtime, manager=manager, store=store, executor=executor, lend=meter.lend
-                )
-                if membership is not None
-                else None,
+                internal=internal,
                 cluster_status=partial(describe_cluster, membership, config, manager) if membership else None,
                 regions_status=partial(_regions_status, placement, manager)
                 if isinstance(placement, ClusterPlacement)
@@ -239,6 +257,8 @@ async def run_node(
             )
             await services.start(manager.run)
             services.start_soon(router.hand_off_forever)
+            if replicator is not None:
+                services.start_soon(replicator.run)
             services.start_soon(account_queues.follow)
             await services.start(deliverer.run)
             services.start_soon(_housekeeping, config, runtime, store, manager)
@@ -329,6 +349,7 @@ def _usage_meter(
     config: Config,
     runtime: Runtime,
     counters: Counters,
+    saver: CounterSaver,
     membership: ClusterMember | None,
     peers: PeerClient | None,
     metrics: NodeMetrics,
@@ -336,7 +357,8 @@ def _usage_meter(
     """Plans' quotas on the counters: alone, this node holds every right; in a cluster, rights move between members
     over the internal API (edge/placement/usage.py)."""
     if membership is None or peers is None:
-        return UsageMeter(config, counters, runtime.wall_ms, node=config.server.node_id or "local", metrics=metrics)
+        node = config.server.node_id or "local"
+        return UsageMeter(config, counters, runtime.wall_ms, node=node, saver=saver, metrics=metrics)
     members, client = membership, peers
 
     def genesis_owner(account_id: str) -> str | None:
@@ -359,6 +381,7 @@ def _usage_meter(
         counters,
         runtime.wall_ms,
         node=members.local.node,
+        saver=saver,
         members=lambda: [m.node for m in members.live_members()],
         genesis_owner=genesis_owner,
         lend=lend,

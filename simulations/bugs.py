@@ -57,15 +57,19 @@ class LaggingCommitStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._durable, name)
 
-    async def insert_job(self, record: JobRecord, spawned: Sequence[JobRecord] = ()) -> tuple[JobRecord, bool]:
+    async def insert_job(
+        self, record: JobRecord, spawned: Sequence[JobRecord] = (), *, shared_state: Sequence[tuple[str, bytes]] = ()
+    ) -> tuple[JobRecord, bool]:
         await trio.lowlevel.checkpoint()
         frozen = EncodedJob.of(record)
-        self._commits.start_soon(self._commit_later, frozen.decode(), list(spawned))
+        self._commits.start_soon(self._commit_later, frozen.decode(), list(spawned), list(shared_state))
         return frozen.decode(), True
 
-    async def _commit_later(self, record: JobRecord, spawned: list[JobRecord]) -> None:
+    async def _commit_later(
+        self, record: JobRecord, spawned: list[JobRecord], shared_state: list[tuple[str, bytes]]
+    ) -> None:
         await trio.sleep(COMMIT_LAG_S)
-        await self._durable.insert_job(record, spawned)
+        await self._durable.insert_job(record, spawned, shared_state=shared_state)
 
 
 @contextlib.asynccontextmanager

@@ -125,9 +125,11 @@ class ClusterSpec:
     nodes: int = 3
     regions: tuple[str, ...] = ("iad",)
     profile: str = "lan"
+    replicas: int = 2  # `cluster.replicas`: members that hold each job before it is acknowledged
 
     def __post_init__(self) -> None:
         _check(1 <= self.nodes <= NODES_MAX, "nodes", f"must be 1..{NODES_MAX} (got {self.nodes})")
+        _check(self.replicas >= 1, "replicas", f"must be >= 1 (got {self.replicas})")
         _check(bool(self.regions), "regions", "needs at least one region")
         _check_unique(self.regions, "regions")
         _check_choice(self.profile, PROFILES, "profile")

@@ -286,6 +286,7 @@ class World:
                 seeds=tuple(other.gossip_address for other in self.nodes.values() if other is not node),
                 keys=(bytes.fromhex(self.cluster_key),),
                 profile=self.scenario.cluster.profile,
+                replicas=self.scenario.cluster.replicas,
             )
         return Config(
             server=ServerConfig(listen=node.api_authority, data_dir=Path("simulated", node.name), node_id=node.name),

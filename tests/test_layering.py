@@ -134,8 +134,9 @@ LAYERS = (
     Layer("cluster", ("cluster.*",), ()),
     Layer("cluster.testing", ("cluster.testing",), ("cluster",)),
     Layer("cluster.shell", ("cluster.shell.*",), ("cluster",)),
-    # edge's leaves: errors, URL origins, metrics, the vendor patches (third-party code only).
+    # edge's leaves: errors, URL origins, metrics, log lines, the vendor patches (third-party code only).
     Layer("edge.problems", ("edge.problems",), ()),
+    Layer("edge.logs", ("edge.logs",), ()),
     Layer("edge.outbound.origins", ("edge.outbound.origins",), ()),
     Layer("edge.metrics", ("edge.metrics",), ()),
     Layer("edge.vendor", ("edge.vendor.*",), ()),
@@ -162,6 +163,7 @@ LAYERS = (
             "edge.runtime",
             "edge.outbound",
             "edge.outbound.origins",
+            "edge.logs",
         ),
     ),
     # A node's place in the cluster: membership, job routing, the node-to-node API.
@@ -180,6 +182,7 @@ LAYERS = (
             "edge.outbound",
             "edge.outbound.origins",
             "edge.metrics",
+            "edge.logs",
         ),
     ),
     # The inbound proxy: the fair scheduler in front of an operator's upstream, served like the job API.
@@ -191,7 +194,12 @@ LAYERS = (
         ("edge.http.secrets",),
         ("edge.problems", "edge.config", "edge.store", "edge.placement"),
     ),
-    # The job API.
+    # The job API, and its description (built from the constants of what it describes).
+    Layer(
+        "edge.http.openapi",
+        ("edge.http.openapi",),
+        ("edge.problems", "edge.engine", "edge.placement", "edge.http.envelope"),
+    ),
     Layer(
         "edge.http.api",
         ("edge.http.api",),
@@ -209,6 +217,7 @@ LAYERS = (
             "edge.placement",
             "edge.http.envelope",
             "edge.http.secrets",
+            "edge.http.openapi",
         ),
     ),
     Layer("edge.http", ("edge.http",), ()),  # the package face
@@ -232,7 +241,9 @@ LAYERS = (
             "edge.http.api",
         ),
     ),
-    Layer("edge.cli", ("edge.cli",), ("edge.config", "edge.node", "edge.runtime")),
+    # Fly.io's machine environment as configuration defaults; the command line applies it.
+    Layer("edge.fly", ("edge.fly",), ("edge.config",)),
+    Layer("edge.cli", ("edge.cli",), ("edge.config", "edge.fly", "edge.logs", "edge.node", "edge.runtime")),
     Layer("edge", ("edge", "edge.__main__"), ("edge.cli",)),
     # The simulator runs real nodes, so it sits on top of everything it drives or inspects.
     Layer(

@@ -23,7 +23,10 @@ from gossip, so the shell never trusts them to be sendable.
 Joining: with seeds, a join task resolves them (discovery.py) and asks the core for a push-pull with each,
 retrying with jittered exponential backoff until some other member is live; it keeps watching, and starts over
 whenever this member finds itself alone again (everyone else dead or left, e.g. after a long partition), since
-DNS may by then name new machines. A member without seeds is a first member: it waits to be joined.
+DNS may by then name new machines. While joined, it resolves the seeds that are names again every
+`rediscover_interval_s` and joins the addresses no live member has: machines started together may each have
+found only their own group in DNS, and two groups that never heard of each other would otherwise never merge.
+A member without seeds is a first member: it waits to be joined.
 
 The shared map (cluster/shared.py) lives in the core; the shell only stamps local writes with the wall clock
 (`Runtime.wall_ms`) and hands the core, at start, the entries the caller saved (`shared_entries`). The shell
@@ -39,6 +42,7 @@ than the time a restart takes; no state is kept on disk for it.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Protocol, final
@@ -55,6 +59,7 @@ from cluster.swim import SwimNode, SwimStatistics
 from .discovery import (
     GOSSIP_PORT_MIN,
     Resolver,
+    Seed,
     backoff_delay,
     ip_literal,
     parse_seed,
@@ -107,6 +112,9 @@ class ShellSettings:
     join_backoff_initial_s: float = 1.0
     join_backoff_max_s: float = 30.0
     resolve_timeout_s: float = 5.0
+    # While joined, seeds that are DNS names are resolved again this often, and addresses no live member has are
+    # joined: machines that came up apart (each found only its own group in DNS) merge into one cluster.
+    rediscover_interval_s: float = 60.0
 
 
 @final
@@ -246,13 +254,23 @@ class ClusterMember:
     def owner_of(self, key: str) -> MemberInfo | None:
         """The live member that owns queue key `key` (rendezvous hashing); every member with the same view
         agrees. The hash ring is rebuilt only after a membership change."""
+        _version, rendezvous, live = self._rendezvous()
+        owner = rendezvous.owner(key)
+        return None if owner is None else live[owner]
+
+    def replica_set(self, key: str, count: int) -> list[MemberInfo]:
+        """The live members that hold queue key `key`'s jobs: its owner, then the next `count - 1` in rendezvous
+        order (all live members when fewer are live)."""
+        _version, rendezvous, live = self._rendezvous()
+        return [live[node] for node in rendezvous.ranked(key, count)]
+
+    def _rendezvous(self) -> tuple[int, Rendezvous, dict[str, MemberInfo]]:
+        """The hash ring of the live members, rebuilt only after a membership change."""
         owners = self._owners
         if owners is None or owners[0] != self._version:
             live = {member.node: member for member in self.live_members()}
             owners = self._owners = (self._version, Rendezvous(live), live)
-        _version, rendezvous, live = owners
-        owner = rendezvous.owner(key)
-        return None if owner is None else live[owner]
+        return owners
 
     async def wait_changed(self, after_version: int) -> int:
         """Wait until `version` is past `after_version`, and return it."""
@@ -520,20 +538,19 @@ class ClusterMember:
         node = self._running_node
         settings = self._settings
         attempt = 0
+        names = [seed for seed in self._seeds if ip_literal(seed[0]) is None]
         with self._join_scope:
             while True:
                 if self._has_live_peer():
                     attempt = 0
-                    while self._has_live_peer():
-                        await self._version_moved.park()
+                    with trio.move_on_after(settings.rediscover_interval_s if names else math.inf) as joined:
+                        while self._has_live_peer():
+                            await self._version_moved.park()
+                    if joined.cancelled_caught:
+                        await self._join_unknown(names, own)
+                        continue
                     log.warning("cluster member %s is alone; joining the seeds again", self._node_id)
-                addresses = await resolve_seeds(
-                    self._seeds,
-                    resolver=self._runtime.resolver,
-                    default_port=node.local_member.address[1],
-                    own=own,
-                    timeout_s=settings.resolve_timeout_s,
-                )
+                addresses = await self._resolve(self._seeds, own)
                 self._counts["join_attempts"] += 1
                 if addresses:
                     node.join(addresses)
@@ -550,6 +567,25 @@ class ClusterMember:
                 with trio.move_on_after(delay):
                     while not self._has_live_peer():
                         await self._version_moved.park()
+
+    async def _resolve(self, seeds: Sequence[Seed], own: set[Address]) -> list[Address]:
+        return await resolve_seeds(
+            seeds,
+            resolver=self._runtime.resolver,
+            default_port=self._running_node.local_member.address[1],
+            own=own,
+            timeout_s=self._settings.resolve_timeout_s,
+        )
+
+    async def _join_unknown(self, names: Sequence[Seed], own: set[Address]) -> None:
+        """Join the addresses the seed names resolve to that no live member has (see the module docstring)."""
+        known = {member.address for member in self.live_members()}
+        unknown = [address for address in await self._resolve(names, own) if address not in known]
+        if unknown:
+            log.info("cluster seeds name %d addresses no live member has; joining them", len(unknown))
+            self._counts["join_attempts"] += 1
+            self._running_node.join(unknown)
+            self._dispatch()
 
     def _has_live_peer(self) -> bool:
         local = self._running_node.local_member.node

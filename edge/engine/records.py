@@ -169,6 +169,9 @@ class JobRecord:
     parent_key: str | None = None
     step: int | None = None
     children: dict[str, str] = field(default_factory=dict)
+    # Grows by one on every save by the node that runs the job; a replica keeps the highest it was sent
+    # (edge/placement/replication.py), so copies that cross in the network settle on the latest.
+    revision: int = 0
 
     @property
     def is_step(self) -> bool:
@@ -245,6 +248,7 @@ class JobRecord:
             "finished_at_ms": self.finished_at_ms,
             "deliveries": [d.to_wire() for d in self.deliveries],
             "webhook_outcome": self.webhook_outcome,
+            "revision": self.revision,
         }
         # Workflow fields only when set: most jobs have none, and every save encodes the record.
         if self.steps:

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final, Literal, final
+from typing import Any, Final, Literal, final, get_args
 
 import httpx
 
@@ -47,12 +48,20 @@ NESTING_DEPTH_MAX = 8
 IDEMPOTENT_KEY_CHARS_MAX = 256
 DEADLINE_MS_MAX = 30 * 86_400_000
 HEDGE_AFTER_MS_MAX = 600_000
+RETRIES_MAX = 100  # for max_retries and max_reroutes alike
+RETRY_AT_MAX = 2**53  # unix ms
+TRIGGER_TIMEOUT_MS_MAX = 86_400_000
+STATUS_CODE_MIN, STATUS_CODE_MAX = 100, 599
+STORED_INT_MIN, STORED_INT_MAX = -(2**63), 2**64 - 1  # what msgpack holds (metadata)
 
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_REGION = re.compile(r"^[a-z0-9]{2,12}$")
+# Both are matched with `fullmatch`: `$` alone also matches before a trailing newline ("X-A\n").
+HEADER_NAME_PATTERN: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # an RFC 9110 token
+REGION_PATTERN: Final = re.compile(r"^[a-z0-9]{2,12}$")
 _URL_WHITESPACE = re.compile(r"[\r\n\t ]")
-_HEADER_VALUE_BREAK = re.compile(r"[\r\n\0]")
-_CAMEL_ALIASES = {
+# What httpx can send: ASCII (it encodes str values as ASCII), on one line, without NUL.
+HEADER_VALUE_PATTERN: Final = re.compile(r"^[\x01-\x09\x0b\x0c\x0e-\x7f]*$")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+CAMEL_ALIASES: Final = {
     "has_quorum_vote": "hasQuorumVote",
     "retry_policy": "retryPolicy",
     "max_retries": "maxRetries",
@@ -73,11 +82,14 @@ _CAMEL_ALIASES = {
     "send_idempotency_key": "sendIdempotencyKey",
     "deadline_ms": "deadlineMs",
 }
-_CAMEL_NAMES = frozenset(_CAMEL_ALIASES.values())
+_CAMEL_NAMES = frozenset(CAMEL_ALIASES.values())
 
 
 RegionPolicy = Literal["fallback", "strict"]
 ExecutionMode = Literal["race", "fanout"]
+# The first of each is the default.
+REGION_POLICIES: Final[tuple[str, ...]] = get_args(RegionPolicy)
+EXECUTION_MODES: Final[tuple[str, ...]] = get_args(ExecutionMode)
 
 
 _EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
@@ -337,7 +349,7 @@ def _snake_case_view(obj: dict[str, Any]) -> dict[str, Any]:
     if _CAMEL_NAMES.isdisjoint(obj):
         return obj
     view = dict(obj)
-    for name, alias in _CAMEL_ALIASES.items():
+    for name, alias in CAMEL_ALIASES.items():
         if alias in obj and name not in obj:
             view[name] = obj[alias]
     return view
@@ -366,8 +378,8 @@ def _choice(fields: dict[str, Any], name: str, path: str, choices: tuple[str, ..
 
 
 def _status_codes(value: Any, field: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(_is_int(c) and 100 <= c <= 599 for c in value):
-        raise invalid(field, "must be a list of HTTP status codes (100-599)")
+    if not isinstance(value, list) or not all(_is_int(c) and STATUS_CODE_MIN <= c <= STATUS_CODE_MAX for c in value):
+        raise invalid(field, f"must be a list of HTTP status codes ({STATUS_CODE_MIN}-{STATUS_CODE_MAX})")
     return tuple(sorted(set(value)))
 
 
@@ -394,6 +406,30 @@ def validate_http_url(value: Any, field: str) -> httpx.URL:
     return parsed
 
 
+def _unstorable(value: Any) -> str | None:
+    """Why a JSON value could not be kept, or None. The store encodes records with msgpack, and the API and the
+    webhooks answer in JSON, so neither text with a lone surrogate (what `json.loads` makes of an unpaired `\\ud800`
+    escape: it has no UTF-8 form), nor an integer beyond 64 bits, nor NaN or an infinity (not JSON) can be kept."""
+    pending = [value]
+    while pending:  # not recursive: a deeply nested metadata object must not exhaust the stack
+        item = pending.pop()
+        if isinstance(item, str):
+            if not item.isascii() and _SURROGATE.search(item):
+                return "must be valid Unicode text (an unpaired \\ud800-\\udfff escape is not)"
+        elif isinstance(item, int):
+            if not STORED_INT_MIN <= item <= STORED_INT_MAX:
+                return "must hold no integer beyond 64 bits"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return "must hold only finite numbers (JSON has no NaN or Infinity)"
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return None
+
+
 def _headers(value: Any, field: str) -> dict[str, str]:
     if value is None:
         return {}
@@ -404,14 +440,14 @@ def _headers(value: Any, field: str) -> dict[str, str]:
     headers: dict[str, str] = {}
     for name, header_value in value.items():
         where = f"{field}.{name}"
-        if not _TOKEN.match(name):
+        if not HEADER_NAME_PATTERN.fullmatch(name):
             raise invalid(where, "is not a valid header name")
         if name.lower() in FRAMING_HEADERS:
             raise invalid(where, "is a framing header; the node frames requests itself")
         if not isinstance(header_value, str):
             raise invalid(where, "must be a string")
-        if len(header_value) > HEADER_VALUE_CHARS_MAX or _HEADER_VALUE_BREAK.search(header_value):
-            raise invalid(where, "must be a single line of at most 16384 characters")
+        if len(header_value) > HEADER_VALUE_CHARS_MAX or not HEADER_VALUE_PATTERN.fullmatch(header_value):
+            raise invalid(where, f"must be a single line of at most {HEADER_VALUE_CHARS_MAX} ASCII characters")
         headers[name] = header_value
     return headers
 
@@ -440,7 +476,7 @@ def _webhooks(value: Any, field: str) -> tuple[WebhookSpec, ...]:
 def _regions(value: Any, field: str) -> tuple[str, ...]:
     if value is None:
         return ()
-    if not isinstance(value, list) or not all(isinstance(r, str) and _REGION.match(r) for r in value):
+    if not isinstance(value, list) or not all(isinstance(r, str) and REGION_PATTERN.fullmatch(r) for r in value):
         raise invalid(field, "must be a list of region codes such as iad, lax, ord")
     return tuple(dict.fromkeys(value))
 
@@ -455,8 +491,8 @@ def _retry_policy(value: Any, field: str) -> RetryPolicy:
     reroute_codes = fields.get("reroute_codes")
     defaults = DEFAULT_RETRY_POLICY
     policy = RetryPolicy(
-        max_retries=_int(fields, "max_retries", f"{field}.", defaults.max_retries, 0, 100) or 0,
-        max_reroutes=_int(fields, "max_reroutes", f"{field}.", defaults.max_reroutes, 0, 100) or 0,
+        max_retries=_int(fields, "max_retries", f"{field}.", defaults.max_retries, 0, RETRIES_MAX) or 0,
+        max_reroutes=_int(fields, "max_reroutes", f"{field}.", defaults.max_reroutes, 0, RETRIES_MAX) or 0,
         retry_codes=defaults.retry_codes if retry_codes is None else _status_codes(retry_codes, f"{field}.retry_codes"),
         reroute_codes=defaults.reroute_codes
         if reroute_codes is None
@@ -473,7 +509,7 @@ def _trigger(value: Any, field: str) -> Trigger:
         codes = value.get("codes")
         return Trigger(type="on_error", codes=() if codes is None else _status_codes(codes, f"{field}.codes"))
     if kind == "on_timeout":
-        timeout = _int(_snake_case_view(value), "timeout_ms", f"{field}.", None, 1, 86_400_000)
+        timeout = _int(_snake_case_view(value), "timeout_ms", f"{field}.", None, 1, TRIGGER_TIMEOUT_MS_MAX)
         if timeout is None:
             raise invalid(f"{field}.timeout_ms", "is required for an on_timeout trigger")
         return Trigger(type="on_timeout", timeout_ms=timeout)
@@ -517,6 +553,10 @@ def validate_job(data: Any, *, path: str = "", depth: int = 0, account_id: str |
     tier = fields.get("tier")
     if tier is not None and not isinstance(tier, str):
         raise invalid(f"{path}tier", "must be a string")
+    for name, kept in (("body", body), ("metadata", metadata), ("idempotent_key", key), ("tier", tier)):
+        refusal = _unstorable(kept)
+        if refusal:
+            raise invalid(f"{path}{name}", refusal)
     webhooks = _webhooks(fields.get("webhooks"), f"{path}webhooks")
     voters = sum(1 for hook in webhooks if hook.has_quorum_vote)
     quorum = _int(fields, "webhook_quorum", path, 1, 1, WEBHOOKS_MAX) or 1
@@ -545,12 +585,12 @@ def validate_job(data: Any, *, path: str = "", depth: int = 0, account_id: str |
         webhooks=webhooks,
         webhook_quorum=quorum,
         regions=_regions(fields.get("regions"), f"{path}regions"),
-        region_policy=_choice(fields, "region_policy", path, ("fallback", "strict")),
-        execution_mode=_choice(fields, "execution_mode", path, ("race", "fanout")),
+        region_policy=_choice(fields, "region_policy", path, REGION_POLICIES),
+        execution_mode=_choice(fields, "execution_mode", path, EXECUTION_MODES),
         retry_policy=_retry_policy(fields.get("retry_policy"), f"{path}retry_policy"),
         idempotent_key=key,
         send_idempotency_key=send_key,
-        retry_at=_int(fields, "retry_at", path, None, 0, 2**53),
+        retry_at=_int(fields, "retry_at", path, None, 0, RETRY_AT_MAX),
         deadline_ms=_int(fields, "deadline_ms", path, None, 1, DEADLINE_MS_MAX),
         on_failure_timeout_ms=_int(fields, "on_failure_timeout_ms", path, None, 0, DEADLINE_MS_MAX),
         hedge_after_ms=_hedge_after(fields.get("hedge_after_ms"), f"{path}hedge_after_ms"),

@@ -13,6 +13,7 @@ Routes:
                                    in-process as the same account (edge/http/envelope.py)
     POST   /internal/v1/...        node-to-node calls (edge.placement.peers), authenticated with the cluster keyring
     GET    /healthz /readyz        liveness, readiness
+    GET    /openapi.json           this API as OpenAPI 3.1 (edge/http/openapi.py)
     GET    /metrics                Prometheus text
 
 No web framework: the surface is small, and owning the body reading lets the API refuse an oversize body after
@@ -38,7 +39,7 @@ from edge.config import AccountConfig, Config
 from edge.engine.queue import BacklogFull
 from edge.engine.records import JobRecord
 from edge.engine.spec import JobSpec, queue_key, validate_job
-from edge.http import envelope
+from edge.http import envelope, openapi
 from edge.http.envelope import JOBS_PATH, WEBHOOK_SECRETS_PATH, Envelope, EnvelopeError, parse_envelope
 from edge.http.secrets import WebhookSecretsApi
 from edge.http.server import REFUSED_BODY_DRAIN_BYTES_MAX, send_whole_response
@@ -125,14 +126,20 @@ class JobApi:
 
     async def _route(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes, dict[str, str]]:
         method, path = scope["method"], scope["path"]
-        if path == "/healthz" and method == "GET":
+        if path == "/healthz":
+            _allow(method, "GET")
             return 200, b'{"status":"ok"}', _JSON, {}
-        if path == "/readyz" and method == "GET":
+        if path == "/readyz":
+            _allow(method, "GET")
             if not self._is_ready():
                 raise Problem(503, "Not ready", "the node is starting or stopping", headers={"Retry-After": "1"})
             return 200, b'{"status":"ready"}', _JSON, {}
-        if path == "/metrics" and method == "GET":
+        if path == "/metrics":
+            _allow(method, "GET")
             return 200, self._metrics.render(), b"text/plain; version=0.0.4; charset=utf-8", {}
+        if path == openapi.OPENAPI_PATH:
+            _allow(method, "GET")
+            return 200, openapi.document_bytes(), _JSON, {}
         if path.startswith(INTERNAL_PREFIX) and self._internal is not None:
             raw = await _read_body(scope, receive, self._internal_body_bytes_max)
             auth_header = _header(scope, AUTH_HEADER.lower().encode())

@@ -14,7 +14,10 @@ makes rows unique; the value says what they are, so a name or node holding a NUL
 
 Saving is asynchronous, as for settings: a change is noted synchronously and a task writes it, latest per entry. A
 crash between an add and its save loses at most the adds the cluster does not know either (its gossip carries each
-change to the peers, and the restarted node learns its own entries back from them at its join).
+change to the peers, and the restarted node learns its own entries back from them at its join). Where an add must
+not be lost even so, the quota's own entries (edge/placement/usage.py), it is durable before anyone relies on it:
+a usage entry is written in the accepted job's own commit (`counter_row`), mints and gifts are awaited
+(`CounterSaver.save_now`), and the saver, told so, does not write them again.
 """
 
 from __future__ import annotations
@@ -79,6 +82,11 @@ def is_counter_key(key: str) -> bool:
 
 def encode_counter_entry(entry: CounterEntry) -> bytes:
     return msgpack.packb([entry.name, entry.node, entry.value], use_bin_type=True)
+
+
+def counter_row(entry: CounterEntry) -> tuple[str, bytes]:
+    """The store row (key, value) of one entry, as the saver writes it."""
+    return counter_key(entry.name, entry.node), encode_counter_entry(entry)
 
 
 def decode_counter_entries(saved: dict[str, bytes]) -> list[CounterEntry]:

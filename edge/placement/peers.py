@@ -15,6 +15,8 @@ Routes (all POST, so that every request is signed over a body):
     cancel    cancel a queued job held here                     -> {record | None, found}
     queues    queues with a key prefix                          -> {queues}
     attempt   run one outbound attempt here                     -> the attempt's result (below)
+    replicate keep copies of records (edge/placement/replication.py) -> {held: [record | None per record]}
+    replica-pull  every copy held of some queue keys            -> {records}
 
 Remote attempts (multi-region execution): the key's owner keeps the queue, the pacing and the job record; an
 attempt "in region R" is run by a node of R through that node's own `Executor`, SSRF guard included, and the
@@ -39,8 +41,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any, Protocol
 
 import httpx
 import msgpack
@@ -58,7 +60,7 @@ from edge.outbound.origins import parse_http_url
 from edge.placement.usage import QuotaExceeded
 from edge.problems import Problem
 from edge.runtime import Runtime
-from edge.store import Store
+from edge.store import Store, StoreError
 
 log = logging.getLogger("ezthrottle.internal")
 # A quota lender that has not answered in this long is taken as unreachable (edge/placement/usage.py): the
@@ -111,6 +113,14 @@ def _unpack(data: bytes) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ValueError("expected a map")
     return doc
+
+
+class ReplicaHolder(Protocol):
+    """The serving side of replication (edge/placement/replication.py `Replicator`)."""
+
+    async def receive(self, records: list[JobRecord]) -> list[JobRecord | None]: ...
+
+    async def pull(self, keys: Collection[str]) -> list[JobRecord]: ...
 
 
 class PeerError(Exception):
@@ -202,6 +212,26 @@ class PeerClient:
             return [CounterEntry(name=str(n), node=str(o), value=int(v)) for n, o, v in reply["entries"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise PeerError(f"{api_address}: unreadable lend reply ({exc})") from None
+
+    async def replicate(self, api_address: str, records: list[JobRecord]) -> list[JobRecord | None]:
+        """Have the peer keep copies of `records`; per record None, or the job it holds under that record's
+        idempotency key instead."""
+        reply = await self._call(api_address, "replicate", {"records": [r.to_wire() for r in records]})
+        try:
+            held = [None if wire is None else JobRecord.from_wire(wire) for wire in reply["held"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PeerError(f"{api_address}: unreadable replicate reply ({exc})") from None
+        if len(held) != len(records):
+            raise PeerError(f"{api_address}: replicate answered {len(held)} of {len(records)} records")
+        return held
+
+    async def replica_pull(self, api_address: str, keys: list[str]) -> list[JobRecord]:
+        """Every copy the peer holds of the given queue keys."""
+        reply = await self._call(api_address, "replica-pull", {"keys": keys})
+        try:
+            return [JobRecord.from_wire(wire) for wire in reply["records"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PeerError(f"{api_address}: unreadable replica-pull reply ({exc})") from None
 
     async def report(self, api_address: str, step: JobRecord) -> None:
         """Tell the peer that holds a step's root that the step ended."""
@@ -323,7 +353,7 @@ class InternalRoutes:
         manager: QueueManager,
         store: Store,
         executor: Executor,
-        lend: Callable[[str, str, int, str], list[CounterEntry]] | None = None,
+        lend: Callable[[str, str, int, str], Awaitable[list[CounterEntry]]] | None = None,
     ) -> None:
         self._lend = lend
         self._keyring = keyring
@@ -331,7 +361,10 @@ class InternalRoutes:
         self._manager = manager
         self._store = store
         self._executor = executor
+        self._replicas: ReplicaHolder | None = None
         self._routes: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+            "replicate": self._replicate,
+            "replica-pull": self._replica_pull,
             "jobs": self._jobs,
             "handoff": self._handoff,
             "find": self._find,
@@ -407,6 +440,27 @@ class InternalRoutes:
             return None
         return attempt_result_to_wire(result)
 
+    def serve_replicas(self, holder: ReplicaHolder) -> None:
+        """Answer `replicate` and `replica-pull` (a node that replicates; edge/placement/replication.py)."""
+        self._replicas = holder
+
+    def _replica_holder(self) -> ReplicaHolder:
+        if self._replicas is None:
+            raise Problem(404, "Not found", "this node does not replicate jobs (cluster.replicas = 1)")
+        return self._replicas
+
+    async def _replicate(self, doc: dict[str, Any]) -> dict[str, Any]:
+        holder = self._replica_holder()
+        held = await holder.receive([JobRecord.from_wire(wire) for wire in doc["records"]])
+        return {"held": [None if record is None else record.to_wire() for record in held]}
+
+    async def _replica_pull(self, doc: dict[str, Any]) -> dict[str, Any]:
+        holder = self._replica_holder()
+        keys = doc["keys"]
+        if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
+            raise Problem(400, "Malformed request", "keys: a list of strings", field="keys")
+        return {"records": [record.to_wire() for record in await holder.pull(keys)]}
+
     async def _jobs(self, doc: dict[str, Any]) -> dict[str, Any]:
         try:
             stored, created = await self._manager.submit(JobRecord.from_wire(doc["record"]))
@@ -451,12 +505,16 @@ class InternalRoutes:
         wanted = doc["wanted"]
         if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 1:
             raise Problem(400, "Malformed request", "wanted: a positive integer", field="wanted")
-        entries = self._lend(
-            _string(doc["account_id"], "account_id"),
-            _string(doc["month"], "month"),
-            wanted,
-            _string(doc["borrower"], "borrower"),
-        )
+        try:
+            entries = await self._lend(
+                _string(doc["account_id"], "account_id"),
+                _string(doc["month"], "month"),
+                wanted,
+                _string(doc["borrower"], "borrower"),
+            )
+        except StoreError as exc:  # the gift is not durable: not answered (the borrower asks elsewhere)
+            log.warning("could not lend quota rights: %s", exc)
+            raise Problem(503, "Store unavailable", "the rights could not be saved", kind="store-unavailable") from None
         return {"entries": [[e.name, e.node, e.value] for e in entries]}
 
     async def _queues(self, doc: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,8 @@ messages. A node alone (no cluster configured) owns everything, and this module 
   idempotency key then gets 200 and the same job, never a second one.
 - Hand-off: after every membership change (and on a periodic sweep, in case a transfer failed), each node takes
   the queued jobs of keys it no longer owns out of its queues, sends them to their owner, and deletes them only
-  after the owner accepted them (transfer, then delete; the receiver dedupes by idempotency key). A job that is in
+  after the owner accepted them (transfer, then delete; the receiver dedupes by idempotency key), unless this node
+  is among the key's replicas (edge/placement/replication.py), which keep them as copies. A job that is in
   flight finishes here first and moves on its next retry, so each key settles to one active queue.
 - Reads: a job is looked up locally, then on every other live member.
 - Workflows (edge/engine/workflow.py) reach across nodes through this router (`WorkflowLinks`): a step job that
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import trio
@@ -36,6 +38,7 @@ import trio
 from cluster import MemberInfo
 from edge.engine.records import JobRecord
 from edge.engine.shell.queues import QueueManager
+from edge.logs import job_fields
 from edge.placement.peers import PeerClient, PeerError
 from edge.problems import Problem
 from edge.store import Store
@@ -81,7 +84,10 @@ class JobRouter:
         membership: Membership | None = None,
         peers: PeerClient | None = None,
         forward_deadline_s: float = 10.0,
+        holds_copy: Callable[[str], bool] = lambda key: False,
     ) -> None:
+        """`holds_copy(key)`: this node is among the key's replicas, so a hand-off keeps the jobs as copies."""
+        self._holds_copy = holds_copy
         self._manager = manager
         self._store = store
         self._membership = membership
@@ -156,7 +162,7 @@ class JobRouter:
                 if await self._peers.stop(member.api_address, job_id):
                     return
             except PeerError as exc:
-                log.warning("could not ask %s to stop job %s (%s)", member.node, job_id, exc)
+                log.warning("could not ask %s to stop job %s (%s)", member.node, job_id, exc, extra=job_fields(job_id))
 
     async def report(self, step: JobRecord) -> None:
         """Tell the owner of the step's root key that the step ended (best effort: the root also checks)."""
@@ -168,7 +174,13 @@ class JobRouter:
         try:
             await self._peers.report(owner.api_address, step)
         except PeerError as exc:
-            log.info("could not report step %s to %s (%s); its root will look it up", step.job_id, owner.node, exc)
+            log.info(
+                "could not report step %s to %s (%s); its root will look it up",
+                step.job_id,
+                owner.node,
+                exc,
+                extra=job_fields(step.job_id, step.queue_key),
+            )
 
     def hand_off_soon(self) -> None:
         self._hand_off_wanted.set()
@@ -232,7 +244,7 @@ class JobRouter:
                 self._manager.reattach(records)
                 failed += len(records)
                 continue
-            await self._store.delete_jobs([r.job_id for r in records])
+            await self._store.delete_jobs([r.job_id for r in records if not self._holds_copy(r.queue_key)])
             moved += len(records)
             log.info("handed %d queued jobs over to %s", len(records), node)
         return moved, failed

@@ -20,12 +20,33 @@ the allowance:
   not reach (each lender is asked with a short deadline, LEND_TIMEOUT_S, so a split costs a submission little),
   else until the month's end.
 
-What it costs: the first job of a month waits for the genesis (one internal call when the owner is another node); a
-node that runs out waits for one borrow; rights held by a node that is gone for good are lost until the month ends
-(under-admission, never overshoot). Two geneses can only happen if the cluster is split at the month's first
-submission; then the lowest node id's mint counts, and the other side's spending before it learns so is the one
-overshoot this design allows. A resubmission of a job still unfinished on its key's owner is answered with that job,
-quota or not (edge/engine/shell/queues.py).
+Durable before anything relies on it. A node's own entries are in its store before a job is accepted or a borrower
+answered against them, so a node killed at any instant restarts with entries no lower than what it spent or gave:
+- use: the job's own commit writes this node's usage entry (`Reservation.shared_state`, `Store.insert_job`), valued
+  at the entry plus every submission of the quota being saved here, taken as the reservation is made, right before
+  its commit is called. Every job whose commit was called earlier is then in the entry or still being saved, and
+  rows land in call order (edge/store/base.py), so the row on disk is never below the jobs committed. It may be
+  above: a submission saved alongside that turns out a duplicate or fails stays in the row until the next accepted
+  job's commit writes it again, and a restart in between counts it as used. The counters' saver is told what the
+  commit wrote and does not write the entry again: one store write per accepted job;
+- mints and gifts: `lend` answers only once its gift, and a mint made on the way, are saved (awaited through the
+  counters' saver, `CounterSaver.save_now`); when they cannot be, it fails and the borrower takes it as an
+  unreachable lender. A genesis or top-up made for this node's own submission is saved before any submission spends
+  a right against it. That is a store write awaited once per quota and month, where carrying the mint and every
+  gift in each job's commit until one of them lands would cost every commit.
+
+What a crash can still cost: under-admission only, and little of it. The submissions saved alongside the node's
+last accepted job that turned out duplicates or failed count as used until the month ends (the row above the
+count, as said), and the node's rights wait while it is down. One gap needs a second fault: a mint or gift the
+gossip carries to a peer in the moment before it is saved, the node killed in that moment and restarted without
+reaching any peer (its join would bring the entry back) can have those rights spent twice.
+
+What it costs: the first job of a month waits for the genesis (one internal call when the owner is another node,
+one store write when it is this one); a node that runs out waits for one borrow; rights held by a node that is gone
+for good are lost until the month ends (under-admission, never overshoot). Two geneses can only happen if the
+cluster is split at the month's first submission; then the lowest node id's mint counts, and the other side's
+spending before it learns so is the one overshoot this design allows. A resubmission of a job still unfinished on
+its key's owner is answered with that job, quota or not (edge/engine/shell/queues.py).
 """
 
 from __future__ import annotations
@@ -43,7 +64,7 @@ from cluster import escrow
 from cluster.messages import CounterEntry
 from edge.config import Config, PlanConfig
 from edge.metrics import NodeMetrics
-from edge.placement.counters import Counters
+from edge.placement.counters import Counters, CounterSaver, counter_row
 
 log = logging.getLogger("ezthrottle.usage")
 
@@ -127,11 +148,17 @@ def _gifts_prefix(account_id: str, month: str) -> str:
 @final
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """A submission let in and being saved: it holds one of this node's rights until `settle`."""
+    """A submission let in and being saved: it holds one of this node's rights (when metered) until `settle`, and
+    names the row its job's commit writes (`shared_state`)."""
 
     account_id: str
     month: str
     metered: bool
+    usage: CounterEntry  # this node's usage entry as the job's commit writes it (see the module docstring)
+
+    @property
+    def shared_state(self) -> tuple[tuple[str, bytes], ...]:
+        return (counter_row(self.usage),)
 
 
 @final
@@ -145,6 +172,7 @@ class UsageMeter:
         wall_ms: Callable[[], int],
         *,
         node: str,
+        saver: CounterSaver,
         members: Callable[[], list[str]] = list,
         genesis_owner: Callable[[str], str | None] = lambda account_id: None,
         lend: Lend | None = None,
@@ -152,13 +180,15 @@ class UsageMeter:
     ) -> None:
         self._plans = {account.id: config.plan(account.plan) for account in config.accounts}
         self._counters = counters
+        self._saver = saver  # the one saving `counters` to the store
         self._wall_ms = wall_ms
         self._node = node
         self._members = members  # the live members' node ids, this one included
         self._genesis_owner = genesis_owner  # None: this node (alone)
         self._lend = lend
         self._metrics = metrics
-        self._pending: Counter[tuple[str, str]] = Counter()
+        self._pending: Counter[tuple[str, str]] = Counter()  # submissions being saved, metered or not
+        self._escrow_unsaved: set[tuple[str, str]] = set()  # quotas whose own mints or gifts may not be saved yet
         self._borrowing: dict[tuple[str, str], trio.Lock] = {}
         # (account, month) -> (counters' version, this node's rights available, cluster-wide use) when last worked
         # out from the ledger; this node's own spends keep it current, anything else the counters learn redoes it.
@@ -167,47 +197,47 @@ class UsageMeter:
     # -- admission ------------------------------------------------------------------------------------------
 
     async def reserve(self, account_id: str) -> Reservation:
-        """Let one new submission of the account in, spending one of this node's rights, or raise QuotaExceeded."""
+        """Let one new submission of the account in, spending one of this node's rights, or raise QuotaExceeded
+        (StoreError when a mint of this node's, which it would spend, could not be saved).
+
+        The job's commit must be called right away, with no await between: the usage row it writes counts on it
+        (see the module docstring)."""
         wall_ms = self._wall_ms()
         month = month_of(wall_ms)
         plan = self._plans.get(account_id)
-        if plan is None or plan.unlimited:
-            return Reservation(account_id, month, metered=False)
+        metered = plan is not None and not plan.unlimited
+        if plan is not None and metered:
+            await self._hold_right(account_id, month, plan, wall_ms)
         key = (account_id, month)
-        if self._spare(account_id, month, plan) <= 0:
-            lock = self._borrowing.setdefault(key, trio.Lock())
-            async with lock:  # one borrow at a time per quota: the others wait for its rights
-                if self._spare(account_id, month, plan) <= 0:
-                    await self._borrow(account_id, month, plan)
-            if not lock.locked() and lock.statistics().tasks_waiting == 0:
-                self._borrowing.pop(key, None)
-        if self._spare(account_id, month, plan) <= 0:
-            raise self._refusal(account_id, month, plan, wall_ms)
         self._pending[key] += 1
-        return Reservation(account_id, month, metered=True)
+        name = usage_name(account_id, month)
+        usage = CounterEntry(name=name, node=self._node, value=self._counters.counter_own(name) + self._pending[key])
+        return Reservation(account_id, month, metered, usage)
 
     def settle(self, reservation: Reservation, *, created: bool) -> None:
         """The submission was saved (`created`: a new job, which spends its right) or was a duplicate or failed."""
-        if not reservation.metered:
-            if created:
-                self._counters.add_counter(usage_name(reservation.account_id, reservation.month), 1)
-            return
         key = (reservation.account_id, reservation.month)
         self._pending[key] -= 1
         if self._pending[key] <= 0:
             del self._pending[key]
-        if created:
-            known = self._known.get(key)
-            fresh = known is not None and known[0] == self._counters.counter_version
-            self._counters.add_counter(usage_name(*key), 1)
-            if fresh and known is not None:  # the one change since: this spend
-                self._known[key] = (self._counters.counter_version, known[1] - 1, known[2] + 1)
-            if self._metrics is not None:
-                self._metrics.usage_accepted.labels(self._plans[reservation.account_id].name).inc()
+        if not created:
+            return
+        self._saver.saved(reservation.usage)  # in the job's commit: the entry below needs no write of its own
+        if not reservation.metered:
+            self._counters.add_counter(reservation.usage.name, 1)
+            return
+        known = self._known.get(key)
+        fresh = known is not None and known[0] == self._counters.counter_version
+        self._counters.add_counter(reservation.usage.name, 1)
+        if fresh and known is not None:  # the one change since: this spend
+            self._known[key] = (self._counters.counter_version, known[1] - 1, known[2] + 1)
+        if self._metrics is not None:
+            self._metrics.usage_accepted.labels(self._plans[reservation.account_id].name).inc()
 
-    def lend(self, account_id: str, month: str, wanted: int, borrower: str) -> list[CounterEntry]:
+    async def lend(self, account_id: str, month: str, wanted: int, borrower: str) -> list[CounterEntry]:
         """Another node ran out: give it rights if this node can spare some (minting first when this node is the
-        account's genesis owner and nobody has minted yet); the ledger's entries, for the borrower to merge."""
+        account's genesis owner and nobody has minted yet); the ledger's entries, for the borrower to merge, once
+        this node's own mints and gifts in them are saved (StoreError when they cannot be)."""
         plan = self._plans.get(account_id)
         if plan is not None and not plan.unlimited and borrower != self._node:
             ledger = self._ledger(account_id, month)
@@ -216,7 +246,9 @@ class UsageMeter:
                 ledger = self._ledger(account_id, month)
             amount = escrow.gift(ledger, self._node, wanted, pending=self._pending[(account_id, month)])
             if amount:
-                self._counters.add_counter(f"{_gifts_prefix(account_id, month)}{borrower}", amount)
+                self._add_escrow(account_id, month, f"{_gifts_prefix(account_id, month)}{borrower}", amount)
+        while (account_id, month) in self._escrow_unsaved:
+            await self._save_escrow(account_id, month)
         return self._entries(account_id, month)
 
     # -- reports ------------------------------------------------------------------------------------------------
@@ -277,6 +309,22 @@ class UsageMeter:
             *counters.counter_entries(usage_name(account_id, month)),
         ]
 
+    async def _hold_right(self, account_id: str, month: str, plan: PlanConfig, wall_ms: int) -> None:
+        """Return once this node has a right to spend (borrowing one when it has none) and its own mints and gifts
+        of the quota are saved; raise QuotaExceeded when no right can be had."""
+        key = (account_id, month)
+        if self._spare(account_id, month, plan) <= 0:
+            lock = self._borrowing.setdefault(key, trio.Lock())
+            async with lock:  # one borrow at a time per quota: the others wait for its rights
+                if self._spare(account_id, month, plan) <= 0:
+                    await self._borrow(account_id, month, plan)
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._borrowing.pop(key, None)
+        while (spare := self._spare(account_id, month, plan)) > 0 and key in self._escrow_unsaved:
+            await self._save_escrow(account_id, month)
+        if spare <= 0:
+            raise self._refusal(account_id, month, plan, wall_ms)
+
     def _spare(self, account_id: str, month: str, plan: PlanConfig) -> int:
         """Rights this node may spend now: its own, less the submissions being saved; and never past the known
         cluster-wide ceiling (a plan lowered mid-month cannot take back rights already spread)."""
@@ -288,7 +336,7 @@ class UsageMeter:
                 self._mint(account_id, month, plan)
                 ledger = self._ledger(account_id, month)
             elif top_up := escrow.top_up(ledger, self._node, plan.allowance):
-                self._counters.add_counter(_mint_name(account_id, month), top_up)
+                self._add_escrow(account_id, month, _mint_name(account_id, month), top_up)
                 ledger = self._ledger(account_id, month)
             known = (self._counters.counter_version, ledger.available(self._node), ledger.total_used)
             if ledger.minter is not None:  # before the genesis there is nothing to keep
@@ -300,10 +348,28 @@ class UsageMeter:
         return available - pending
 
     def _mint(self, account_id: str, month: str, plan: PlanConfig) -> None:
-        self._counters.add_counter(_mint_name(account_id, month), plan.allowance)
+        self._add_escrow(account_id, month, _mint_name(account_id, month), plan.allowance)
         members = self._members() or [self._node]
         for receiver, share in escrow.genesis_gifts(plan.allowance, self._node, members).items():
-            self._counters.add_counter(f"{_gifts_prefix(account_id, month)}{receiver}", share)
+            self._add_escrow(account_id, month, f"{_gifts_prefix(account_id, month)}{receiver}", share)
+
+    def _add_escrow(self, account_id: str, month: str, name: str, amount: int) -> None:
+        """Add to one of this node's own mint or gift entries of the quota; it is to be saved before it is relied on
+        (`_save_escrow`)."""
+        self._counters.add_counter(name, amount)
+        self._escrow_unsaved.add((account_id, month))
+
+    async def _save_escrow(self, account_id: str, month: str) -> None:
+        """Save this node's own mint and gift entries of the quota (StoreError when the store fails); the quota is
+        saved once nothing was added to them meanwhile."""
+        own = self._own_escrow(account_id, month)
+        await self._saver.save_now(own)
+        if self._own_escrow(account_id, month) == own:
+            self._escrow_unsaved.discard((account_id, month))
+
+    def _own_escrow(self, account_id: str, month: str) -> list[CounterEntry]:
+        names = (_mint_name(account_id, month), _gifts_prefix(account_id, month))
+        return [e for name in names for e in self._counters.counter_entries(name) if e.node == self._node]
 
     def _is_genesis_owner(self, account_id: str) -> bool:
         owner = self._genesis_owner(account_id)

@@ -17,6 +17,10 @@ Semantics both implementations share, stated once:
   acknowledgement); idempotent keys make a retry safe.
 - Exceptions: a call fails with `StoreError` (never hangs, never succeeds silently). A closed store fails
   every call with `StoreError("store closed")`.
+- Shared-state rows land in call order: of two calls that write one key (`save_shared_state`, `insert_job`'s
+  `shared_state`) and both take effect, the one called later leaves its value, however their tasks are scheduled.
+  A value computed just before its call is therefore never overwritten by one computed earlier (the usage meter
+  relies on it: edge/placement/usage.py).
 
 Delivery saves (`save_delivery`): a webhook delivery try records one delivery's new state without rewriting the
 record, whose response may be up to 1 MiB, on every try for up to 24 hours.
@@ -88,6 +92,7 @@ class EncodedJob:
     finished_at_ms: int | None
     webhook_outcome: str
     delivery_count: int
+    revision: int
     blob: bytes
 
     @classmethod
@@ -102,6 +107,7 @@ class EncodedJob:
             finished_at_ms=record.finished_at_ms,
             webhook_outcome=record.webhook_outcome,
             delivery_count=len(record.deliveries),
+            revision=record.revision,
             blob=encode_record(record),
         )
 
@@ -194,10 +200,15 @@ def overlay_deliveries(record: JobRecord, webhook_outcome: str, deliveries: Iter
 class Store(Protocol):
     """Durable job storage for one node. Every method is a Trio checkpoint; writes are durable on return."""
 
-    async def insert_job(self, record: JobRecord, spawned: Sequence[JobRecord] = ()) -> tuple[JobRecord, bool]:
+    async def insert_job(
+        self, record: JobRecord, spawned: Sequence[JobRecord] = (), *, shared_state: Sequence[tuple[str, bytes]] = ()
+    ) -> tuple[JobRecord, bool]:
         """Store a new job: (stored copy, True); or (existing job, False) if the account used the key.
 
-        `spawned` (a new workflow's first step) are inserted in the same transaction, only with a new job."""
+        `spawned` (a new workflow's first step) are inserted in the same transaction, only with a new job; so are
+        the `shared_state` rows (key, value), each as `save_shared_state` writes one (copied when the call is
+        made). A duplicate writes neither, nor does a call that fails: the job and its rows are durable together
+        or not at all."""
         ...
 
     async def save_job(self, record: JobRecord, spawned: Sequence[JobRecord] = ()) -> None:
@@ -211,6 +222,23 @@ class Store(Protocol):
         self, job_id: str, index: int, delivery: Delivery, webhook_outcome: str, updated_at_ms: int
     ) -> None:
         """Record one delivery's new state (and the job's webhook outcome) without rewriting the record."""
+        ...
+
+    async def merge_jobs(self, records: Sequence[JobRecord]) -> list[JobRecord | None]:
+        """Keep copies sent by another node (replication): each record replaces the stored job of its id unless
+        that one's `revision` is as high (deliveries saved since are dropped with it, as by `save_job`).
+
+        Per record, None when it is stored or a newer one was; the job stored under the record's (account_id,
+        idempotent_key) when that is another job: the record is then not stored, and the sender answers its
+        client with that job. All in one transaction."""
+        ...
+
+    async def jobs_of_keys(self, queue_keys: Collection[str]) -> list[JobRecord]:
+        """Every stored job (finished or not) of the given queue keys, oldest first: what a replica sends on."""
+        ...
+
+    async def queue_keys(self) -> list[str]:
+        """The distinct queue keys of the stored jobs."""
         ...
 
     async def get_job(self, job_id: str) -> JobRecord | None: ...

@@ -11,7 +11,9 @@ crash can drop a node (its view closes with it) and restart it over the same dat
 
 A write is "durable" as soon as it is in `data`, which is the memory-store analogue of a committed SQLite
 transaction. One open view at a time is the intended use; nothing enforces it. Every operation is its own
-transaction, so `statistics().commits == statistics().operations`.
+transaction, so `statistics().commits == statistics().operations`. Every call yields to the scheduler once; the
+calls that write shared-state rows (`insert_job`, `save_shared_state`) write before they yield, the others after,
+so those rows land in call order as base.py asks.
 
 Like SQLite, `save_delivery` keeps a delivery's state beside the job's `EncodedJob` (whose blob it never
 re-encodes) and every read overlays it on the decoded record; `save_job` and deletion drop it.
@@ -92,18 +94,35 @@ class MemoryStore:
         self._commits += 1
         return self._data
 
-    async def insert_job(self, record: JobRecord, spawned: Sequence[JobRecord] = ()) -> tuple[JobRecord, bool]:
+    @asynccontextmanager
+    async def _begin_in_call_order(self) -> AsyncIterator[MemoryStoreData]:
+        """`_begin` for the calls that write shared-state rows, which land in call order (base.py): cancellation is
+        checked first, but the call writes before it yields, so a later call cannot be scheduled ahead of it."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            if self._closed:
+                raise StoreError("store closed")
+            self._commits += 1
+            yield self._data
+        finally:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def insert_job(
+        self, record: JobRecord, spawned: Sequence[JobRecord] = (), *, shared_state: Sequence[tuple[str, bytes]] = ()
+    ) -> tuple[JobRecord, bool]:
         job, copy = EncodedJob.of(record), record.copy()  # what was stored, without decoding it back
         more = [EncodedJob.of(r) for r in spawned]
-        data = await self._begin()
-        existing_id = data.job_id_by_idempotency.get(job.idempotency)
-        if existing_id is not None:
-            return data.decode(data.jobs[existing_id]), False
-        if job.job_id in data.jobs:
-            raise StoreError(f"job_id {job.job_id!r} already exists under another idempotent_key")
-        self._put(data, job)
-        self._put_spawned(data, more)
-        return copy, True
+        rows = [(key, bytes(value)) for key, value in shared_state]
+        async with self._begin_in_call_order() as data:
+            existing_id = data.job_id_by_idempotency.get(job.idempotency)
+            if existing_id is not None:
+                return data.decode(data.jobs[existing_id]), False
+            if job.job_id in data.jobs:
+                raise StoreError(f"job_id {job.job_id!r} already exists under another idempotent_key")
+            self._put(data, job)
+            self._put_spawned(data, more)
+            data.shared_state.update(rows)
+            return copy, True
 
     async def save_job(self, record: JobRecord, spawned: Sequence[JobRecord] = ()) -> None:
         job = EncodedJob.of(record)
@@ -143,6 +162,34 @@ class MemoryStore:
     def _put(data: MemoryStoreData, job: EncodedJob) -> None:
         data.jobs[job.job_id] = job
         data.job_id_by_idempotency[job.idempotency] = job.job_id
+
+    async def merge_jobs(self, records: Sequence[JobRecord]) -> list[JobRecord | None]:
+        jobs = [EncodedJob.of(r) for r in records]
+        data = await self._begin()
+        results: list[JobRecord | None] = []
+        for job in jobs:
+            holder_id = data.job_id_by_idempotency.get(job.idempotency)
+            if holder_id is not None and holder_id != job.job_id:
+                results.append(data.decode(data.jobs[holder_id]))
+                continue
+            stored = data.jobs.get(job.job_id)
+            if stored is not None and stored.idempotency != job.idempotency:
+                results.append(data.decode(stored))  # the id under another key: never in practice
+                continue
+            if stored is None or stored.revision < job.revision:
+                data.deliveries.pop(job.job_id, None)
+                self._put(data, job)
+            results.append(None)
+        return results
+
+    async def jobs_of_keys(self, queue_keys: Collection[str]) -> list[JobRecord]:
+        wanted = set(queue_keys)
+        data = await self._begin()
+        return data.oldest_first(job for job in data.jobs.values() if job.queue_key in wanted)
+
+    async def queue_keys(self) -> list[str]:
+        data = await self._begin()
+        return sorted({job.queue_key for job in data.jobs.values()})
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         data = await self._begin()
@@ -190,8 +237,8 @@ class MemoryStore:
 
     async def save_shared_state(self, key: str, value: bytes) -> None:
         value = bytes(value)
-        data = await self._begin()
-        data.shared_state[key] = value
+        async with self._begin_in_call_order() as data:
+            data.shared_state[key] = value
 
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(commits=self._commits, operations=self._commits)

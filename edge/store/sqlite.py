@@ -128,13 +128,19 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Version 3: the node's shared settings (edge/placement/shared_state.py), one opaque value per key.
         "CREATE TABLE shared_state (key TEXT NOT NULL PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID, STRICT",
     ),
+    (
+        # Version 4: replication (edge/placement/replication.py) compares revisions and reads jobs by queue key.
+        "ALTER TABLE jobs ADD COLUMN revision INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX jobs_by_queue_key ON jobs (queue_key)",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _COLUMNS = (
-    "job_id, account_id, idempotent_key, status, queue_key, created_at_ms, finished_at_ms, webhook_outcome, record"
+    "job_id, account_id, idempotent_key, status, queue_key, created_at_ms, finished_at_ms, webhook_outcome, revision,"
+    " record"
 )
-_INSERT_SQL = f"INSERT INTO jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_SQL = f"INSERT INTO jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _UPSERT_SQL = (
     _INSERT_SQL
     + " ON CONFLICT (job_id) DO UPDATE SET "
@@ -148,6 +154,8 @@ _INSERT_UNLESS_EXISTS_SQL = _INSERT_SQL.replace("INSERT", "INSERT OR IGNORE", 1)
 _JOB_COLUMNS = "job_id, webhook_outcome, record"
 _SELECT_BY_IDEMPOTENCY_SQL = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE account_id = ? AND idempotent_key = ?"
 _SELECT_BY_ID_SQL = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?"
+_SELECT_HOLDER_SQL = "SELECT job_id, revision FROM jobs WHERE (account_id = ? AND idempotent_key = ?) OR job_id = ?"
+_OF_KEY_SQL = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE queue_key = ? ORDER BY created_at_ms, job_id"
 _UNFINISHED_SQL = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {_IS_UNFINISHED} ORDER BY created_at_ms, job_id"
 _WEBHOOK_PENDING_SQL = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {_IS_WEBHOOK_PENDING} ORDER BY created_at_ms, job_id"
 _DELIVERY_COLUMNS = "d.job_id, d.idx, d.delivery, d.updated_at_ms"
@@ -186,6 +194,7 @@ def _row(job: EncodedJob) -> tuple[Any, ...]:
         job.created_at_ms,
         job.finished_at_ms,
         job.webhook_outcome,
+        job.revision,
         job.blob,
     )
 
@@ -210,12 +219,17 @@ def _decode_one(row: tuple[str, str, bytes], connection: sqlite3.Connection) -> 
 
 
 def _insert_job(
-    job: EncodedJob, copy: JobRecord, spawned: list[EncodedJob], connection: sqlite3.Connection
+    job: EncodedJob,
+    copy: JobRecord,
+    spawned: list[EncodedJob],
+    shared_state: list[tuple[str, bytes]],
+    connection: sqlite3.Connection,
 ) -> tuple[JobRecord, bool]:
     if connection.execute(_INSERT_UNLESS_DUPLICATE_SQL, _row(job)).rowcount:
         # Delivery rows never outlive their job (the trigger), so a new job has none. `copy` was taken with the
         # encoding, so it is what was stored, without decoding it back.
         _insert_spawned(spawned, connection)
+        connection.executemany(_UPSERT_SHARED_STATE_SQL, shared_state)
         return copy, True
     row = connection.execute(_SELECT_BY_IDEMPOTENCY_SQL, job.idempotency).fetchone()
     return _decode_one(row, connection), False
@@ -225,6 +239,29 @@ def _save_job(job: EncodedJob, spawned: list[EncodedJob], connection: sqlite3.Co
     connection.execute(_UPSERT_SQL, _row(job))
     connection.execute(_DELETE_DELIVERIES_SQL, (job.job_id,))
     _insert_spawned(spawned, connection)
+
+
+def _merge_jobs(jobs: list[EncodedJob], connection: sqlite3.Connection) -> list[JobRecord | None]:
+    results: list[JobRecord | None] = []
+    for job in jobs:
+        holders = dict(connection.execute(_SELECT_HOLDER_SQL, (*job.idempotency, job.job_id)).fetchall())
+        other = next((job_id for job_id in holders if job_id != job.job_id), None)
+        if other is not None:  # the key names another job (or, never in practice, the id another key)
+            results.append(_decode_one(connection.execute(_SELECT_BY_ID_SQL, (other,)).fetchone(), connection))
+        else:
+            if holders.get(job.job_id, -1) < job.revision:
+                _save_job(job, [], connection)
+            results.append(None)
+    return results
+
+
+def _jobs_of_keys(queue_keys: list[str], connection: sqlite3.Connection) -> list[JobRecord]:
+    rows = [row for key in queue_keys for row in connection.execute(_OF_KEY_SQL, (key,))]
+    return [_decode_one(row, connection) for row in rows]
+
+
+def _queue_keys(connection: sqlite3.Connection) -> list[str]:
+    return [key for (key,) in connection.execute("SELECT DISTINCT queue_key FROM jobs ORDER BY queue_key")]
 
 
 def _insert_spawned(spawned: list[EncodedJob], connection: sqlite3.Connection) -> None:
@@ -344,10 +381,13 @@ class SqliteStore:
         await operation.done.wait()
         return operation.outcome()
 
-    async def insert_job(self, record: JobRecord, spawned: Sequence[JobRecord] = ()) -> tuple[JobRecord, bool]:
+    async def insert_job(
+        self, record: JobRecord, spawned: Sequence[JobRecord] = (), *, shared_state: Sequence[tuple[str, bytes]] = ()
+    ) -> tuple[JobRecord, bool]:
         job, copy = EncodedJob.of(record), record.copy()
         more = [EncodedJob.of(r) for r in spawned]
-        return await self._call("insert_job", functools.partial(_insert_job, job, copy, more))
+        rows = [(key, bytes(value)) for key, value in shared_state]
+        return await self._call("insert_job", functools.partial(_insert_job, job, copy, more, rows))
 
     async def save_job(self, record: JobRecord, spawned: Sequence[JobRecord] = ()) -> None:
         more = [EncodedJob.of(r) for r in spawned]
@@ -358,6 +398,17 @@ class SqliteStore:
     ) -> None:
         saved = EncodedDelivery.of(index, delivery, updated_at_ms)
         await self._call("save_delivery", functools.partial(_save_delivery, job_id, saved, webhook_outcome))
+
+    async def merge_jobs(self, records: Sequence[JobRecord]) -> list[JobRecord | None]:
+        jobs = [EncodedJob.of(r) for r in records]
+        return await self._call("merge_jobs", functools.partial(_merge_jobs, jobs))
+
+    async def jobs_of_keys(self, queue_keys: Collection[str]) -> list[JobRecord]:
+        records = await self._call("jobs_of_keys", functools.partial(_jobs_of_keys, sorted(queue_keys)))
+        return sorted(records, key=lambda r: (r.created_at_ms, r.job_id))
+
+    async def queue_keys(self) -> list[str]:
+        return await self._call("queue_keys", _queue_keys)
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         return await self._call("get_job", functools.partial(_get_job, job_id))

@@ -61,3 +61,21 @@ def test_the_owner_depends_only_on_the_member_set_and_is_stable_across_processes
 def test_no_members_no_owner() -> None:
     assert Rendezvous([]).owner("any") is None
     assert Rendezvous(["solo"]).owner("any") == "solo"
+
+
+def test_ranked_starts_with_the_owner_and_its_second_is_the_owner_once_the_first_is_gone() -> None:
+    members = [f"node-{i}" for i in range(7)]
+    full = Rendezvous(members)
+    for i in range(300):
+        key = f"acct|api.example.com|{i}"
+        order = full.ranked(key, len(members))
+        assert sorted(order) == sorted(members)
+        assert order[0] == full.owner(key)
+        without_owner = Rendezvous(m for m in members if m != order[0])
+        assert without_owner.owner(key) == order[1]
+        assert without_owner.ranked(key, 2) == order[1:3]
+
+
+def test_ranked_returns_at_most_the_members_there_are() -> None:
+    assert Rendezvous(["a", "b"]).ranked("k", 3) in (["a", "b"], ["b", "a"])
+    assert Rendezvous([]).ranked("k", 2) == []

@@ -1,7 +1,8 @@
 """Real peers for end-to-end tests: a rate-limited upstream and a webhook receiver, both real HTTP servers.
 
 They are ASGI apps served by the project's own `serve_asgi` on 127.0.0.1, so a node under test talks to them over
-real sockets exactly as it would talk to Stripe or to a customer's webhook endpoint.
+real sockets exactly as it would talk to Stripe or to a customer's webhook endpoint. A node that must be killed
+for real runs as a process of its own (`start_process`).
 """
 
 from __future__ import annotations
@@ -9,12 +10,15 @@ from __future__ import annotations
 import json
 import math
 import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
 
 from edge.config import Config, load_config
@@ -163,6 +167,25 @@ async def start_node(nursery: trio.Nursery, tmp_path: Path, extra: str = "", **k
     return await nursery.start(run_node, config, Runtime.real())
 
 
+async def start_process(config: Path, log: Path, port: int) -> subprocess.Popen:
+    """Start `python -m edge serve` on `port` and wait until it is ready."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge", "serve", "--config", str(config), "--listen", f"127.0.0.1:{port}"],
+        stdout=open(log, "ab"),  # noqa: SIM115 - the child owns the file
+        stderr=subprocess.STDOUT,
+    )
+    async with httpx.AsyncClient() as client:
+        with trio.fail_after(20):
+            while True:
+                assert process.poll() is None, log.read_text()
+                try:
+                    if (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                        return process
+                except httpx.TransportError:
+                    pass
+                await trio.sleep(0.05)
+
+
 def free_port() -> int:
     """A loopback port that was free a moment ago (for servers in child processes, which must be told a port)."""
     with socket.socket() as probe:
@@ -172,3 +195,18 @@ def free_port() -> int:
 
 def auth(key: str = ACCOUNT_KEY) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+async def wait_ready(process: subprocess.Popen[bytes], port: int, output: Path, *, timeout_s: float = 20.0) -> None:
+    """Poll the GET /readyz of a node process on 127.0.0.1:`port` until it answers 200; fail with the process's
+    `output` if it exits first."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        with trio.fail_after(timeout_s):
+            while True:
+                assert process.poll() is None, output.read_text()
+                try:
+                    if (await client.get("/readyz")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await trio.sleep(0.05)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -12,28 +10,9 @@ import httpx
 import pytest
 import trio
 
-from tests.e2e.support import RateLimitedUpstream, auth, free_port, serve, write_config
+from tests.e2e.support import RateLimitedUpstream, auth, free_port, serve, start_process, write_config
 
 MAX_RETRIES = 2
-
-
-async def start_process(config: Path, log: Path, port: int) -> subprocess.Popen:
-    """Start `python -m edge serve` on `port` and wait until it is ready."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "edge", "serve", "--config", str(config), "--listen", f"127.0.0.1:{port}"],
-        stdout=open(log, "ab"),  # noqa: SIM115 - the child owns the file
-        stderr=subprocess.STDOUT,
-    )
-    async with httpx.AsyncClient() as client:
-        with trio.fail_after(20):
-            while True:
-                assert process.poll() is None, log.read_text()
-                try:
-                    if (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                        return process
-                except httpx.TransportError:
-                    pass
-                await trio.sleep(0.05)
 
 
 @pytest.mark.slow

@@ -157,6 +157,9 @@ async def test_error_paths_are_problem_json(nursery: trio.Nursery, tmp_path: Pat
             422,
             "on_success.retry_policy.max_retries",
         )
+        lone_surrogate = '{"url": "https://a.example", "body": "\\ud800"}'  # was a 500: the store cannot save it
+        json_type = {**auth(), "content-type": "application/json"}
+        await expect(await client.post("/api/v1/jobs", content=lone_surrogate, headers=json_type), 422, "body")
         framing = {**job, "headers": {"Content-Length": "5"}}
         await expect(await client.post("/api/v1/jobs", json=framing, headers=auth()), 422, "headers.Content-Length")
 
@@ -166,6 +169,10 @@ async def test_error_paths_are_problem_json(nursery: trio.Nursery, tmp_path: Pat
         await expect(await client.delete(f"/api/v1/jobs/{job_id}", headers=auth(OTHER_KEY)), 404)
         await expect(await client.get("/api/v1/jobs/job_nope", headers=auth()), 404)
         await expect(await client.put("/api/v1/jobs", headers=auth()), 405)
+        for public in ("/healthz", "/readyz", "/metrics", "/openapi.json"):  # once a 404 (found by schemathesis)
+            refused = await client.post(public)
+            await expect(refused, 405)
+            assert refused.headers["allow"] == "GET"
 
 
 async def test_nested_jobs_are_stored_and_camel_case_is_accepted(nursery: trio.Nursery, tmp_path: Path):

@@ -1,9 +1,10 @@
 """Plans on a real node: a quota refuses exactly what is past it, duplicates never count, usage reports it, and the
-count survives a restart."""
+count survives a restart, a kill -9 included."""
 
 from __future__ import annotations
 
 import math
+import signal
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import httpx
 import trio
 
 from edge.placement.usage import month_end_ms
-from tests.e2e.support import ACCOUNT_KEY, auth, start_node
+from tests.e2e.support import ACCOUNT_KEY, auth, free_port, start_node, start_process, write_config
 
 TINY = """
 [plans.tiny]
@@ -90,3 +91,35 @@ async def test_usage_survives_a_restart(nursery: trio.Nursery, tmp_path: Path) -
         assert usage["count"] == 4
         statuses = [(await _submit(client, key, 10 + index)).status_code for index in range(5)]
     assert statuses == [201, 201, 201, 429, 429]
+
+
+async def test_a_node_killed_right_after_its_last_acceptance_restarts_with_no_rights_left(tmp_path: Path) -> None:
+    """kill -9 the moment the allowance's last job is acknowledged: each job's usage was in its own commit, so the
+    restarted node counts every one and accepts no more."""
+    key = "ck_test_tiny_0123456789"
+    config, log, port = write_config(tmp_path, _tiny_account(tmp_path)), tmp_path / "node.log", free_port()
+    process = await start_process(config, log, port)
+    statuses: list[int] = []
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+
+            async def one(index: int) -> None:
+                statuses.append((await _submit(client, key, index)).status_code)
+
+            async with trio.open_nursery() as burst:  # 5 + 2 overage, saved in the same commits
+                for index in range(7):
+                    burst.start_soon(one, index)
+            process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        await trio.to_thread.run_sync(process.wait)
+    assert statuses == [201] * 7
+
+    process = await start_process(config, log, port)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            assert (await client.get("/api/v1/usage", headers=auth(key))).json()["count"] == 7
+            assert [(await _submit(client, key, 10 + index)).status_code for index in range(3)] == [429] * 3
+    finally:
+        process.kill()
+        await trio.to_thread.run_sync(process.wait)

@@ -27,6 +27,9 @@ monthly_requests = {QUOTA}
 overage_requests_max = {OVERAGE}
 [cluster]
 forward_deadline_s = 3.0
+# The quota alone: with replicas, a submission whose successor is cut off is answered 503 while its job (and
+# the right it spent) stays on the owner and counts; replication under partitions is still open work.
+replicas = 1
 """
 ROUNDS_MAX = 30  # submission rounds after the burst, until every node refuses for the rest of the month
 

@@ -18,12 +18,14 @@ BACKLOGGED = Scenario(
     providers=(ProviderSpec(name="api", rate_limit_rps=0.5, burst=1, latency_median_s=0.05, latency_p99_s=0.2),),
     tenants=(TenantSpec(name="acme", provider="api", keys=5, rate_per_s=10),),
 )
+# Without replication: with a successor holding a copy of every job, a crash of the owner loses nothing even when
+# the owner's own store acknowledged too early (the successor's store does not).
 CRASHING = Scenario(
     name="backlogged-crash",
     duration_s=14,
     warmup_s=3,
     drain_s=12,
-    cluster=BACKLOGGED.cluster,
+    cluster=ClusterSpec(nodes=4, regions=("iad", "lax"), replicas=1),
     providers=BACKLOGGED.providers,
     tenants=BACKLOGGED.tenants,
     faults=(FaultSpec(at_s=8, kind="crash", nodes=("n2",), duration_s=4),),

@@ -51,8 +51,8 @@ class Executor:
     ) -> AttemptResult:
         started = trio.current_time()
         timeout = httpx.Timeout(timeouts.read_s, connect=timeouts.connect_s)
-        content = body.encode() if body is not None else None
         try:
+            content = body.encode() if body is not None else None
             with trio.fail_after(timeouts.total_s):
                 async with self._outbound.stream(
                     method, url, headers=headers, content=content, timeout=timeout
@@ -62,6 +62,11 @@ class Executor:
             return AttemptResult(trio.current_time() - started, error=f"timeout after {timeouts.total_s:g}s")
         except httpx.TimeoutException as exc:
             return AttemptResult(trio.current_time() - started, error=f"timeout: {type(exc).__name__}")
+        except UnicodeEncodeError as exc:
+            # A header value httpx cannot encode or a body with a lone surrogate, in a job stored before intake
+            # refused them (edge/engine/spec.py): no retry can send it, and raising would stop the node.
+            error = f"the request cannot be encoded ({exc.reason})"
+            return AttemptResult(trio.current_time() - started, error=error, retryable=False)
         except httpx.HTTPError as exc:
             refused = refusal_of(exc)
             if refused is not None:

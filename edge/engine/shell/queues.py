@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Protocol
 
 import trio
@@ -50,6 +50,7 @@ from edge.engine.records import JobRecord
 from edge.engine.shell.executor import Executor, Timeouts
 from edge.engine.shell.placement import AttemptRunner, LocalPlacement, Placement
 from edge.engine.shell.webhooks import WebhookDeliverer
+from edge.logs import job_fields
 from edge.metrics import NodeMetrics
 from edge.runtime import Runtime
 from edge.store import Store, StoreError
@@ -78,13 +79,37 @@ class WorkflowLinks(Protocol):
         ...
 
 
+class Reserved(Protocol):
+    """A submission `Admission` let in: the shared-state rows the job's commit writes with it (its usage count)."""
+
+    @property
+    def shared_state(self) -> Sequence[tuple[str, bytes]]: ...
+
+
 class Admission(Protocol):
     """Whether a new submission may be accepted beyond the backlog bound (the plan's quota, edge/placement/usage.py):
     `reserve` raises to refuse; `settle` is told whether the job was new once it was saved, or failed."""
 
-    async def reserve(self, account_id: str) -> Any: ...
+    async def reserve(self, account_id: str) -> Reserved:
+        """Let the submission in, or raise. Its job's commit is to be called at once, with no await between: the
+        rows are valued for that moment."""
+        ...
 
     def settle(self, reservation: Any, *, created: bool) -> None: ...
+
+
+class Replication(Protocol):
+    """Copies of every save on the key's other holders (edge/placement/replication.py)."""
+
+    async def replicated(self, records: Sequence[JobRecord]) -> list[JobRecord | None]:
+        """Wait until the other holders have `records` durable; per record None, or the job they hold under its
+        idempotency key instead. Raises (a Problem) when they cannot confirm in time."""
+        ...
+
+    async def replicate_soon(self, records: Sequence[JobRecord], *, moved_from: Sequence[str] = ()) -> None:
+        """The same for a save nobody waits on: failures are retried later, never raised. `moved_from[i]`: the
+        queue key record i had before (a rekey), whose holders must learn that it moved."""
+        ...
 
 
 class _LocalLinks:
@@ -136,8 +161,13 @@ class QueueManager:
         on_account_queue: Callable[[str, bool], None] | None = None,
         per_key: workflow.PerKeyQueues = lambda origin: True,
         admission: Admission | None = None,
+        replication: Replication | None = None,
+        holds_copy: Callable[[str], bool] = lambda key: False,
     ) -> None:
+        """`holds_copy(key)`: this node keeps the key's jobs only as a replica (another member runs them)."""
         self._config = config
+        self._replication = replication
+        self._holds_copy = holds_copy
         self._admission = admission
         self._owns = owns
         self._on_account_queue = on_account_queue
@@ -168,7 +198,7 @@ class QueueManager:
         """Resume every unfinished job from the store, then serve queues until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            resumed = await self._store.unfinished_jobs()
+            resumed = [r for r in await self._store.unfinished_jobs() if not self._holds_copy(r.queue_key)]
             for record in resumed:
                 # A job that was running when the node died is retried: at-least-once, made safe by idempotency keys.
                 self._enqueue(record)
@@ -192,7 +222,8 @@ class QueueManager:
         unfinished jobs here, and by the plan's quota (`Admission`: it raises its own refusal). The checks run on the
         node that holds the queue, whichever node the client called; a resubmission of a job still unfinished here
         is answered with it whatever they say, and jobs handed over from another node were acknowledged already and
-        are never refused (nor counted again). A new workflow root is saved together with its first step."""
+        are never refused (nor counted again). A new workflow root is saved together with its first step, and a new
+        job with the rows its reservation names (the account's usage: counted in the commit that makes it durable)."""
         if admit and (duplicate := self._queues.live_duplicate(record.account_id, record.idempotent_key)):
             return duplicate, False
         spawn: tuple[JobRecord, ...] = ()
@@ -204,7 +235,8 @@ class QueueManager:
         try:
             reservation = await self._admission.reserve(record.account_id) if admit and self._admission else None
             try:
-                stored, created = await self._store.insert_job(record, spawn)
+                rows = reservation.shared_state if reservation is not None else ()
+                stored, created = await self._store.insert_job(record, spawn, shared_state=rows)
             finally:
                 if reservation is not None and self._admission is not None:
                     self._admission.settle(reservation, created=created)
@@ -212,6 +244,19 @@ class QueueManager:
             self._queues.admitted(record.account_id)
         if not created:
             return self._queues.live_job(stored.job_id) or stored, False
+        log.debug("job %s accepted", stored.job_id, extra=job_fields(stored.job_id, stored.queue_key))
+        if self._replication is not None:
+            try:
+                held_elsewhere = (await self._replication.replicated([stored, *spawn]))[0]
+            except Exception:
+                self._enqueue(stored)  # durable here: it runs, though the client hears it was not accepted
+                self._enqueue_spawned(spawn)
+                raise
+            if held_elsewhere is not None:
+                # Another holder has a job under this idempotency key (it was accepted before the key moved here).
+                await self._store.delete_jobs([stored.job_id, *(s.job_id for s in spawn)])
+                await self._store.merge_jobs([held_elsewhere])
+                return held_elsewhere, False
         self._enqueue(stored)
         self._enqueue_spawned(spawn)
         return stored, True
@@ -267,7 +312,12 @@ class QueueManager:
             try:
                 step = await self._links.find(step_id)
             except StoreError:
-                log.exception("could not look up step %s of job %s; trying again later", step_id, root_id)
+                log.exception(
+                    "could not look up step %s of job %s; trying again later",
+                    step_id,
+                    root_id,
+                    extra=job_fields(root_id),
+                )
                 continue
             if step is not None and step.is_terminal:
                 await self._root_learns(queue, root_id, step)
@@ -307,6 +357,11 @@ class QueueManager:
         self.ownership_changed()
         return detached
 
+    def adopt(self, records: Collection[JobRecord]) -> None:
+        """Queue jobs this node held as copies and now runs (a takeover); they are durable here already."""
+        for record in records:
+            self._enqueue(record)
+
     def reattach(self, records: Collection[JobRecord]) -> None:
         """Put detached jobs back (their transfer failed); they wait until a later hand-off succeeds."""
         for record in records:
@@ -334,16 +389,26 @@ class QueueManager:
         moved = self._queues.take_rekeyed(origin, key_of)
         self._metrics.queue_depth.dec(len(moved))
         count = 0
+        saved: list[JobRecord] = []
+        old_keys: list[str] = []
         for record, new_key in moved:
-            rekeyed = record.evolve(queue_key=new_key)
+            rekeyed = record.evolve(queue_key=new_key, revision=record.revision + 1)
             try:
                 await self._store.save_job(rekeyed)
             except StoreError:
-                log.exception("could not move job %s to queue %s; it stays where it was", record.job_id, new_key)
+                log.exception(
+                    "could not move job %s to its new queue; it stays where it was",
+                    record.job_id,
+                    extra=job_fields(record.job_id, new_key),
+                )
                 rekeyed = record
             else:
                 count += 1
+                saved.append(rekeyed)
+                old_keys.append(record.queue_key)
             self._enqueue(rekeyed)
+        if saved and self._replication is not None:
+            await self._replication.replicate_soon(saved, moved_from=old_keys)
         if count:
             log.info("moved %d queued jobs of %s to new queue keys", count, origin)
         return count
@@ -373,6 +438,9 @@ class QueueManager:
         return QueueLimits(rps, concurrency, rps_source=rps_source, concurrency_source=concurrency_source)
 
     def _enqueue(self, record: JobRecord) -> None:
+        if self._queues.live_job(record.job_id) is not None:
+            # Already here (a copy taken over while its hand-off was in transit came back): one job, one place.
+            return
         now = trio.current_time()
         eligible_at = now
         not_before_ms = record.next_attempt_at_ms or record.spec.retry_at
@@ -527,12 +595,18 @@ class QueueManager:
         try:
             await self._save(queue, settlement)
         except StoreError:
-            log.exception("could not save job %s; it will run again later", settlement.record.job_id)
+            record = settlement.record
+            log.exception(
+                "could not save job %s; it will run again later",
+                record.job_id,
+                extra=job_fields(record.job_id, record.queue_key),
+            )
         finally:
             self._wake(queue)
 
     async def _save(self, queue: OutboundQueue, settlement: Settlement) -> None:
         """Save, then commit; abort when the store fails (StoreError is raised again)."""
+        settlement.record.revision += 1
         record = settlement.record
         if settlement.is_terminal:
             record = self._webhooks.attach(record)
@@ -545,10 +619,15 @@ class QueueManager:
         queue.commit(settlement)
         self._queues.settled(settlement)
         self._enqueue_spawned(settlement.spawn)
+        if self._replication is not None:  # before the webhook: a takeover must not run a job already reported
+            await self._replication.replicate_soon([record, *settlement.spawn])
         assert self._nursery is not None
         for job_id in settlement.stop:
             self._nursery.start_soon(self.stop, job_id)
         if settlement.is_terminal:
+            log.debug(
+                "job %s finished: %s", record.job_id, record.status, extra=job_fields(record.job_id, record.queue_key)
+            )
             self._metrics.jobs_finished.labels(record.status).inc()
             if record.has_pending_deliveries:
                 self._webhooks.schedule(record)

@@ -23,7 +23,7 @@ delivers it, so a region outage delays no result. The payload is signed here, so
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from itertools import count
 
@@ -38,6 +38,7 @@ from edge.engine.records import Delivery, JobRecord
 from edge.engine.shell.executor import Timeouts
 from edge.engine.shell.placement import Placement
 from edge.engine.signing import sign_webhook
+from edge.logs import job_fields
 from edge.metrics import NodeMetrics
 from edge.outbound.client import OutboundHttp, read_capped
 from edge.outbound.ssrf import refusal_of
@@ -82,6 +83,14 @@ class WebhookDeliverer:
         self._seq = count()
         self._changed = trio.Event()
         self._placement: Placement | None = None
+        self._is_copy: Callable[[str], bool] = lambda queue_key: False
+        self._on_final: Callable[[str], Awaitable[None]] | None = None
+
+    def replicate_with(self, *, is_copy: Callable[[str], bool], on_final: Callable[[str], Awaitable[None]]) -> None:
+        """In a cluster with replicas: leave the webhooks of jobs held here as copies to their owner, and call
+        `on_final(job_id)` once a job's webhook outcome is final, so the copies learn it (a takeover must not
+        deliver again what was delivered)."""
+        self._is_copy, self._on_final = is_copy, on_final
 
     def place_in_regions(self, placement: Placement) -> None:
         """Deliver webhooks that name regions through `placement`'s nodes (a cluster with regions)."""
@@ -122,7 +131,8 @@ class WebhookDeliverer:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         for record in await self._store.jobs_with_pending_deliveries():
-            self.schedule(record)
+            if not self._is_copy(record.queue_key):
+                self.schedule(record)
         slots = trio.Semaphore(self._settings.concurrency)
         task_status.started()
         async with trio.open_nursery() as nursery:
@@ -148,7 +158,7 @@ class WebhookDeliverer:
         try:
             record = await self._store.get_job(job_id)
         except StoreError:
-            log.exception("could not read job %s for its webhook; trying again later", job_id)
+            log.exception("could not read job %s for its webhook; trying again later", job_id, extra=job_fields(job_id))
             record = None
         if record is None:
             self._retry_later(job_id, index)
@@ -169,19 +179,22 @@ class WebhookDeliverer:
             schedule=self._schedule,
         )
         job.deliveries[index] = delivery
-        self._metrics.webhook_deliveries.labels(
-            "delivered" if accepted else "gave_up" if delivery.state == "failed" else "retry"
-        ).inc()
+        result = "delivered" if accepted else "gave_up" if delivery.state == "failed" else "retry"
+        self._metrics.webhook_deliveries.labels(result).inc()
+        # The receiver's status only: its URL, like the job's, may hold a credential.
+        log.debug("webhook %d of job %s: %s (status %s)", index, job_id, result, status, extra=job_fields(job_id))
         job_outcome = outcome(job.deliveries, job.quorum)
         try:
             await self._store.save_delivery(job_id, index, delivery, job_outcome, wall_ms)
         except StoreError:
             # Not durable: a restart before a later save redelivers from the stored state (at-least-once).
-            log.exception("could not save the webhook state of job %s", job_id)
+            log.exception("could not save the webhook state of job %s", job_id, extra=job_fields(job_id))
         if delivery.state == "pending":
             self._schedule_one(job_id, index, delivery)
         elif job_outcome != "pending":
             del self._jobs[job_id]
+            if self._on_final is not None:
+                await self._on_final(job_id)
 
     def _retry_later(self, job_id: str, index: int) -> None:
         """The record could not be read: try again after the schedule's first retry step."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 
@@ -11,11 +12,13 @@ import trio
 from cluster import InsecureClusterError, Keyring, MemberState
 from cluster.messages import Alive
 from cluster.shell import ClusterMember, ShellSettings
+from edge.runtime import Resolver
 from tests.cluster.helpers import Peer
 
 from .support import (
     FAST,
     KEYRING,
+    QUICK_JOIN,
     endpoint,
     ipv6_loopback_available,
     live_view,
@@ -194,6 +197,32 @@ async def test_a_dns_seed_is_retried_until_it_resolves_and_our_own_address_is_sk
     stats = second.member.statistics()
     assert stats.join_attempts >= 3
     assert stats.swim.streams_opened >= 1 and stats.exchanges_failed == 0  # never pushed to itself
+
+
+async def test_groups_that_found_only_each_other_in_dns_merge_once_it_names_them_all(nursery: trio.Nursery) -> None:
+    """Machines started together may each see only their own group under `<app>.internal`: a joined member resolves
+    its seed names again and joins the addresses no live member has."""
+    a = await start(nursery, "a")
+    port = a.member.local.address[1]
+    c = await start(nursery, "c", bind=f"127.0.0.3:{port}")
+    answers = {"b": ["127.0.0.1", "127.0.0.2"], "d": ["127.0.0.3", "127.0.0.4"]}
+
+    def dns_of(name: str) -> Resolver:
+        async def dns(host: str) -> list[str]:
+            return answers[name]
+
+        return dns
+
+    settings = dataclasses.replace(QUICK_JOIN, rediscover_interval_s=0.2)
+    for name, host in (("b", "127.0.0.2"), ("d", "127.0.0.4")):
+        runtime = make_runtime(ord(name), dns_of(name))
+        await start(nursery, name, bind=f"{host}:{port}", seeds=["app.internal"], runtime=runtime, settings=settings)
+    await wait_until(
+        lambda: live_view(a.member) == {"a", "b"} and live_view(c.member) == {"c", "d"}, timeout_s=3, what="two groups"
+    )
+
+    answers["d"] = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    await wait_until(lambda: live_view(a.member) == live_view(c.member) == set("abcd"), timeout_s=3, what="merged")
 
 
 async def test_addresses_learned_from_gossip_are_checked_before_anything_is_sent_there(nursery: trio.Nursery) -> None:

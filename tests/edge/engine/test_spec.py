@@ -50,6 +50,22 @@ def test_defaults_follow_the_contract():
             "webhook_quorum",
         ),
         ({"url": "https://example.com/", "regions": ["IAD!"]}, "regions"),
+        # A trailing newline once passed: with `re.match`, `$` also matches just before it.
+        ({"url": "https://example.com/", "headers": {"X-A\n": "x"}}, "headers.X-A\n"),
+        ({"url": "https://example.com/", "regions": ["iad\n"]}, "regions"),
+        # httpx sends header values as ASCII: another one used to stop the node at its first attempt.
+        ({"url": "https://example.com/", "headers": {"X-A": "caf\u00e9"}}, "headers.X-A"),
+        # A lone surrogate (JSON "\ud800") has no UTF-8 form: these were 500s, the store could not save them.
+        ({"url": "https://example.com/", "body": "\ud800"}, "body"),
+        ({"url": "https://example.com/", "metadata": {"a": [{"\udc00": 1}]}}, "metadata"),
+        ({"url": "https://example.com/", "idempotent_key": "k\udfff"}, "idempotent_key"),
+        # What the store (msgpack) or a JSON answer cannot hold: the first was a 500, the second came back as NaN.
+        ({"url": "https://example.com/", "metadata": {"n": 2**64}}, "metadata"),
+        ({"url": "https://example.com/", "metadata": {"n": [float("nan")]}}, "metadata"),
+        (
+            {"url": "https://example.com/", "on_success": {"url": "https://a.example", "tier": "\ud800"}},
+            "on_success.tier",
+        ),
         ({"url": "https://example.com/", "region_policy": "maybe"}, "region_policy"),
         ({"url": "https://example.com/", "execution_mode": "all"}, "execution_mode"),
         ({"url": "https://example.com/", "retry_policy": {"retry_codes": [700]}}, "retry_policy.retry_codes"),

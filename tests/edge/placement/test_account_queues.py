@@ -39,12 +39,14 @@ class SharedLimitUpstream:
 
 
 async def stored_records(nodes: list[Node], job_ids: list[str]) -> dict[str, tuple[str, str]]:
-    """Where each job is stored, and its queue key there: {job_id: (node, queue_key)}."""
+    """Where each job is queued, and its queue key there: {job_id: (node, queue_key)}. (Its key's other replicas
+    hold copies in their stores, but only one node queues it.)"""
     found: dict[str, tuple[str, str]] = {}
     for node in nodes:
         for job_id in job_ids:
-            record = await node.store.get_job(job_id)
+            record = node.manager.live_job(job_id)
             if record is not None:
+                assert await node.store.get_job(job_id) is not None
                 found[job_id] = (node.config.server.node_id or "", record.queue_key)
     return found
 

@@ -25,9 +25,11 @@ async def test_forwarding_reads_cancel_and_refusals(nursery: trio.Nursery, tmp_p
     await wait_members(b, 2)
     async with httpx.AsyncClient(base_url=a.base_url) as client:
         ids = [(await client.post("/api/v1/jobs", json=job(i), headers=auth())).json()["job_id"] for i in range(16)]
-        on_b = [job_id for job_id in ids if await b.store.get_job(job_id) is not None]
-        on_a = [job_id for job_id in ids if await a.store.get_job(job_id) is not None]
-        assert on_a and on_b and sorted(on_a + on_b) == sorted(ids)  # each job durable on exactly one owner
+        on_b = [job_id for job_id in ids if b.manager.live_job(job_id) is not None]
+        on_a = [job_id for job_id in ids if a.manager.live_job(job_id) is not None]
+        assert on_a and on_b and sorted(on_a + on_b) == sorted(ids)  # each job queued on exactly one owner
+        for job_id in ids:  # and durable on both (cluster.replicas = 2, two members)
+            assert await a.store.get_job(job_id) is not None and await b.store.get_job(job_id) is not None
         # Reads and cancels through either node find the job where it lives.
         for job_id in ids:
             assert (await client.get(f"/api/v1/jobs/{job_id}", headers=auth())).json()["status"] == "queued"
@@ -67,11 +69,16 @@ async def test_queued_jobs_move_to_a_node_that_joins(nursery: trio.Nursery, tmp_
     b, _ = await start(nursery, node_config(tmp_path, "b", gossip))
     with trio.fail_after(20):
         while True:
-            moved = [job_id for job_id in ids if await b.store.get_job(job_id) is not None]
-            left = [job_id for job_id in ids if await a.store.get_job(job_id) is not None]
+            moved = [job_id for job_id in ids if b.manager.live_job(job_id) is not None]
+            left = [job_id for job_id in ids if a.manager.live_job(job_id) is not None]
             if moved and len(moved) + len(left) == len(ids):
                 break
             await trio.sleep(0.1)
-    # Transfer, then delete: every job is in exactly one store, and each node queues only keys it owns.
+    # Every job is queued on exactly one node, the one that owns its key; with two members and two replicas
+    # both stores keep every job (the old owner keeps copies of the keys it handed over).
     assert not set(moved) & set(left)
     assert a.manager.statistics()["jobs"] == len(left) and b.manager.statistics()["jobs"] == len(moved)
+    with trio.fail_after(10):
+        while not all([await b.store.get_job(job_id) for job_id in ids]):
+            await trio.sleep(0.1)
+    assert all([await a.store.get_job(job_id) for job_id in ids])

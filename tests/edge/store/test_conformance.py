@@ -602,3 +602,54 @@ async def test_shared_state_calls_fail_on_a_closed_store(open_store: StoreOpener
         await store.shared_state()
     with pytest.raises(StoreError):
         await store.save_shared_state("k", b"v")
+
+
+# insert_job's shared-state rows: written with a new job, in its transaction, and in call order with every other.
+
+
+async def test_a_new_job_writes_its_shared_state_rows_and_a_duplicate_none(open_store: StoreOpener) -> None:
+    async with open_store() as store:
+        await store.save_shared_state("counter:usage\0n1", b"before")
+        _, created = await store.insert_job(
+            make_record("job-1"), shared_state=[("counter:usage\0n1", b"one"), ("counter:other\0n1", b"x")]
+        )
+        assert created
+        _, created = await store.insert_job(
+            make_record("job-2", idempotent_key="key-job-1"), shared_state=[("counter:usage\0n1", b"two")]
+        )
+        assert not created
+    async with open_store() as store:
+        assert await store.shared_state() == {"counter:usage\0n1": b"one", "counter:other\0n1": b"x"}
+
+
+async def test_a_failed_insert_writes_none_of_its_rows(open_store: StoreOpener) -> None:
+    async with open_store() as store:
+        await store.insert_job(make_record("job-1"))
+        with pytest.raises(StoreError):  # job-1 again, under another key
+            await store.insert_job(
+                make_record("job-1", idempotent_key="another"), shared_state=[("counter:usage\0n1", b"one")]
+            )
+    with pytest.raises(StoreError, match="store closed"):
+        await store.insert_job(make_record("job-2"), shared_state=[("counter:usage\0n1", b"two")])
+    async with open_store() as store:
+        assert await store.shared_state() == {}
+        assert await store.get_job("job-2") is None
+
+
+async def test_shared_state_rows_land_in_call_order(store: Store) -> None:
+    """Concurrent calls writing one key, a job's commit or a lone save: the value of the one called last stays."""
+    called: dict[str, list[bytes]] = {}
+
+    async def write(key: str, value: bytes, job: JobRecord | None) -> None:
+        called.setdefault(key, []).append(value)  # the call is made right after, with no await between
+        if job is None:
+            await store.save_shared_state(key, value)
+        else:
+            await store.insert_job(job, shared_state=[(key, value)])
+
+    for n in range(10):  # rounds apart: Trio orders each scheduling batch afresh
+        async with trio.open_nursery() as nursery:
+            key = f"counter:usage\0n{n}"
+            nursery.start_soon(write, key, b"commit", make_record(f"job-{n}"))
+            nursery.start_soon(write, key, b"save", None)
+    assert await store.shared_state() == {key: values[-1] for key, values in called.items()}

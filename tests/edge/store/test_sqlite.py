@@ -47,6 +47,7 @@ async def test_file_schema_and_record_format(tmp_path: Path) -> None:
             "finished_at_ms",
             "webhook_outcome",
             "record",
+            "revision",
         ]
         delivery_columns = [row[1] for row in db.execute("PRAGMA table_info(deliveries)")]
         assert delivery_columns == ["job_id", "idx", "delivery", "updated_at_ms"]
@@ -62,6 +63,7 @@ async def test_file_schema_and_record_format(tmp_path: Path) -> None:
         "pending",
     )
     assert msgpack.unpackb(row[8]) == record.to_wire()
+    assert row[9] == record.revision
 
 
 @pytest.mark.parametrize(

@@ -257,9 +257,11 @@ class FaultyStore:
         self.failed_at.setdefault(method, []).append(trio.current_time())
         raise StoreError(f"injected fault: {method} (call {self.calls[method]})")
 
-    async def insert_job(self, record: JobRecord, spawned: Sequence[JobRecord] = ()) -> tuple[JobRecord, bool]:
+    async def insert_job(
+        self, record: JobRecord, spawned: Sequence[JobRecord] = (), *, shared_state: Sequence[tuple[str, bytes]] = ()
+    ) -> tuple[JobRecord, bool]:
         await self._enter("insert_job", record)
-        return await self.inner.insert_job(record, spawned)
+        return await self.inner.insert_job(record, spawned, shared_state=shared_state)
 
     async def save_job(self, record: JobRecord, spawned: Sequence[JobRecord] = ()) -> None:
         await self._enter("save_job", record)
