@@ -30,6 +30,7 @@ from bench import (
     proxy_intake,
     proxy_overhead,
     regions,
+    replication,
     scheduler_ops,
     simulator_speed,
     usage_convergence,
@@ -51,6 +52,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "regions": regions.run,
     "simulator_speed": simulator_speed.run,
     "usage_convergence": usage_convergence.run,
+    "replication": replication.run,
     "fuzz": fuzz.run,
 }
 

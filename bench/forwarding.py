@@ -27,7 +27,7 @@ import sqlite3
 import statistics
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -102,13 +102,37 @@ def node_settings(name: str, gossip_port: int, seeds: list[str], cluster_key_hex
     }
 
 
-def start_node(stack: ExitStack, settings: Mapping[str, Any], first_key: int) -> ServedTarget:
-    """Serve one clustered node until `stack` closes; the child reads its settings from the environment."""
+def start_node(
+    stack: ExitStack, settings: Mapping[str, Any], first_key: int, factory: str = NODE_FACTORY
+) -> ServedTarget:
+    """Serve one clustered node until `stack` closes; the child's `factory` reads its settings from the
+    environment (`NODE_ENV`)."""
     os.environ[NODE_ENV] = json.dumps({"settings": dict(settings), "first_key": first_key})
     try:
-        return stack.enter_context(served_app(NODE_FACTORY))
+        return stack.enter_context(served_app(factory))
     finally:
         del os.environ[NODE_ENV]
+
+
+def start_cluster(
+    stack: ExitStack,
+    names: Sequence[str] = NODE_NAMES,
+    *,
+    factory: str = NODE_FACTORY,
+    settings: Mapping[str, Any] | None = None,
+) -> dict[str, ServedTarget]:
+    """One node per name, clustered with a fresh key (`settings` laid over each node's), served until `stack`
+    closes; returns once every node sees every node alive."""
+    cluster_key_hex = secrets.token_hex(32)
+    gossip_ports = [free_loopback_port() for _ in names]
+    nodes: dict[str, ServedTarget] = {}
+    for index, name in enumerate(names):
+        # The first node is the seed and starts alone (no join wait); the others join through it.
+        seeds = [f"{LOOPBACK}:{gossip_ports[0]}"] if index else []
+        node = {**node_settings(name, gossip_ports[index], seeds, cluster_key_hex), **(settings or {})}
+        nodes[name] = start_node(stack, node, first_key=index * KEY_RANGE, factory=factory)
+    wait_for_cluster(nodes)
+    return nodes
 
 
 def cluster_view(node: ServedTarget) -> dict[str, Any]:
@@ -205,17 +229,9 @@ def stored_jobs(store_file: Path) -> int:
 def run() -> dict[str, Any]:
     """Start the two-node cluster, find the key's owner, measure both entries over h2c, then check."""
     label = f"h2c, {CLIENTS} connections x {STREAMS_PER_CLIENT} streams"
-    cluster_key_hex = secrets.token_hex(32)
-    gossip_ports = [free_loopback_port() for _ in NODE_NAMES]
     with ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-forwarding-")))
-        nodes: dict[str, ServedTarget] = {}
-        for index, name in enumerate(NODE_NAMES):
-            # The first node is the seed and starts alone (no join wait); the others join through it.
-            seeds = [f"{LOOPBACK}:{gossip_ports[0]}"] if index else []
-            settings = node_settings(name, gossip_ports[index], seeds, cluster_key_hex)
-            nodes[name] = start_node(stack, settings, first_key=index * KEY_RANGE)
-        wait_for_cluster(nodes)
+        nodes = start_cluster(stack)
         owner = owner_of_queue(nodes[NODE_NAMES[0]])
         forwarder = next(name for name in nodes if name != owner)
         versions_before = {name: cluster_view(node)["version"] for name, node in nodes.items()}

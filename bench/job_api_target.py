@@ -15,12 +15,17 @@ The same app serves `bench.proxy_intake`'s SDK envelopes (`POST /api/v1/proxy`):
 envelope's `body` string just as well (its characters need no escaping), and there the created job shows in the
 answer's `forwarded_response` (`PROXY_CREATED`), since the envelope's own status is 200.
 
+To spread jobs over several queue keys (and so over a cluster's owners), a body may also carry
+`PLACEHOLDER_CREDENTIAL` in its credential header: given `credentials` (each as wide), the app swaps in one after
+another, the same way.
+
 The jobs carry `retry_at` in 2100, so none runs during the benchmark: this measures intake alone.
 
 Durability ("every job durable before its 201"): the app counts the 201s it actually sent and reports them with
 the store's file at `DURABILITY_PATH`; `verify_durability`, which `bench.intake` calls after its last round,
 counts the account's jobs in that file through its own SQLite connection in the bench process, so it sees only
-what reached the file.
+what reached the file. `ACKNOWLEDGED_PATH` lists the numbers of the keys answered 201 (`intake_key` spells
+one), for checks of where each acknowledged job is.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import json
 import signal
 import sqlite3
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +58,7 @@ PROXY_PATH = "/api/v1/proxy"
 # is an escaped string inside it, so this cannot match there.
 PROXY_CREATED = b'"forwarded_response":{"status_code":201,'
 DURABILITY_PATH = "/bench/durability"
+ACKNOWLEDGED_PATH = "/bench/acknowledged"
 BENCH_ACCOUNT_ID = "bench"
 BENCH_ACCOUNT_KEY = "ck_bench_0123456789abcdef"
 # Jobs wait until 2100-01-01: accepted and durable, never executed while the benchmark runs.
@@ -61,6 +67,12 @@ FAR_FUTURE_MS = 4_102_444_800_000
 INTAKE_BACKLOG_MAX = 100_000_000
 KEY_DIGITS = 12
 PLACEHOLDER_KEY = "intake-" + "x" * KEY_DIGITS
+PLACEHOLDER_CREDENTIAL = "credential-" + "x" * KEY_DIGITS
+
+
+def intake_key(number: int) -> str:
+    """The idempotent key the served app gives its `number`-th job (as wide as PLACEHOLDER_KEY)."""
+    return f"intake-{number:0{KEY_DIGITS}d}"
 
 
 def bench_config(data_dir: Path, settings: Mapping[str, Any] | None = None) -> Config:
@@ -77,17 +89,24 @@ def bench_headers() -> dict[str, str]:
 class UniqueJobIntake:
     """The served app: a node in the lifespan, its job API with a fresh idempotent key per request."""
 
-    __slots__ = ("_api", "_created", "_keys", "_runtime", "_settings", "_store_file")
+    __slots__ = ("_acknowledged", "_api", "_created", "_credentials", "_keys", "_runtime", "_settings", "_store_file")
 
-    def __init__(self, settings: Mapping[str, Any] | None = None, first_key: int = 0) -> None:
+    def __init__(
+        self, settings: Mapping[str, Any] | None = None, first_key: int = 0, credentials: Sequence[str] = ()
+    ) -> None:
         """`settings` are config overrides (a clustered node's, say); keys are numbered from `first_key`, so
-        several nodes fed the same body still create distinct jobs."""
+        several nodes fed the same body still create distinct jobs. `credentials` take the place of
+        PLACEHOLDER_CREDENTIAL in turn."""
+        if any(len(credential) != len(PLACEHOLDER_CREDENTIAL) for credential in credentials):
+            raise ValueError(f"every credential must be {len(PLACEHOLDER_CREDENTIAL)} characters, as the placeholder")
         self._runtime = Runtime.real()
         self._settings = dict(settings or {})
         self._api: JobApi | None = None
         self._store_file: Path | None = None
         self._keys = itertools.count(first_key)
+        self._credentials = [credential.encode() for credential in credentials]
         self._created = 0
+        self._acknowledged: list[int] = []
 
     async def __call__(self, scope: ASGIScope, receive: ASGIReceive, send: ASGISend) -> None:
         if scope["type"] == "lifespan":
@@ -99,32 +118,44 @@ class UniqueJobIntake:
             report = {"responses_201": self._created, "store_file": str(self._store_file)}
             await _respond_json(send, report)
             return
+        if scope["path"] == ACKNOWLEDGED_PATH:
+            await _respond_json(send, {"numbers": self._acknowledged})
+            return
         assert self._api is not None, "requests arrive only after the lifespan started the node"
+        number = None
         if scope["path"] in (JOBS_PATH, PROXY_PATH) and scope["method"] == "POST":
-            receive = await self._with_unique_key(receive)
+            number = next(self._keys)
+            receive = await self._with_unique_key(receive, number)
         proxied = scope["path"] == PROXY_PATH
+
+        def created() -> None:
+            self._created += 1
+            if number is not None:
+                self._acknowledged.append(number)
 
         async def counting_send(message: ASGIMessage) -> None:
             if proxied and message["type"] == "http.response.body" and PROXY_CREATED in message.get("body", b""):
                 # Counted as a direct 201 is, once its start is out: before the body, which a client that leaves
                 # (h2load, at the end of a run) may never take.
-                self._created += 1
+                created()
             await send(message)
             if message["type"] == "http.response.start" and message["status"] == 201:
-                self._created += 1
+                created()
 
         await self._api(scope, receive, counting_send)
 
-    async def _with_unique_key(self, receive: ASGIReceive) -> ASGIReceive:
-        """Read the whole body, give it the next key, and hand the node that body as one message."""
+    async def _with_unique_key(self, receive: ASGIReceive, number: int) -> ASGIReceive:
+        """Read the whole body, give it key `number` (and a credential), and hand the node that body as one message."""
         chunks = []
         while True:
             message = await receive()
             chunks.append(message.get("body", b""))
             if message["type"] != "http.request" or not message.get("more_body"):
                 break
-        key = f"intake-{next(self._keys):0{KEY_DIGITS}d}".encode()
-        body = b"".join(chunks).replace(PLACEHOLDER_KEY.encode(), key, 1)
+        body = b"".join(chunks).replace(PLACEHOLDER_KEY.encode(), intake_key(number).encode(), 1)
+        if self._credentials:
+            credential = self._credentials[number % len(self._credentials)]
+            body = body.replace(PLACEHOLDER_CREDENTIAL.encode(), credential, 1)
         replayed = False
 
         async def replay() -> ASGIMessage:

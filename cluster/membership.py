@@ -41,6 +41,7 @@ from .awareness import Awareness
 from .broadcast import BroadcastQueue
 from .codec import encode_message
 from .config import SwimConfig
+from .lease import RunGate
 from .messages import Address, Alive, Dead, MemberInfo, MemberState, Message, Suspect
 from .probe import ProbeRing
 from .suspicion import Suspicion, suspicion_timeout_bounds
@@ -123,6 +124,7 @@ class Membership:
         "_awareness",
         "_broadcasts",
         "_config",
+        "_gate",
         "_outbox",
         "_probe_ring",
         "address_conflicts",
@@ -143,8 +145,10 @@ class Membership:
         broadcasts: BroadcastQueue,
         awareness: Awareness,
         probe_ring: ProbeRing,
+        gate: RunGate,
     ) -> None:
         self._config = config
+        self._gate = gate  # told of every death, recovery and refuted death (lease.py)
         self._outbox = outbox
         self._broadcasts = broadcasts
         self._awareness = awareness
@@ -157,6 +161,11 @@ class Membership:
         self.leaving = False
         self.address_conflicts = 0
         self._gossip(local.node, self._alive_of(local))
+
+    @property
+    def known_count(self) -> int:
+        """The members a majority is counted over (lease.py): every one in the table that has not left."""
+        return sum(1 for member in self.members.values() if member.state is not MemberState.LEFT)
 
     @property
     def live_count(self) -> int:
@@ -227,6 +236,10 @@ class Membership:
 
     def apply_dead(self, message: Dead, now: float) -> None:
         member = self.members.get(message.node)
+        if member is self.local and message.accuser != member.node and not self.leaving:
+            # Someone holds us dead (an old incarnation too: they may not have heard our refutation): they may
+            # run our keys, so we run none for a while (lease.py).
+            self._gate.refuted_death(now, self.known_count)
         if member is None or message.incarnation < member.incarnation:
             return
         accused_by_other = message.accuser != message.node
@@ -323,6 +336,7 @@ class Membership:
             if now - member.state_changed_at > keep_for:
                 self.fallen_peers.discard(node)
                 del self.members[node]
+                self._gate.forget(node)
 
     # --- helpers ---
 
@@ -409,6 +423,10 @@ class Membership:
             member.state_changed_at = now
         if member is self.local:
             return
+        if state is MemberState.DEAD:
+            self._gate.fell(member.node, now)
+        else:
+            self._gate.rose(member.node)
         if state.is_live:
             self.live_peers.add(member.node)
             self.fallen_peers.discard(member.node)

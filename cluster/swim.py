@@ -42,6 +42,7 @@ from .config import SwimConfig
 from .counters import CounterMap, CounterView
 from .envelope import Channel, DropCounts, Envelope
 from .keyring import InsecureClusterError, Keyring
+from .lease import RunGate
 from .membership import Member, Membership
 from .messages import (
     Ack,
@@ -112,6 +113,7 @@ class SwimNode:
         "_counters",
         "_counters_cursor",
         "_envelope",
+        "_gate",
         "_membership",
         "_next_gossip_at",
         "_next_probe_at",
@@ -176,6 +178,7 @@ class SwimNode:
             state=MemberState.ALIVE,
             state_changed_at=now,
         )
+        self._gate = RunGate(node=node_id, probe_interval=config.probe_interval, probe_timeout=config.probe_timeout)
         self._membership = Membership(
             local=local,
             config=config,
@@ -183,6 +186,7 @@ class SwimNode:
             broadcasts=self._broadcasts,
             awareness=self._awareness,
             probe_ring=self._probe_ring,
+            gate=self._gate,
         )
         self._probe: Probe | None = None
         # Relays time out after the same relay_timeout and `now` never goes back, so insertion order is
@@ -232,6 +236,28 @@ class SwimNode:
     def members(self) -> list[MemberInfo]:
         """Every member this node knows, itself included, dead and left ones until they are forgotten."""
         return sorted((member.info() for member in self._membership.members.values()), key=lambda m: m.node)
+
+    def may_run_keys(self, now: float) -> bool:
+        """Whether this node holds the majority lease (lease.py), so it may dispatch the keys it owns."""
+        known = [node for node, member in self._membership.members.items() if member.state is not MemberState.LEFT]
+        return self._gate.has_quorum(known, now)
+
+    def keys_waiting(self, now: float) -> frozenset[str]:
+        """Fallen members whose keys still wait before their new owners may run them (lease.py)."""
+        return self._gate.waiting(now, self._membership.known_count)
+
+    def gate_changes_at(self, now: float) -> float:
+        """The next moment `may_run_keys` or `keys_waiting` may change without a new event."""
+        known = [node for node, member in self._membership.members.items() if member.state is not MemberState.LEFT]
+        return self._gate.next_change(known, now)
+
+    def takeover_wait_s(self) -> float:
+        return self._gate.takeover_wait_s(self._membership.known_count)
+
+    @property
+    def times_declared_dead(self) -> int:
+        """How many messages declaring this node dead it has heard (lease.py)."""
+        return self._gate.times_declared_dead
 
     def shared(self) -> SharedView:
         """The shared map as this node sees it (read-only, and live: it follows later changes)."""
@@ -299,6 +325,7 @@ class SwimNode:
         opened = self._envelope.open(Channel.PACKET, data)
         if opened is None:
             return
+        self._gate.heard(opened.sender, now)
         for message in opened.messages:
             match message:
                 case Ping():
@@ -329,6 +356,7 @@ class SwimNode:
         opened = self._envelope.open(Channel.STREAM, data)
         if opened is None:
             return None
+        self._gate.heard(opened.sender, now)
         reply = None
         for message in opened.messages:
             if isinstance(message, PushPull):

@@ -347,6 +347,14 @@ class ServerConfig(_Validated):
     node_id: str | None = _setting(None, _optional(_identifier), text=True)
     # "text" for people at a terminal; "json" (one object per line, edge/logs.py) for log collectors.
     log_format: str = _setting("text", _choice(LOG_FORMATS))
+    # The operator's token for the dashboard (every account), as a SHA-256 digest: the token itself is never stored.
+    admin_token_sha256: bytes | None = _setting(None, _optional(_key_sha256), secret=True)
+
+    def is_admin_token(self, presented: str) -> bool:
+        """Whether `presented` is the operator's token, compared as digests in constant time (see `_find_keyed`)."""
+        if self.admin_token_sha256 is None:
+            return False
+        return hmac.compare_digest(self.admin_token_sha256, hashlib.sha256(presented.encode()).digest())
 
     @property
     def listen_host(self) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -23,12 +23,14 @@ from edge import vendor
 from edge.config import Config
 from edge.engine.records import JobRecord
 from edge.engine.regions import RegionHealth
+from edge.engine.shell.events import EventBus
 from edge.engine.shell.executor import Executor
 from edge.engine.shell.placement import LocalPlacement, Placement
 from edge.engine.shell.queues import QueueManager
 from edge.engine.shell.webhooks import WebhookDeliverer
 from edge.engine.spec import queue_key
 from edge.http.api import JobApi
+from edge.http.dashboard import ActivityHistory, Dashboard
 from edge.http.server import serve_asgi
 from edge.metrics import NodeMetrics
 from edge.outbound.client import OutboundHttp
@@ -39,7 +41,7 @@ from edge.placement.membership import describe_cluster, keyring_of, start_member
 from edge.placement.peers import InternalRoutes, PeerClient, PeerError
 from edge.placement.regions import ClusterPlacement
 from edge.placement.replication import Replicator
-from edge.placement.routing import JobRouter, owns_key
+from edge.placement.routing import JobRouter
 from edge.placement.shared_state import LocalSharedState, SharedStateSaver, decode_entries
 from edge.placement.usage import LendFailed, UsageMeter
 from edge.placement.webhook_secrets import LOCAL_KEY_FILENAME, SecretBox, WebhookSecretStore
@@ -195,15 +197,23 @@ async def run_node(
                     replicas=config.cluster.replicas,
                     deadline_s=config.cluster.forward_deadline_s,
                 )
+            events = EventBus(
+                node=membership.local.node if membership else config.server.node_id or "local",
+                wall_ms=runtime.wall_ms,
+            )
+            deliverer.report_to(events)
+            history = ActivityHistory(runtime.wall_ms)
+            events.observe(history.observe)
             manager = QueueManager(
                 config=config,
                 runtime=runtime,
                 store=store,
                 executor=executor,
+                events=events,
                 placement=placement,
                 webhooks=deliverer,
                 metrics=metrics,
-                owns=partial(owns_key, membership) if replicator is None else replicator.may_dispatch,
+                owns=_dispatch_gate(membership, replicator),
                 on_account_queue=account_queues.learned,
                 per_key=account_queues.enabled,
                 admission=meter,
@@ -235,11 +245,35 @@ async def run_node(
                 internal = InternalRoutes(
                     keyring=keyring, runtime=runtime, manager=manager, store=store, executor=executor, lend=meter.lend
                 )
+                if keyring is None:
+                    log.warning(
+                        "cluster without keys (--insecure-cluster): the internal API answers loopback callers only, "
+                        "so members must reach each other on 127.0.0.1 or ::1 (cluster.api_advertise); "
+                        "set cluster.keys to cluster across hosts"
+                    )
             if replicator is not None and internal is not None:
                 replicator.connect(manager, deliverer)
                 deliverer.replicate_with(is_copy=replicator.holds_copy, on_final=replicator.delivery_final)
                 internal.serve_replicas(replicator)
             ready = False
+            cluster_status = partial(describe_cluster, membership, config, manager) if membership else None
+            regions_status = (
+                partial(_regions_status, placement, manager) if isinstance(placement, ClusterPlacement) else None
+            )
+            dashboard = Dashboard(
+                config=config,
+                wall_ms=runtime.wall_ms,
+                router=router,
+                manager=manager,
+                events=events,
+                history=history,
+                registry=metrics.registry,
+                usage=meter,
+                cluster_status=cluster_status,
+                regions_status=regions_status,
+            )
+            if internal is not None:
+                internal.serve_dashboard(dashboard.local_part)
             app = JobApi(
                 config=config,
                 runtime=runtime,
@@ -248,20 +282,23 @@ async def run_node(
                 metrics=metrics,
                 is_ready=lambda: ready,
                 internal=internal,
-                cluster_status=partial(describe_cluster, membership, config, manager) if membership else None,
-                regions_status=partial(_regions_status, placement, manager)
-                if isinstance(placement, ClusterPlacement)
-                else None,
+                cluster_status=cluster_status,
+                regions_status=regions_status,
                 webhook_secrets=webhook_secrets,
                 usage=meter,
+                dashboard=dashboard,
+                stopping=stop.wait,
             )
             await services.start(manager.run)
             services.start_soon(router.hand_off_forever)
             if replicator is not None:
                 services.start_soon(replicator.run)
+            if membership is not None:
+                services.start_soon(_wake_queues_on_gate, membership, manager)
             services.start_soon(account_queues.follow)
             await services.start(deliverer.run)
             services.start_soon(_housekeeping, config, runtime, store, manager)
+            services.start_soon(history.run)
             async with trio.open_nursery() as http:
                 bound, protected = [config.cluster.api_advertise or config.server.listen], {}
                 if serve_http:
@@ -304,6 +341,23 @@ async def run_node(
             if membership is not None:
                 await membership.leave(LEAVE_TIMEOUT_S)
             services.cancel_scope.cancel()
+
+
+def _dispatch_gate(membership: ClusterMember | None, replicator: Replicator | None) -> Callable[[str], bool]:
+    """Which keys the queue manager may dispatch: all of them alone; in a cluster the ones this node may run
+    (cluster/lease.py), and with replicas only once synced (edge/placement/replication.py)."""
+    if replicator is not None:
+        return replicator.may_dispatch
+    if membership is not None:
+        return membership.may_run
+    return lambda key: True
+
+
+async def _wake_queues_on_gate(membership: ClusterMember, manager: QueueManager) -> None:
+    """Queues that the partition rule held back look again whenever its answer may have changed."""
+    while True:
+        await membership.wait_gate_changed()
+        manager.ownership_changed()
 
 
 async def _start_protected(

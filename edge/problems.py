@@ -52,3 +52,19 @@ class Problem(Exception):
 def invalid(field: str, detail: str) -> Problem:
     """422: the request was JSON but a field is wrong."""
     return Problem(422, "Invalid field", f"{field}: {detail}", kind="invalid-field", field=field)
+
+
+STORE_UNAVAILABLE = "store-unavailable"
+STORE_RETRY_AFTER_S = 5
+
+
+def store_unavailable(detail: str) -> Problem:
+    """503: a store (this node's, or that of a peer the request needed) failed, so the request did not take effect;
+    the client retries after a few seconds, as a full or failing disk rarely recovers at once."""
+    return Problem(
+        503,
+        "Store unavailable",
+        detail,
+        kind=STORE_UNAVAILABLE,
+        headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
+    )

@@ -17,6 +17,10 @@ They live here, in the simulator, and change only how the world wires real nodes
   each node's `UsageMeter._spare`): the G-counter-only ceiling cluster/escrow.py explains is not enough. Every
   side of a partition, and every node between two gossip rounds, admits up to the whole remainder, so the
   quota-never-exceeded invariant must trip.
+- "ack-before-replicated": the key's owner acknowledges a new job once it is durable on its own disk, and sends it
+  to the successors REPLICATION_LAG_S later (`replicate_late` wraps each node's Replicator as the node starts), as
+  an owner that replicated asynchronously would. A disk loss of that owner under backlog then loses the jobs it
+  acknowledged in the last REPLICATION_LAG_S, and the no-acknowledged-job-lost invariant must trip.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import trio
 
 from edge.config import PlanConfig
 from edge.engine.records import JobRecord
+from edge.engine.shell.queues import Replication
 from edge.node import Node
 from edge.placement.usage import usage_name
 from edge.store import Store
@@ -39,8 +44,10 @@ PLANTED_BUGS: Mapping[str, str] = {
     "ack-before-commit": "the store acknowledges a new job before it is durable and commits it later",
     "losers-not-cancelled": "a race waits for every leg to answer instead of cancelling the losers",
     "quota-by-count": "a node admits while the cluster-wide usage it knows is under the allowance, spending no right",
+    "ack-before-replicated": "the owner acknowledges a new job before its successors have it and sends it later",
 }
 COMMIT_LAG_S = 2.0
+REPLICATION_LAG_S = 2.0
 
 
 @final
@@ -108,3 +115,35 @@ def quota_by_count(node: Node) -> None:
         return plan.allowance - counters.counter_total(usage_name(account_id, month)) - pending[(account_id, month)]
 
     setattr(meter, "_spare", spare_by_count)  # noqa: B010  (an instance attribute shadows the method)
+
+
+@final
+class LateReplication:
+    """The queue manager's replication under "ack-before-replicated": `replicated` answers at once, as if every
+    successor had the records, and sends them REPLICATION_LAG_S later; saves nobody waits on are unchanged."""
+
+    def __init__(self, replication: Replication, later: trio.Nursery) -> None:
+        self._replication = replication
+        self._later = later
+
+    async def replicated(self, records: Sequence[JobRecord]) -> list[JobRecord | None]:
+        await trio.lowlevel.checkpoint()
+        self._later.start_soon(self._send_later, list(records))
+        return [None] * len(records)
+
+    async def replicate_soon(self, records: Sequence[JobRecord], *, moved_from: Sequence[str] = ()) -> None:
+        await self._replication.replicate_soon(records, moved_from=moved_from)
+
+    async def _send_later(self, records: list[JobRecord]) -> None:
+        await trio.sleep(REPLICATION_LAG_S)
+        await self._replication.replicate_soon(records)
+
+
+def replicate_late(node: Node) -> None:
+    """Plant "ack-before-replicated" in a node that just started: its queue manager's replication acknowledges
+    new jobs before sending them; the sends run in the manager's nursery, so they die with the node."""
+    manager = node.manager
+    replication, nursery = manager._replication, manager._nursery
+    if replication is None or nursery is None:
+        raise RuntimeError("ack-before-replicated needs a running node that replicates (cluster.replicas >= 2)")
+    manager._replication = LateReplication(replication, nursery)

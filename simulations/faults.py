@@ -3,6 +3,8 @@
 What the design must survive, per fault (the invariants in simulations/invariants.py say what "survive" means):
 - crash: a node stops at once (API cut, tasks cancelled, in-memory state gone) and restarts `duration_s` later
   over the same durable store: no acknowledged job may be lost, its keys move to the survivors and back;
+- disk loss: a crash whose node restarts with an empty store (or never): with `cluster.replicas` >= 2 no
+  acknowledged job may be lost nor a finished one run again, since each is on its key's successors too;
 - partition (symmetric or one way): gossip and node-to-node HTTP between the sides stop; split ownership is
   allowed while it lasts (each side owns the keys of the members it cannot see), one queue per key after it heals;
 - loss, duplication, delay spikes (with jitter, so datagrams reorder): on every gossip path, and delay spikes on
@@ -24,7 +26,7 @@ from typing import final
 import trio
 
 from .network import LinkFaults
-from .scenario import FAULT_KINDS, FaultSpec
+from .scenario import FAULT_KINDS, NODE_FAULTS, FaultSpec
 from .world import World
 
 # What swarm mode may draw: every kind this module applies.
@@ -67,11 +69,13 @@ class FaultInjector:
         line = fault.describe()
         self.schedule.append(line)
         world.simulation.trace.record(f"fault apply {line}")
-        if fault.kind == "crash":
+        if fault.kind in NODE_FAULTS:
             for name in fault.nodes:
                 if world.nodes[name].scope is not None:
                     world.crash(name)
                     self.crashes.append((trio.current_time(), name))
+                if fault.kind == "disk_loss":
+                    world.lose_disk(name)
         elif fault.kind == "partition":
             world.network.partition(*self._sides(fault), one_way=fault.one_way)
         elif fault.kind in _LINK_FIELD:
@@ -86,7 +90,7 @@ class FaultInjector:
     def _heal(self, fault: FaultSpec, nursery: trio.Nursery) -> None:
         world = self._world
         world.simulation.trace.record(f"fault heal {fault.describe()}")
-        if fault.kind == "crash":
+        if fault.kind in NODE_FAULTS:
             for name in fault.nodes:
                 if world.nodes[name].scope is None:
                     nursery.start_soon(world.start, name)

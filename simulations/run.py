@@ -23,7 +23,7 @@ import trio
 
 from edge.node import Node
 
-from .bugs import PLANTED_BUGS, lagging_commits, losers_run_to_the_end, quota_by_count
+from .bugs import PLANTED_BUGS, lagging_commits, losers_run_to_the_end, quota_by_count, replicate_late
 from .determinism import Simulation, run_simulation
 from .faults import RANDOM_FAULT_KINDS, FaultInjector
 from .invariants import LIMIT_WINDOW_S, Invariants, InvariantViolated, QuotaStats, Violation
@@ -192,7 +192,11 @@ def _node_patch(bugs: frozenset[str]) -> NodePatch | None:
     """The planted bugs that rewire each node as it starts, as one patch."""
     patches = [
         patch
-        for bug, patch in (("losers-not-cancelled", losers_run_to_the_end), ("quota-by-count", quota_by_count))
+        for bug, patch in (
+            ("losers-not-cancelled", losers_run_to_the_end),
+            ("quota-by-count", quota_by_count),
+            ("ack-before-replicated", replicate_late),
+        )
         if bug in bugs
     ]
     if not patches:

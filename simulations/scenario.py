@@ -16,9 +16,9 @@ Conventions the world relies on:
   free: free, `TIER_PLANS`). `[[plans]]` define plans by name, as `[plans.NAME]` does in a node's configuration (a
   built-in name overrides that plan), so a scenario can give an account a small monthly allowance
   (`monthly_requests` + `overage_requests_max`) and check that the cluster enforces it (simulations/invariants.py).
-- Two faults that act on the same thing (the same node's crash, any two partitions, the same link fault, the same
-  provider or receiver) must not overlap in time: what "crash a node that is already down" means is not a question
-  the scenario should leave to the world.
+- Two faults that act on the same thing (the same node's crash or disk loss, any two partitions, the same link
+  fault, the same provider or receiver) must not overlap in time: what "crash a node that is already down" means is
+  not a question the scenario should leave to the world.
 
 `Scenario.with_overrides` applies the sweep keys of `ezthrottle simulate --sweep`; `Scenario.with_swarm_faults`
 adds the random faults of swarm mode, drawn from the seed, so the world only ever sees a fixed schedule.
@@ -53,6 +53,7 @@ ARRIVALS = ("poisson", "bursty", "periodic")
 PROFILES = ("lan", "wan", "local")
 FAULT_KINDS = (
     "crash",
+    "disk_loss",
     "partition",
     "loss",
     "duplication",
@@ -61,6 +62,8 @@ FAULT_KINDS = (
     "upstream_errors",
     "receiver_outage",
 )
+# Faults that stop nodes (`nodes`): both cut the node at once, a disk loss also empties its store.
+NODE_FAULTS = ("crash", "disk_loss")
 # Faults whose `rate` is a probability (0 < rate <= 1); `delay` reads `rate` as seconds instead.
 FAULTS_WITH_PROBABILITY = ("loss", "duplication", "upstream_errors")
 SWEEP_KEYS = ("nodes", "load", "keys", "duration", "regions", "loss")
@@ -71,6 +74,12 @@ NODES_MAX = 254
 # Attempts to place one random swarm fault where it does not overlap another on the same thing, before giving up
 # on that fault: keeps drawing bounded when a scenario is already crowded with faults.
 SWARM_PLACEMENT_ATTEMPTS = 20
+# Swarm mode draws only disk losses the design survives: with `cluster.replicas` >= 2 every job is on two disks, so
+# one may go, but not while the cluster is still restoring second copies after a crash, a disk loss or a partition
+# (a node that saw no other member acknowledged jobs on its own disk alone). So a drawn disk loss starts at least
+# this long after every such fault that began before it has ended (copies were back about 1 s after a restart in
+# the disk-loss scenario).
+DISK_LOSS_CLEARANCE_S = 5.0
 
 T = TypeVar("T")
 _LINK_DEFAULTS = LinkFaults()
@@ -313,6 +322,8 @@ class FaultSpec:
     """One scheduled fault. Which fields matter depends on `kind`:
 
     - crash: `nodes` crash (in-memory state lost, store kept) and restart after `duration_s`.
+    - disk_loss: `nodes` crash and lose their disk (a machine destroyed with its volume): they restart after
+      `duration_s` with an empty store, or never without it (lost for good).
     - partition: `nodes` cannot reach `other_nodes` (empty = every other node); with `one_way`, only traffic from
       `nodes` to `other_nodes` is dropped.
     - loss / duplication: every datagram is lost / duplicated with probability `rate`.
@@ -337,7 +348,7 @@ class FaultSpec:
         _check(self.at_s >= 0, "at_s", "must be >= 0")
         _check_choice(self.kind, FAULT_KINDS, "kind")
         _check(self.duration_s is None or self.duration_s > 0, "duration_s", "must be > 0 (omit it: never healed)")
-        needs_nodes = self.kind in ("crash", "partition")
+        needs_nodes = self.kind in (*NODE_FAULTS, "partition")
         _check(bool(self.nodes) == needs_nodes, "nodes", f"{'needed' if needs_nodes else 'not used'} by {self.kind}")
         _check_unique(self.nodes + self.other_nodes, "other_nodes")
         _check(not self.other_nodes or self.kind == "partition", "other_nodes", f"not used by {self.kind}")
@@ -361,8 +372,8 @@ class FaultSpec:
     @property
     def subject(self) -> str:
         """What the fault acts on; two faults on the same subject must not overlap."""
-        if self.kind == "crash":
-            return f"crash {','.join(self.nodes)}"
+        if self.kind in NODE_FAULTS:
+            return f"node {','.join(self.nodes)}"
         if self.kind.startswith("upstream_"):
             return f"provider {self.target}"
         if self.kind == "receiver_outage":
@@ -371,7 +382,7 @@ class FaultSpec:
 
     def overlaps(self, other: FaultSpec) -> bool:
         shared = self.subject == other.subject or (
-            self.kind == other.kind == "crash" and bool(set(self.nodes) & set(other.nodes))
+            self.kind in NODE_FAULTS and other.kind in NODE_FAULTS and bool(set(self.nodes) & set(other.nodes))
         )
         return shared and self.at_s < other.end_s and other.at_s < self.end_s
 
@@ -533,14 +544,17 @@ class Scenario:
 
         Faults arrive as a Poisson process over the workload, each healed within `max_duration_s` and before the
         workload ends (so the drain checks liveness on a healed cluster), never overlapping another fault on the
-        same subject; kinds that cannot apply (a partition of one node) are skipped."""
+        same subject, and disk losses kept DISK_LOSS_CLEARANCE_S clear of earlier node faults and partitions; kinds
+        that cannot apply (a partition of one node, a disk loss without a second replica) are skipped."""
         rng = random.Random(derive_seed(seed, "swarm"))
         faults = list(self.faults)
         at_s = rng.expovariate(self.swarm.rate_per_min / 60.0)
         while at_s < self.duration_s - 1.0:
             for _attempt in range(SWARM_PLACEMENT_ATTEMPTS):
                 fault = self._draw_fault(rng, at_s)
-                if fault is not None and not any(fault.overlaps(other) for other in faults):
+                if fault is not None and not any(
+                    fault.overlaps(other) or _disk_loss_too_soon(fault, other) for other in faults
+                ):
                     faults.append(fault)
                     break
             at_s += rng.expovariate(self.swarm.rate_per_min / 60.0)
@@ -553,7 +567,9 @@ class Scenario:
         duration_s = round(rng.uniform(min(1.0, longest_s), longest_s), 3)
         at_s = round(at_s, 3)
         nodes = list(self.cluster.node_names)
-        if kind == "crash":
+        if kind == "disk_loss" and (len(nodes) < 2 or self.cluster.replicas < 2):
+            return None  # the only copy of every job it holds would go with it
+        if kind in NODE_FAULTS:
             return FaultSpec(at_s=at_s, kind=kind, duration_s=duration_s, nodes=(rng.choice(nodes),))
         if kind == "partition":
             if len(nodes) < 2:
@@ -572,6 +588,17 @@ class Scenario:
         region = rng.choice(("", *provider.regions))
         rate = round(rng.uniform(0.2, 0.8), 3) if kind == "upstream_errors" else 0.0
         return FaultSpec(at_s=at_s, kind=kind, duration_s=duration_s, target=provider.name, region=region, rate=rate)
+
+
+def _disk_loss_too_soon(fault: FaultSpec, other: FaultSpec) -> bool:
+    """Whether one of the two is a disk loss that starts before the cluster is back to two copies of every job
+    after the other (a crash or disk loss that began before it, or a partition): see DISK_LOSS_CLEARANCE_S."""
+    return any(
+        loss.kind == "disk_loss"
+        and earlier.kind in (*NODE_FAULTS, "partition")
+        and earlier.at_s <= loss.at_s < earlier.end_s + DISK_LOSS_CLEARANCE_S
+        for loss, earlier in ((fault, other), (other, fault))
+    )
 
 
 def _parse_number(text: str, kind: Callable[[str], T], problem: str) -> T:

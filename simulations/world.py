@@ -12,7 +12,9 @@ only some regions refuses the others, and a receiver outage refuses every delive
 
 Durability: every node keeps one `MemoryStoreData` for the whole run. A crash unmounts the API and cancels the
 node's scope at once (queues, member, deliverer and in-memory state gone); a restart is a fresh `run_node` over the
-same data, with an RNG stream of its own (label "<node>/boot-<n>").
+same data, with an RNG stream of its own (label "<node>/boot-<n>"). A disk loss is a crash that also replaces the
+data with an empty `MemoryStoreData`; that is the node's whole disk, since a simulated node is given its node id and
+the cluster's keys and so writes nothing into its data dir (no node-id or webhook-secrets key file).
 
 Configuration the world chooses for its nodes, as an operator would: each provider's origin has `rps` equal to
 the provider's documented per-credential limit; webhook retries follow WEBHOOK_SCHEDULE_S (seconds, not the
@@ -231,6 +233,14 @@ class World:
         node.scope = trio.CancelScope()
         self.simulation.trace.record(f"world start {name} boot {node.boots}")
         await self._nursery.start(self._run_node, node, node.scope)
+
+    def lose_disk(self, name: str) -> None:
+        """Empty the disk of `name`, which is down: its next start begins with nothing but its configuration."""
+        node = self.nodes[name]
+        if node.scope is not None:
+            raise RuntimeError(f"{name} is running: crash it before its disk is lost")
+        node.data = MemoryStoreData()
+        self.simulation.trace.record(f"world disk lost {name}")
 
     def crash(self, name: str) -> None:
         """Stop `name` at once, without leaving: its API stops answering and its in-memory state is gone."""

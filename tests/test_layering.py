@@ -194,6 +194,17 @@ LAYERS = (
         ("edge.http.secrets",),
         ("edge.problems", "edge.config", "edge.store", "edge.placement"),
     ),
+    # A job's event stream, and the dashboard: both read the engine's event bus, through the router for other nodes.
+    Layer(
+        "edge.http.events",
+        ("edge.http.events",),
+        ("edge.problems", "edge.engine", "edge.engine.shell", "edge.store", "edge.placement", "edge.http.server"),
+    ),
+    Layer(
+        "edge.http.dashboard",
+        ("edge.http.dashboard",),
+        ("edge.config", "edge.engine.shell", "edge.placement"),
+    ),
     # The job API, and its description (built from the constants of what it describes).
     Layer(
         "edge.http.openapi",
@@ -218,6 +229,8 @@ LAYERS = (
             "edge.http.envelope",
             "edge.http.secrets",
             "edge.http.openapi",
+            "edge.http.events",
+            "edge.http.dashboard",
         ),
     ),
     Layer("edge.http", ("edge.http",), ()),  # the package face
@@ -239,6 +252,7 @@ LAYERS = (
             "edge.placement",
             "edge.proxy",
             "edge.http.api",
+            "edge.http.dashboard",
         ),
     ),
     # Fly.io's machine environment as configuration defaults; the command line applies it.

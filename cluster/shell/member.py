@@ -223,6 +223,8 @@ class ClusterMember:
         self._version = 0
         self._version_moved = trio.lowlevel.ParkingLot()
         self._owners: tuple[int, Rendezvous, dict[str, MemberInfo]] | None = None
+        # The ring over the live members and the fallen ones whose keys wait (may_run), by (version, fallen).
+        self._waiting_ring: tuple[tuple[int, frozenset[str]], Rendezvous] | None = None
         self._counts = dict.fromkeys(_COUNTERS, 0)
 
     def __repr__(self) -> str:
@@ -263,6 +265,46 @@ class ClusterMember:
         order (all live members when fewer are live)."""
         _version, rendezvous, live = self._rendezvous()
         return [live[node] for node in rendezvous.ranked(key, count)]
+
+    def may_run(self, key: str) -> bool:
+        """Whether this node may dispatch queue key `key` now (cluster/lease.py): it owns the key, holds the
+        majority lease, and the key's owner before it did not fall too recently."""
+        node = self._running_node
+        now = trio.current_time()
+        owner = self.owner_of(key)
+        if owner is None or owner.node != self._node_id or not node.may_run_keys(now):
+            return False
+        waiting = node.keys_waiting(now)
+        if not waiting:
+            return True
+        ring = self._waiting_ring
+        if ring is None or ring[0] != (self._version, waiting):
+            live = {member.node for member in self.live_members()}
+            ring = self._waiting_ring = ((self._version, waiting), Rendezvous(live | waiting))
+        return ring[1].owner(key) not in waiting
+
+    def runs_keys(self) -> bool:
+        """Whether this node holds the majority lease now (it may run the keys it owns)."""
+        return self._running_node.may_run_keys(trio.current_time())
+
+    def takeover_wait_s(self) -> float:
+        return self._running_node.takeover_wait_s()
+
+    @property
+    def times_declared_dead(self) -> int:
+        """Grows each time this node hears it was declared dead: others may have run its keys meanwhile."""
+        return self._running_node.times_declared_dead
+
+    async def wait_gate_changed(self) -> None:
+        """Return when `may_run` may answer differently: membership changed, a lease lapsed or a wait ended (and
+        at least every second while this node holds no lease, since a round trip can restore it)."""
+        node = self._running_node
+        now = trio.current_time()
+        until = node.gate_changes_at(now)
+        if not node.may_run_keys(now):
+            until = min(until, now + 1.0)
+        with trio.move_on_at(until):
+            await self.wait_changed(self._version)
 
     def _rendezvous(self) -> tuple[int, Rendezvous, dict[str, MemberInfo]]:
         """The hash ring of the live members, rebuilt only after a membership change."""

@@ -3,6 +3,7 @@
 Routes:
     POST   /api/v1/jobs            submit a job (201 new, 200 duplicate idempotent_key)
     GET    /api/v1/jobs/{job_id}   the job, its attempts, response and webhook deliveries
+    GET    /api/v1/jobs/{job_id}/events   the job's life as Server-Sent Events (edge/http/events.py)
     DELETE /api/v1/jobs/{job_id}   cancel a queued job
     GET    /api/v1/queues          the account's queues with their limits and where each came from
     GET    /api/v1/cluster         members and this node's view of ownership
@@ -12,9 +13,11 @@ Routes:
     POST   /api/v1/proxy           the public SDKs' metering envelope: runs /api/v1/jobs or /api/v1/webhook-secrets
                                    in-process as the same account (edge/http/envelope.py)
     POST   /internal/v1/...        node-to-node calls (edge.placement.peers), authenticated with the cluster keyring
+                                   before any of the body is read
     GET    /healthz /readyz        liveness, readiness
     GET    /openapi.json           this API as OpenAPI 3.1 (edge/http/openapi.py)
     GET    /metrics                Prometheus text
+    GET    /dashboard              the operator's page (edge/http/dashboard.py), and its data: /api/v1/dashboard
 
 No web framework: the surface is small, and owning the body reading lets the API refuse an oversize body after
 reading at most the limit. Every error is RFC 9457 problem+json (`edge.problems`), except the SDK proxy's own
@@ -34,13 +37,16 @@ from functools import partial
 from typing import Any
 
 import httpx
+import trio
 
 from edge.config import AccountConfig, Config
 from edge.engine.queue import BacklogFull
 from edge.engine.records import JobRecord
 from edge.engine.spec import JobSpec, queue_key, validate_job
 from edge.http import envelope, openapi
+from edge.http.dashboard import ASSET_HEADERS, DATA_PATH, Dashboard, asset
 from edge.http.envelope import JOBS_PATH, WEBHOOK_SECRETS_PATH, Envelope, EnvelopeError, parse_envelope
+from edge.http.events import JobEventStreams
 from edge.http.secrets import WebhookSecretsApi
 from edge.http.server import REFUSED_BODY_DRAIN_BYTES_MAX, send_whole_response
 from edge.metrics import NodeMetrics
@@ -53,7 +59,7 @@ from edge.placement.peers import PREFIX as INTERNAL_PREFIX
 from edge.placement.routing import JobRouter
 from edge.placement.usage import QuotaExceeded, UsageReport
 from edge.placement.webhook_secrets import WebhookSecretStore
-from edge.problems import PROBLEM_CONTENT_TYPE, Problem
+from edge.problems import PROBLEM_CONTENT_TYPE, Problem, store_unavailable
 from edge.runtime import Runtime
 from edge.store import StoreError
 
@@ -64,6 +70,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _JOB_PATH = re.compile(r"^/api/v1/jobs/([A-Za-z0-9_\-]{1,128})$")
+_JOB_EVENTS_PATH = re.compile(r"^/api/v1/jobs/([A-Za-z0-9_\-]{1,128})/events$")
 _JSON = b"application/json"
 INTERNAL_BODY_BYTES_MAX = 64 * 1024 * 1024  # a hand-off batch of queued jobs
 # What a node-to-node request carries beyond one job's body: a remote attempt is the job's method, URL, headers
@@ -90,8 +97,13 @@ class JobApi:
         regions_status: Callable[[str], dict[str, Any]] | None = None,
         usage: UsageReport | None = None,
         webhook_secrets: WebhookSecretStore | None = None,
+        dashboard: Dashboard | None = None,
+        stopping: Callable[[], Awaitable[None]] = trio.sleep_forever,
     ) -> None:
+        """`stopping` returns when the node begins to stop (open event streams end then)."""
         self._config = config
+        self._dashboard = dashboard
+        self._event_streams = JobEventStreams(router, stopping=stopping)
         self._runtime = runtime
         self._router = router
         self._account_queues = account_queues
@@ -114,6 +126,9 @@ class JobApi:
         if scope["type"] != "http":
             return
         try:
+            if match := _JOB_EVENTS_PATH.match(scope["path"]):
+                await self._stream_events(scope, receive, send, match[1])
+                return
             status, body, content_type, headers = await self._route(scope, receive)
         except _CallerGone:
             return  # the caller reset its request (or closed its connection): no one is left to answer
@@ -141,14 +156,28 @@ class JobApi:
             _allow(method, "GET")
             return 200, openapi.document_bytes(), _JSON, {}
         if path.startswith(INTERNAL_PREFIX) and self._internal is not None:
-            raw = await _read_body(scope, receive, self._internal_body_bytes_max)
-            auth_header = _header(scope, AUTH_HEADER.lower().encode())
-            reply = await self._internal.handle(
-                method, path, auth_header, raw, caller_gone=partial(_until_disconnected, receive)
+            # Judged on its head before any body is read: a caller without the cluster key costs a header parse,
+            # and its refusal goes out at once (the connection is then dropped, not drained).
+            call = self._internal.admit(
+                method,
+                path,
+                _header(scope, AUTH_HEADER.lower().encode()),
+                client_host=scope["client"][0] if scope.get("client") else None,
+                body_bytes_max=self._internal_body_bytes_max,
             )
+            raw = await _read_body(scope, receive, call.body_bytes_max)
+            reply = await self._internal.handle(call, raw, caller_gone=partial(_until_disconnected, receive))
             if reply is None:
                 raise _CallerGone
             return 200, reply, INTERNAL_CONTENT_TYPE.encode(), {}
+        if page := asset(path):
+            _allow(method, "GET")
+            return 200, *page, ASSET_HEADERS
+        if path == DATA_PATH:
+            _allow(method, "GET")
+            if self._dashboard is None:
+                raise Problem(404, "Not found", "this node serves no dashboard")
+            return 200, _dump(await self._dashboard.view(self._dashboard_viewer(scope))), _JSON, {}
         if path == "/api/v1/cluster":
             _allow(method, "GET")
             self._authenticate(scope)
@@ -236,13 +265,7 @@ class JobApi:
             ) from None
         except StoreError:
             log.exception("job store failed; the job was not accepted")
-            raise Problem(
-                503,
-                "Store unavailable",
-                "the job could not be made durable; it was not accepted",
-                kind="store-unavailable",
-                headers={"Retry-After": "5"},
-            ) from None
+            raise store_unavailable("the job could not be made durable; it was not accepted") from None
         (self._metrics.jobs_accepted if created else self._metrics.jobs_duplicate).inc()
         body = {"job_id": stored.job_id, "status": submit_status(stored), "idempotent_key": stored.idempotent_key}
         return (201 if created else 200), _dump(body), _JSON, {"Location": f"/api/v1/jobs/{stored.job_id}"}
@@ -271,19 +294,19 @@ class JobApi:
             raise Problem(404, "Job not found", f"no job {job_id} for this account", kind="job-not-found")
         return record
 
+    async def _stream_events(self, scope: Scope, receive: Receive, send: Send, job_id: str) -> None:
+        """GET /api/v1/jobs/{job_id}/events; Problems (raised before the stream starts) are answered as usual."""
+        _allow(scope["method"], "GET")
+        record = await self._owned_job(self._authenticate(scope), job_id)
+        await self._event_streams.serve(record, send, caller_gone=partial(_until_disconnected, receive))
+
     async def _cancel(self, account: AccountConfig, job_id: str) -> tuple[int, bytes, bytes, dict[str, str]]:
         record = await self._owned_job(account, job_id)
         try:
             cancelled = await self._router.cancel(job_id)
         except StoreError:
             log.exception("job store failed; the job was not cancelled")
-            raise Problem(
-                503,
-                "Store unavailable",
-                "the cancel could not be made durable; the job is still queued",
-                kind="store-unavailable",
-                headers={"Retry-After": "5"},
-            ) from None
+            raise store_unavailable("the cancel could not be made durable; the job is still queued") from None
         if cancelled is None:
             raise Problem(
                 409,
@@ -381,8 +404,16 @@ class JobApi:
         return self._usage.breach_status(account.id)
 
     def _account_of(self, scope: Scope) -> AccountConfig | None:
-        scheme, _, token = _header(scope, b"authorization").partition(" ")
-        return self._config.account_by_key(token.strip()) if scheme.lower() == "bearer" else None
+        token = _bearer_token(scope)
+        return self._config.account_by_key(token) if token is not None else None
+
+    def _dashboard_viewer(self, scope: Scope) -> AccountConfig | None:
+        """Whom the dashboard's data is for: the account of the key, or None for the operator's token; 401 for
+        anything else."""
+        token = _bearer_token(scope)
+        if token is not None and self._config.server.is_admin_token(token):
+            return None
+        return self._authenticate(scope)
 
     def _authenticate(self, scope: Scope) -> AccountConfig:
         account = self._account_of(scope)
@@ -489,6 +520,11 @@ def _proxy_refusal(status: int, message: str) -> tuple[int, bytes, bytes, dict[s
 def _allow(method: str, *allowed: str) -> None:
     if method not in allowed:
         raise Problem(405, "Method not allowed", f"use {', '.join(allowed)}", headers={"Allow": ", ".join(allowed)})
+
+
+def _bearer_token(scope: Scope) -> str | None:
+    scheme, _, token = _header(scope, b"authorization").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
 
 
 def _header(scope: Scope, name: bytes) -> str:

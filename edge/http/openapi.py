@@ -538,6 +538,39 @@ def _secrets_and_status_schemas() -> dict[str, Schema]:
             {"enabled": {"type": "boolean"}, "members": {"type": "array", "items": {"type": "object"}}},
             required=("enabled",),
         ),
+        "Dashboard": _object(
+            {
+                "scope": {"enum": ["account", "operator"]},
+                "account_id": _NULLABLE_STRING,
+                "node": _string(),
+                "generated_at_ms": {"type": "integer"},
+                "interval_s": {"type": "number", "description": "seconds between two points of `series`"},
+                "members_unreachable": {"type": "array", "items": _string()},
+                "queues": {"type": "array", "items": {"type": "object"}, "description": "the busiest, as in Queues"},
+                "queues_total": {"type": "integer"},
+                "cluster": _ref("Cluster"),
+                "regions": _or_null(_ref("Regions")),
+                "usage": {"type": "array", "items": _ref("Usage")},
+                "recent_jobs": {"type": "array", "items": {"type": "object"}},
+                "proxy": {"type": "array", "items": {"type": "object"}, "description": "the operator's only"},
+                "series": {"type": "array", "items": {"type": "object"}},
+            },
+            required=(
+                "scope",
+                "account_id",
+                "node",
+                "generated_at_ms",
+                "interval_s",
+                "queues",
+                "queues_total",
+                "cluster",
+                "usage",
+                "recent_jobs",
+                "proxy",
+                "series",
+            ),
+            description="GET /dashboard's data: an account's, or with the operator's token every account's.",
+        ),
     }
 
 
@@ -684,15 +717,24 @@ def _paths() -> dict[str, Schema]:
                 {
                     "200": {
                         "description": (
-                            "One event per step of the job's life (queued, each attempt with its region and outcome, "
-                            "a retry scheduled and why, success or failure, each webhook delivery), each `data:` a "
-                            "JSON object; the stream ends when the job is final. A client that disconnects does not "
-                            "affect the job; any node of the cluster serves it."
+                            "One event per step of the job's life, each `event: <type>` with `data:` one line of JSON "
+                            "(type, job_id, seq, at_ms, node, and the type's own fields): queued, dispatched "
+                            "(regions), attempt (region, outcome, status_code, error, duration_ms), retry_scheduled "
+                            "(next_attempt_at_ms, delay_s, reason), finished (status), webhook (index, result, "
+                            "status_code), moved (to: the job went to another node, and goes on there), end. A "
+                            "reader that comes late gets the events kept so far first. The stream ends after `end`: "
+                            "the job is final and each of its webhooks was tried once. A comment line keeps a quiet "
+                            "stream alive. A client that disconnects does not affect the job; any node of the "
+                            "cluster serves it. A job whose events no node keeps is followed by its record: "
+                            "`snapshot` events, then `end`."
                         ),
                         "content": {"text/event-stream": {"schema": {"type": "string"}}},
                     },
                     "401": unauthorized,
                     "404": job_not_found,
+                    "503": _problem(
+                        "too-many-streams: this node has as many event streams open as it takes", retry_after=True
+                    ),
                 },
             ),
         },
@@ -740,6 +782,21 @@ def _paths() -> dict[str, Schema]:
                 "getQueues",
                 "the account's queues: depth, in flight, limits and where each came from, blocked until when",
                 {"200": _answer("queues", _ref("Queues")), "401": unauthorized},
+            )
+        },
+        "/api/v1/dashboard": {
+            "get": _operation(
+                "getDashboard",
+                "the dashboard's data: an account key's own account, or with the operator's token every account",
+                {"200": _answer("the dashboard", _ref("Dashboard")), "401": unauthorized},
+            )
+        },
+        "/dashboard": {
+            "get": _operation(
+                "getDashboardPage",
+                "the dashboard page (it asks for a key; its data needs one)",
+                {"200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}},
+                **_PUBLIC,
             )
         },
         "/api/v1/cluster": {

@@ -5,6 +5,10 @@ speaks TLS with ALPN (h2, http/1.1). `serve_asgi` runs inside the caller's nurse
 
 The hardening is a patch to hypercorn 0.18.0's per-connection driver: edge/vendor/hypercorn.py holds it and
 explains why; `serve_asgi` installs it (with the other vendor patches) before it binds anything.
+
+Answers go out whole (`send_whole_response`) or, for event streams, in parts as they come
+(`start_streamed_response`); the idle timeout never applies to a connection whose response is still streaming.
+The patch holds an HTTP/1.1 head until the next write, so a stream should write its first part at once.
 """
 
 from __future__ import annotations
@@ -62,6 +66,31 @@ async def send_whole_response(
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def start_streamed_response(
+    send: ASGISend, status: int, *, content_type: bytes, headers: Mapping[str, str]
+) -> None:
+    """Begin an answer whose body is written as it comes (`send_body_part`, then `end_streamed_response`): no
+    Content-Length, so HTTP/1.1 sends it chunked and HTTP/2 in DATA frames, each part on the wire at once."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                *((name.lower().encode(), value.encode()) for name, value in headers.items()),
+            ],
+        }
+    )
+
+
+async def send_body_part(send: ASGISend, data: bytes) -> None:
+    await send({"type": "http.response.body", "body": data, "more_body": True})
+
+
+async def end_streamed_response(send: ASGISend) -> None:
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def serve_asgi(

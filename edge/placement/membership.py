@@ -127,6 +127,10 @@ def describe_cluster(member: ClusterMember, config: Config, manager: QueueManage
         "node": member.local.node,
         "version": member.version,
         "detection_bound_s": swim_config(config.cluster).detection_bound(max(2, len(members))),
+        # The partition rule (cluster/lease.py): whether this node holds the majority lease now, and how long a
+        # fallen member's keys wait before their new owner runs them.
+        "runs_keys": member.runs_keys(),
+        "takeover_wait_s": round(member.takeover_wait_s(), 3),
         "members": [
             {
                 "node": m.node,

@@ -3,10 +3,20 @@
 Served under `/internal/v1/` on the node's API port and spoken over HTTP/2 (h2c with prior knowledge): one
 connection per peer carries every concurrent forward. Bodies are msgpack of `JobRecord.to_wire()`.
 
-Authentication: every request carries `X-EZThrottle-Cluster: t=<unix seconds>,v1=<hex>` where `v1` is the cluster
-keyring's HMAC-SHA256 of `t`, the method, the path and the body. Any key of the ring verifies (so keys rotate as
-for gossip) and `t` must be within `CLOCK_SKEW_S_MAX`. Without a keyring (the insecure dev mode) requests carry no
-tag and none is checked.
+Authentication happens before any of a body is read, because the port is the public one. Every request carries
+`X-EZThrottle-Cluster: t=<unix seconds>,n=<body bytes>,b=<hex SHA-256 of the body>,v2=<hex>` where `v2` is the
+cluster keyring's HMAC-SHA256 of `t`, the method, the path, `n` and `b`. The serving node checks the head first
+(`verify_head`: `t` within `CLOCK_SKEW_S_MAX`, then one HMAC per ring key over those few dozen bytes), so a caller
+without a key costs a header parse and is answered 401 before a byte of its body is read (the connection is then
+dropped rather than drained); then it reads at most `n` bytes and checks their digest against `b`
+(`SignedHead.check_body`), which the tag covers. Any key of the ring verifies, so keys rotate as for gossip.
+
+Without a keyring (`--insecure-cluster`, a development mode) nothing is signed, and only callers on a loopback
+address are served (`InternalRoutes.admit`, 403 otherwise): such a cluster's members must reach each other over
+loopback, as on one development machine.
+
+A store that fails while serving a call (disk full) answers 503 + Retry-After (`store_unavailable`); the caller
+sees `PeerStoreError` and tells its own client the same, instead of waiting for a healthy owner that will not come.
 
 Routes (all POST, so that every request is signed over a body):
     jobs      accept one record (the owner makes it durable)   -> {record, created} | {refused, limit}
@@ -17,6 +27,11 @@ Routes (all POST, so that every request is signed over a body):
     attempt   run one outbound attempt here                     -> the attempt's result (below)
     replicate keep copies of records (edge/placement/replication.py) -> {held: [record | None per record]}
     replica-pull  every copy held of some queue keys            -> {records}
+    events    a job's events kept here after a sequence number, waiting up to wait_s for more (a long poll,
+              abandoned when the caller goes)                   -> {events: [[seq, kind, json]], tracked, state}
+                                                                   | {busy} (too many readers)
+    dashboard this node's part of the dashboard (edge/http/dashboard.py) for an account, or for the operator (None)
+                                                                -> {view}
 
 Remote attempts (multi-region execution): the key's owner keeps the queue, the pacing and the job record; an
 attempt "in region R" is run by a node of R through that node's own `Executor`, SSRF guard included, and the
@@ -39,10 +54,16 @@ for that (edge/vendor/httpcore.py explains it), which `edge.node.run_node` insta
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import ipaddress
+import json
 import logging
 import math
 from collections.abc import Awaitable, Callable, Collection
-from typing import Any, Protocol
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol, TypeVar, cast
 
 import httpx
 import msgpack
@@ -53,12 +74,13 @@ from cluster.messages import CounterEntry
 from edge.engine.outcome import AttemptResult
 from edge.engine.queue import BacklogFull
 from edge.engine.records import JobRecord
+from edge.engine.shell.events import EventBatch, PublishedEvent, TooManyReaders, TrackState
 from edge.engine.shell.executor import Executor, Timeouts
 from edge.engine.shell.queues import QueueManager
 from edge.outbound.client import OutboundHttp, read_capped
 from edge.outbound.origins import parse_http_url
 from edge.placement.usage import QuotaExceeded
-from edge.problems import Problem
+from edge.problems import PROBLEM_TYPE_BASE, STORE_UNAVAILABLE, Problem, store_unavailable
 from edge.runtime import Runtime
 from edge.store import Store, StoreError
 
@@ -79,29 +101,92 @@ REPLY_BYTES_MAX = 64 * 1024 * 1024
 # bounds what a peer that vanished without closing its connection (a partition) can leave running here.
 ATTEMPT_TIMEOUT_S_MAX = 3600.0
 
+# The longest a reader of a job's events waits here for the next one (a peer's long poll); its caller waits this
+# long plus the forward deadline.
+EVENTS_WAIT_S_MAX = 60.0
+
 # Waits until the caller of the request being served has gone (its stream was reset or its connection closed).
 CallerGone = Callable[[], Awaitable[None]]
+_Result = TypeVar("_Result")
 
 
-def _signed_part(timestamp: str, method: str, path: str, body: bytes) -> bytes:
-    return f"{timestamp}\n{method}\n{path}\n".encode() + body
+async def _unless_gone(caller_gone: CallerGone, work: Callable[[], Awaitable[_Result]]) -> _Result | None:
+    """What `work()` returns, or None when the caller went away first: the work is then cancelled."""
+    result: _Result | None = None
+    async with trio.open_nursery() as nursery:
+
+        async def abandon_when_gone() -> None:
+            await caller_gone()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(abandon_when_gone)
+        result = await work()
+        nursery.cancel_scope.cancel()
+    return result
+
+
+class BadSignature(Exception):
+    """Why a request's cluster signature was refused (the 401's detail)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SignedHead:
+    """What a verified head says of its body; the body is trusted once it matches (`check_body`)."""
+
+    body_bytes: int
+    body_sha256: str  # hex
+
+    def check_body(self, body: bytes) -> None:
+        if len(body) != self.body_bytes or not hmac.compare_digest(hashlib.sha256(body).hexdigest(), self.body_sha256):
+            raise BadSignature("the body is not the one signed")
+
+
+def _signed_head(timestamp: str, method: str, path: str, head: SignedHead) -> bytes:
+    # The prefix keeps these tags apart from gossip's, made with the same keys.
+    return f"ezthrottle-internal-v2\n{timestamp}\n{method}\n{path}\n{head.body_bytes}\n{head.body_sha256}".encode()
 
 
 def sign_request(keyring: Keyring, *, method: str, path: str, body: bytes, wall_s: float) -> str:
     timestamp = str(int(wall_s))
-    return f"t={timestamp},v1={keyring.sign(_signed_part(timestamp, method, path, body)).hex()}"
+    head = SignedHead(len(body), hashlib.sha256(body).hexdigest())
+    tag = keyring.sign(_signed_head(timestamp, method, path, head)).hex()
+    return f"t={timestamp},n={head.body_bytes},b={head.body_sha256},v2={tag}"
 
 
-def verify_request(keyring: Keyring, header: str, *, method: str, path: str, body: bytes, wall_s: float) -> bool:
-    parts = dict(item.split("=", 1) for item in header.split(",") if "=" in item)
-    timestamp, tag = parts.get("t", ""), parts.get("v1", "")
-    if not timestamp.isdigit() or len(timestamp) > 12 or abs(wall_s - int(timestamp)) > CLOCK_SKEW_S_MAX:
-        return False
+def verify_head(keyring: Keyring, header: str, *, method: str, path: str, wall_s: float) -> SignedHead:
+    """The head's claims about its body, if its tag verifies for this method and path now; BadSignature otherwise.
+    Costs a parse and one HMAC per ring key over a few dozen bytes, whatever the body's size."""
+    if not header:
+        raise BadSignature(f"no {AUTH_HEADER} header")
+    parts = dict(item.strip().split("=", 1) for item in header.split(",") if "=" in item)
+    timestamp, length, digest, tag = (parts.get(name, "") for name in ("t", "n", "b", "v2"))
+    if not (_decimal(timestamp) and _decimal(length) and _hex(digest, 64) and _hex(tag, 64)):
+        raise BadSignature(f"a malformed {AUTH_HEADER} header (want t=<unix s>,n=<bytes>,b=<sha256>,v2=<hmac>)")
+    off_s = abs(wall_s - int(timestamp))
+    if off_s > CLOCK_SKEW_S_MAX:
+        raise BadSignature(f"signed at a time {off_s:.0f} s off this node's clock (at most {CLOCK_SKEW_S_MAX:g} s)")
+    head = SignedHead(int(length), digest)
+    if not keyring.verify(_signed_head(timestamp, method, path, head), bytes.fromhex(tag)):
+        raise BadSignature("not signed by a key of this cluster's keyring")
+    return head
+
+
+def _decimal(text: str) -> bool:
+    return 0 < len(text) <= 12 and text.isascii() and text.isdigit()
+
+
+def _hex(text: str, length: int) -> bool:
+    return len(text) == length and all(c in "0123456789abcdef" for c in text)
+
+
+def _problem_kind(body: bytes) -> str | None:
+    """The kind of a problem+json body (`edge.problems`), None for any other body."""
     try:
-        raw_tag = bytes.fromhex(tag)
-    except ValueError:
-        return False
-    return keyring.verify(_signed_part(timestamp, method, path, body), raw_tag)
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    kind = doc.get("type") if isinstance(doc, dict) else None
+    return kind.removeprefix(PROBLEM_TYPE_BASE) if isinstance(kind, str) else None
 
 
 def _pack(doc: dict[str, Any]) -> bytes:
@@ -125,6 +210,11 @@ class ReplicaHolder(Protocol):
 
 class PeerError(Exception):
     """A peer could not be reached or answered badly; the caller decides whether to retry elsewhere."""
+
+
+class PeerStoreError(PeerError):
+    """The peer was reached but its store failed (503 store-unavailable): waiting for membership to change will not
+    help, so a caller whose client waits answers it 503 + Retry-After (`store_unavailable`)."""
 
 
 class PeerClient:
@@ -165,6 +255,8 @@ class PeerClient:
         except httpx.HTTPError as exc:
             raise PeerError(f"{api_address}: {type(exc).__name__}") from exc
         if response.status_code != 200:
+            if response.status_code == 503 and _problem_kind(reply) == STORE_UNAVAILABLE:
+                raise PeerStoreError(f"{api_address}: its store failed")
             raise PeerError(f"{api_address}: HTTP {response.status_code}")
         if truncated:
             raise PeerError(f"{api_address}: reply over {REPLY_BYTES_MAX} bytes")
@@ -224,6 +316,26 @@ class PeerClient:
         if len(held) != len(records):
             raise PeerError(f"{api_address}: replicate answered {len(held)} of {len(records)} records")
         return held
+
+    async def events(self, api_address: str, job_id: str, *, after: int, wait_s: float) -> EventBatch:
+        """The events the peer keeps of a job after `after`, waiting there up to `wait_s` for more; TooManyReaders
+        when it has as many readers as it takes."""
+        doc = {"job_id": job_id, "after": after, "wait_s": wait_s}
+        reply = await self._call(api_address, "events", doc, deadline_s=wait_s + self._timeout_s)
+        if reply.get("busy"):
+            raise TooManyReaders
+        try:
+            events = [PublishedEvent(int(seq), str(kind), bytes(data)) for seq, kind, data in reply["events"]]
+            return EventBatch(events, tracked=bool(reply["tracked"]), state=_track_state(reply["state"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PeerError(f"{api_address}: unreadable events reply ({exc})") from None
+
+    async def dashboard(self, api_address: str, account_id: str | None) -> dict[str, Any]:
+        """The peer's part of the dashboard, for one account or (None) for the operator."""
+        view = (await self._call(api_address, "dashboard", {"account_id": account_id}))["view"]
+        if not isinstance(view, dict):
+            raise PeerError(f"{api_address}: unreadable dashboard reply")
+        return view
 
     async def replica_pull(self, api_address: str, keys: list[str]) -> list[JobRecord]:
         """Every copy the peer holds of the given queue keys."""
@@ -303,6 +415,12 @@ def attempt_result_from_wire(doc: dict[str, Any]) -> AttemptResult:
     )
 
 
+def _track_state(value: Any) -> TrackState:
+    if value not in ("open", "ended", "moved"):
+        raise ValueError(f"unknown state {value!r}")
+    return cast(TrackState, value)
+
+
 def _string(value: Any, field: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{field} is not a string")
@@ -341,9 +459,34 @@ def _timeout_s(timeouts: Any, name: str) -> float:
     return float(value)
 
 
+def is_loopback(host: str | None) -> bool:
+    """Whether a caller's address (the ASGI scope's `client` host) is loopback; IPv4-mapped IPv6 included, as a
+    dual-stack listener reports IPv4 callers that way."""
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def _unauthorized(refused: BadSignature) -> Problem:
+    return Problem(401, "Unauthorized", f"cluster authentication failed: {refused}", kind="cluster-unauthorized")
+
+
+@dataclass(frozen=True, slots=True)
+class InternalCall:
+    """A call whose head `InternalRoutes.admit` accepted; its body is read next, `body_bytes_max` at most."""
+
+    route: str
+    signed: SignedHead | None  # None in a cluster without keys
+    body_bytes_max: int
+
+
 class InternalRoutes:
-    """The serving side: authenticate, then hand each call to the local queue manager and store, or (attempts) to
-    the node's executor."""
+    """The serving side: admit each call on its head (`admit`), then hand it to the local queue manager and store,
+    or (attempts) to the node's executor."""
 
     def __init__(
         self,
@@ -362,6 +505,7 @@ class InternalRoutes:
         self._store = store
         self._executor = executor
         self._replicas: ReplicaHolder | None = None
+        self._dashboard_view: Callable[[str | None], dict[str, Any]] | None = None
         self._routes: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
             "replicate": self._replicate,
             "replica-pull": self._replica_pull,
@@ -373,34 +517,65 @@ class InternalRoutes:
             "stop": self._stop,
             "step": self._step,
             "lend": self._lend_rights,
+            "dashboard": self._dashboard,
         }
         # Routes whose work is abandoned when the caller goes away; None from them means it went away.
         self._watched_routes: dict[str, Callable[[dict[str, Any], CallerGone], Awaitable[dict[str, Any] | None]]] = {
             "attempt": self._attempt,
+            "events": self._events,
         }
 
-    async def handle(
-        self, method: str, path: str, auth_header: str, body: bytes, *, caller_gone: CallerGone | None = None
-    ) -> bytes | None:
-        """The reply to one call, or None when the caller went away before it (only a route that watches for that
-        ends early, and only when `caller_gone` is given: it returns once the caller has gone)."""
-        if self._keyring is not None and not verify_request(
-            self._keyring, auth_header, method=method, path=path, body=body, wall_s=self._runtime.wall_clock()
-        ):
-            raise Problem(401, "Unauthorized", "cluster authentication failed", kind="cluster-unauthorized")
-        name = path.removeprefix(PREFIX)
-        if method != "POST" or (name not in self._routes and name not in self._watched_routes):
+    def admit(
+        self, method: str, path: str, auth_header: str, *, client_host: str | None, body_bytes_max: int
+    ) -> InternalCall:
+        """Judge a call on its head alone, before any of its body is read: 401 without a valid signature (403 from
+        a caller off loopback, without keys), 404 for no such route, 413 for a signed body over `body_bytes_max`."""
+        signed = None
+        if self._keyring is None:
+            if not is_loopback(client_host):
+                raise Problem(
+                    403,
+                    "Cluster keys required",
+                    f"this cluster has no keys (--insecure-cluster), so its internal API answers loopback callers "
+                    f"only, not {client_host}; set cluster.keys on every member to cluster across hosts",
+                    kind="cluster-keys-required",
+                )
+        else:
+            try:
+                signed = verify_head(
+                    self._keyring, auth_header, method=method, path=path, wall_s=self._runtime.wall_clock()
+                )
+            except BadSignature as refused:
+                raise _unauthorized(refused) from None
+        route = path.removeprefix(PREFIX)
+        if method != "POST" or (route not in self._routes and route not in self._watched_routes):
             raise Problem(404, "Not found", f"no internal route {path}")
+        if signed is not None and signed.body_bytes > body_bytes_max:
+            detail = f"the request body is over {body_bytes_max} bytes"
+            raise Problem(413, "Body too large", detail, kind="body-too-large")
+        return InternalCall(route, signed, body_bytes_max if signed is None else signed.body_bytes)
+
+    async def handle(self, call: InternalCall, body: bytes, *, caller_gone: CallerGone | None = None) -> bytes | None:
+        """The reply to an admitted call, or None when the caller went away before it (only a route that watches
+        for that ends early, and only when `caller_gone` is given: it returns once the caller has gone)."""
+        if call.signed is not None:
+            try:
+                call.signed.check_body(body)
+            except BadSignature as refused:
+                raise _unauthorized(refused) from None
         try:
             doc = _unpack(body)
         except (ValueError, msgpack.ExtraData):
             raise Problem(400, "Malformed request", "the body is not a msgpack map") from None
         try:
-            if name in self._routes:
-                return _pack(await self._routes[name](doc))
-            reply = await self._watched_routes[name](doc, caller_gone or trio.sleep_forever)
+            if call.route in self._routes:
+                return _pack(await self._routes[call.route](doc))
+            reply = await self._watched_routes[call.route](doc, caller_gone or trio.sleep_forever)
         except (KeyError, TypeError) as exc:
             raise Problem(400, "Malformed request", f"missing or mistyped field: {exc}") from None
+        except StoreError:
+            log.exception("the store failed serving the internal call %s", call.route)
+            raise store_unavailable(f"this node's store failed serving {call.route}") from None
         return None if reply is None else _pack(reply)
 
     async def _attempt(self, doc: dict[str, Any], caller_gone: CallerGone) -> dict[str, Any] | None:
@@ -423,22 +598,42 @@ class InternalRoutes:
             read_s=_timeout_s(raw_timeouts, "read_s"),
             total_s=_timeout_s(raw_timeouts, "total_s"),
         )
-        result: AttemptResult | None = None
-        async with trio.open_nursery() as nursery:
-
-            async def abandon_when_gone() -> None:
-                await caller_gone()
-                nursery.cancel_scope.cancel()  # the executor's request is cancelled: its connection closes
-
-            nursery.start_soon(abandon_when_gone)
-            result = await self._executor.execute(
-                method=method, url=parsed, headers=headers, body=body, timeouts=timeouts
-            )
-            nursery.cancel_scope.cancel()
+        # When the caller goes, the executor's request is cancelled: its connection closes.
+        execute = partial(self._executor.execute, method=method, url=parsed, headers=headers, body=body)
+        result = await _unless_gone(caller_gone, partial(execute, timeouts=timeouts))
         if result is None:
             log.debug("a remote attempt was abandoned: its caller went away")
             return None
         return attempt_result_to_wire(result)
+
+    async def _events(self, doc: dict[str, Any], caller_gone: CallerGone) -> dict[str, Any] | None:
+        wait_s, after = doc["wait_s"], doc["after"]
+        if type(wait_s) not in (int, float) or not 0 <= wait_s <= EVENTS_WAIT_S_MAX:
+            raise Problem(400, "Malformed request", f"wait_s: seconds in [0, {EVENTS_WAIT_S_MAX:g}]", field="wait_s")
+        if type(after) is not int:
+            raise TypeError("after is not an integer")
+        try:
+            batch = await _unless_gone(
+                caller_gone, partial(self._manager.events.read, _string(doc["job_id"], "job_id"), after, wait_s)
+            )
+        except TooManyReaders:
+            return {"busy": True}
+        if batch is None:
+            return None
+        events = [[event.seq, event.kind, event.data] for event in batch.events]
+        return {"events": events, "tracked": batch.tracked, "state": batch.state}
+
+    def serve_dashboard(self, view: Callable[[str | None], dict[str, Any]]) -> None:
+        """Answer `dashboard` with `view(account_id)` (this node's part; edge/http/dashboard.py)."""
+        self._dashboard_view = view
+
+    async def _dashboard(self, doc: dict[str, Any]) -> dict[str, Any]:
+        if self._dashboard_view is None:
+            raise Problem(404, "Not found", "this node serves no dashboard")
+        account_id = doc["account_id"]
+        if account_id is not None:
+            account_id = _string(account_id, "account_id")
+        return {"view": self._dashboard_view(account_id)}
 
     def serve_replicas(self, holder: ReplicaHolder) -> None:
         """Answer `replicate` and `replica-pull` (a node that replicates; edge/placement/replication.py)."""
@@ -505,16 +700,12 @@ class InternalRoutes:
         wanted = doc["wanted"]
         if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 1:
             raise Problem(400, "Malformed request", "wanted: a positive integer", field="wanted")
-        try:
-            entries = await self._lend(
-                _string(doc["account_id"], "account_id"),
-                _string(doc["month"], "month"),
-                wanted,
-                _string(doc["borrower"], "borrower"),
-            )
-        except StoreError as exc:  # the gift is not durable: not answered (the borrower asks elsewhere)
-            log.warning("could not lend quota rights: %s", exc)
-            raise Problem(503, "Store unavailable", "the rights could not be saved", kind="store-unavailable") from None
+        entries = await self._lend(
+            _string(doc["account_id"], "account_id"),
+            _string(doc["month"], "month"),
+            wanted,
+            _string(doc["borrower"], "borrower"),
+        )
         return {"entries": [[e.name, e.node, e.value] for e in entries]}
 
     async def _queues(self, doc: dict[str, Any]) -> dict[str, Any]:

@@ -20,9 +20,10 @@ was its successor; the sweep below brings copies to members new in a key's set.
 
 Membership changes (`run`, a sweep after every change and every `SWEEP_S`):
 - takeover: unfinished jobs held here as copies whose key this node owns now go into its queues;
-- sync before running: a key this node did not own before is not dispatched (`may_dispatch`) until this node has pulled
-  the other holders' copies (`pull`, internal route `replica-pull`) and merged them, so a node back with an old disk
-  does not re-run what the others finished while it was gone;
+- sync before running: a key this node did not own before (or any key, after this node heard it was declared
+  dead: the others may have run its keys) is not dispatched (`may_dispatch`) until this node has pulled the other
+  members' copies (`pull`, internal route `replica-pull`) and merged them, so a node back with an old disk, or from
+  the wrong side of a partition, does not re-run what the others finished meanwhile;
 - re-replication: copies go to members new in a key's set (a new successor after a takeover, a member back after
   a restart, with its old disk or an empty one); a node no longer in a key's set sends its copies to the set and
   then deletes them.
@@ -35,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
@@ -44,13 +45,14 @@ import trio
 
 from cluster import MemberInfo
 from edge.engine.records import JobRecord
-from edge.placement.peers import PeerClient, PeerError
-from edge.problems import Problem
+from edge.placement.peers import PeerClient, PeerError, PeerStoreError
+from edge.problems import Problem, store_unavailable
 from edge.store import Store, StoreError
 
 log = logging.getLogger("ezthrottle.replication")
 
 SWEEP_S: Final = 5.0  # how often holders re-check their keys besides membership changes
+STALL_S: Final = 0.5  # a save of a key unconfirmed this long holds the key's dispatches back
 RETRY_S: Final = 0.5  # the longest wait between two tries of a write while membership has not changed
 BATCH_RECORDS_MAX: Final = 256  # records per internal request to one peer
 LINK_QUEUE_MAX: Final = 4096  # batches waiting for one peer before senders wait their turn
@@ -80,6 +82,11 @@ class Membership(Protocol):
     def live_members(self) -> list[MemberInfo]: ...
 
     def replica_set(self, key: str, count: int) -> list[MemberInfo]: ...
+
+    def may_run(self, key: str) -> bool: ...
+
+    @property
+    def times_declared_dead(self) -> int: ...
 
     async def wait_changed(self, after_version: int) -> int: ...
 
@@ -181,6 +188,13 @@ class Replicator:
         self._owned_before: set[str] | None = None  # None until the first sweep: every owned key is new then
         self._last_live: dict[str, int] = {}  # node -> incarnation at the last sweep
         self._unfinished = False  # the last sweep could not reach someone: sweep again in SWEEP_S
+        self._replicating: Counter[str] = Counter()  # job ids in a `replicated` call: its caller queues them
+        self._declared_dead_seen = 0
+        # Saves not yet confirmed by every holder, per key: how many, and since when the oldest (replicate_soon).
+        self._outstanding: dict[str, int] = {}
+        self._oldest_outstanding: dict[str, float] = {}
+        self._unconfirmed: set[str] = set()  # keys with a save no sweep has confirmed since it failed
+        self._replication_failures = 0
 
     def connect(self, manager: Manager, deliveries: Deliveries) -> None:
         self._manager = manager
@@ -215,19 +229,36 @@ class Replicator:
         return self.holds(key) and not self._owns(key)
 
     def may_dispatch(self, key: str) -> bool:
-        """The queue manager's gate: this node owns the key and has synced it."""
-        return self._owns(key) and key not in self._syncing
+        """The queue manager's gate: this node may run the key (it owns it, and the partition rule of
+        cluster/lease.py allows it) and has synced it."""
+        if key in self._syncing or key in self._unconfirmed:
+            return False
+        oldest = self._oldest_outstanding.get(key)
+        if oldest is not None and trio.current_time() - oldest > STALL_S:
+            return False
+        return self._membership.may_run(key)
 
     # -- writes -------------------------------------------------------------------------------------------------
 
     async def replicated(
         self, records: Sequence[JobRecord], *, moved_from: Sequence[str] = ()
     ) -> list[JobRecord | None]:
+        """`_replicated`, and meanwhile no sweep queues these jobs: a new job's submission queues it once the
+        successors have it, so a copy queued before that could run and finish, then be queued again and re-run."""
+        replicating = Counter(record.job_id for record in records)
+        self._replicating += replicating
+        try:
+            return await self._replicated(records, moved_from)
+        finally:
+            self._replicating -= replicating
+
+    async def _replicated(self, records: Sequence[JobRecord], moved_from: Sequence[str]) -> list[JobRecord | None]:
         """Send `records` (saved here) to every other member of their keys' replica sets and wait until each has
         them durable. Per record, None, or the job a successor holds under the record's idempotency key instead.
 
         While a successor does not answer, waits for membership to change (it may have died, and the next member
-        takes its place) and tries again; ReplicationUnavailable after the deadline. `moved_from[i]`: the key
+        takes its place) and tries again; ReplicationUnavailable after the deadline. A successor whose store failed
+        will not recover by then: a 503 store-unavailable Problem at once. `moved_from[i]`: the key
         record i had before a rekey; its holders get the record too, and drop their copy once they hold no
         other."""
         results: list[JobRecord | None] = [None] * len(records)
@@ -236,9 +267,15 @@ class Replicator:
             while pending:
                 version = self._membership.version
                 failed: list[int] = []
+                store_failed_on: list[str] = []
                 async with trio.open_nursery() as nursery:
                     for member, indexes in self._by_successor(records, pending, moved_from).items():
-                        nursery.start_soon(self._send_to, member, indexes, records, results, failed)
+                        nursery.start_soon(self._send_to, member, indexes, records, results, failed, store_failed_on)
+                if store_failed_on:
+                    raise store_unavailable(
+                        f"the store of {store_failed_on[0]}, which keeps copies of this queue, failed; "
+                        "the job was not acknowledged"
+                    )
                 pending = sorted(set(failed))
                 if pending:
                     with trio.move_on_after(RETRY_S):
@@ -247,17 +284,31 @@ class Replicator:
         raise ReplicationUnavailable(len(pending), len(records))
 
     async def replicate_soon(self, records: Sequence[JobRecord], *, moved_from: Sequence[str] = ()) -> None:
-        """`replicated` for a save nobody waits on: a failure is logged, and the next sweep sends the copies."""
+        """`replicated` for a save nobody waits on: a failure is logged, and the next sweep sends the copies.
+
+        While a save of a key is not confirmed for longer than STALL_S, or failed, the key dispatches nothing
+        (`may_dispatch`): a successor that has not heard of a finished job would run it again if it took the key
+        over, so no more of the key's jobs run until the copies are safe (a split costs at most the attempts in
+        flight when it began, and those that started within STALL_S after)."""
+        keys = {record.queue_key for record in records}
+        started = trio.current_time()
+        for key in keys:
+            self._outstanding[key] = self._outstanding.get(key, 0) + 1
+            self._oldest_outstanding.setdefault(key, started)
         try:
             await self.replicated(records, moved_from=moved_from)
-        except ReplicationUnavailable as exc:
+        except Problem as exc:  # ReplicationUnavailable, or a successor's store failed
             log.warning("replication of %d saved jobs incomplete (%s); the next sweep retries", len(records), exc)
-            self._forget_copies_sent()
+            self._unconfirmed |= keys
+            self._replication_failures += 1
             self._sweep_wanted.set()
-
-    def _forget_copies_sent(self) -> None:
-        """Make the next sweep send every key's copies to every holder again (a write was not confirmed)."""
-        self._last_live = {}
+        finally:
+            for key in keys:
+                self._outstanding[key] -= 1
+                if not self._outstanding[key]:
+                    del self._outstanding[key], self._oldest_outstanding[key]
+            if trio.current_time() - started > STALL_S and self._manager is not None:
+                self._manager.ownership_changed()  # keys held back by this save may go again
 
     def _by_successor(
         self, records: Sequence[JobRecord], indexes: Sequence[int], moved_from: Sequence[str]
@@ -290,12 +341,15 @@ class Replicator:
         records: Sequence[JobRecord],
         results: list[JobRecord | None],
         failed: list[int],
+        store_failed_on: list[str],
     ) -> None:
         try:
             answers = await self._links[node].send([records[i] for i in indexes])
         except PeerError as exc:
             log.info("replicating %d jobs to %s failed (%s)", len(indexes), node, exc)
             failed.extend(indexes)
+            if isinstance(exc, PeerStoreError):
+                store_failed_on.append(node)
             return
         for index, answer in zip(indexes, answers, strict=True):
             if answer is not None:
@@ -306,12 +360,31 @@ class Replicator:
     async def receive(self, records: list[JobRecord]) -> list[JobRecord | None]:
         """Keep copies sent by a holder; a copy of a key this node owns wakes the sweep (which may queue it)."""
         results = await self._store.merge_jobs(records)
+        await self._requeue_outdated(records)
         if any(
             (r.status in ("queued", "running") and self._owns(r.queue_key)) or not self.holds(r.queue_key)
             for r in records
         ):
             self._sweep_wanted.set()  # to queue a job of a key owned here, or pass on a copy of one not held here
         return results
+
+    async def _requeue_outdated(self, records: Sequence[JobRecord]) -> None:
+        """Put the waiting jobs of an owned key back in line as the store has them now, when a copy just merged is
+        newer than one of them: another member ran that job while both thought they owned the key (membership
+        changing), and the stale one here, finished elsewhere meanwhile, must not run again."""
+        manager = self._manager
+        if manager is None:
+            return
+        keys = {
+            record.queue_key
+            for record in records
+            if (live := manager.live_job(record.job_id)) is not None
+            and live.revision < record.revision
+            and self._owns(record.queue_key)
+        }
+        if keys:
+            manager.detach(keys.__contains__)
+            await self._take_over()
 
     async def pull(self, keys: Collection[str]) -> list[JobRecord]:
         """Every copy held here of the given keys (finished ones too): a new owner syncs from them."""
@@ -351,6 +424,10 @@ class Replicator:
         keys = set(await self._store.queue_keys())
         owned = {key for key in keys if self._owns(key)}
         gained = owned if self._owned_before is None else owned - self._owned_before
+        declared_dead = self._membership.times_declared_dead
+        if declared_dead != self._declared_dead_seen:
+            gained = owned  # the others held this node dead: they may have run any of its keys meanwhile
+            self._declared_dead_seen = declared_dead
         self._syncing |= gained
         if self._syncing:
             await self._sync(set(self._syncing))
@@ -395,6 +472,7 @@ class Replicator:
             record
             for record in await self._store.unfinished_jobs()
             if manager.live_job(record.job_id) is None
+            and record.job_id not in self._replicating
             and self._owns(record.queue_key)
             and record.queue_key not in self._syncing
         ]
@@ -410,20 +488,22 @@ class Replicator:
     async def _spread(self, keys: set[str], live: dict[str, int]) -> None:
         """Send each key's copies to the members new in its set; drop the copies of keys this node left."""
         before = self._last_live
+        failures_before = self._replication_failures
         new_members: dict[str, set[str]] = defaultdict(set)  # node -> keys to send it
         left: set[str] = set()
         local = self._local
-        for key in keys:
+        self._unconfirmed &= keys  # a key no longer stored here has nothing left to confirm
+        for key in sorted(keys):  # sorted, here and below: the simulator replays a run only if its order is fixed
             holders = [m.node for m in self.holders(key)]
             for node in holders:
-                if node != local and before.get(node) != live.get(node):
+                if node != local and (before.get(node) != live.get(node) or key in self._unconfirmed):
                     new_members[node].add(key)
             if local not in holders:
                 left.add(key)
                 new_members.update({node: new_members[node] | {key} for node in holders})
         addresses = {m.node: m.api_address for m in self._membership.live_members()}
         failed_keys: set[str] = set()
-        for node, node_keys in new_members.items():
+        for node, node_keys in sorted(new_members.items()):
             copies = await self._store.jobs_of_keys(node_keys)
             for start in range(0, len(copies), BATCH_RECORDS_MAX):
                 try:
@@ -435,6 +515,8 @@ class Replicator:
                     self._last_live.pop(node, None)
                     live.pop(node, None)  # so that the next sweep sends them again
                     break
+        if self._replication_failures == failures_before:  # no save failed meanwhile: what was sent is confirmed
+            self._unconfirmed -= keys - failed_keys
         droppable = left - failed_keys
         if droppable and self._manager is not None:
             manager = self._manager

@@ -33,13 +33,13 @@ answered against them, so a node killed at any instant restarts with entries no 
   counters' saver, `CounterSaver.save_now`); when they cannot be, it fails and the borrower takes it as an
   unreachable lender. A genesis or top-up made for this node's own submission is saved before any submission spends
   a right against it. That is a store write awaited once per quota and month, where carrying the mint and every
-  gift in each job's commit until one of them lands would cost every commit.
+  gift in each job's commit until one of them lands would cost every commit. Until saved, a mint or gift counts in
+  this node's own ledger only: it reaches the counters, and so the gossip, after its save, so no peer can rely on a
+  right that a crash would give back to this node.
 
 What a crash can still cost: under-admission only, and little of it. The submissions saved alongside the node's
 last accepted job that turned out duplicates or failed count as used until the month ends (the row above the
-count, as said), and the node's rights wait while it is down. One gap needs a second fault: a mint or gift the
-gossip carries to a peer in the moment before it is saved, the node killed in that moment and restarted without
-reaching any peer (its join would bring the entry back) can have those rights spent twice.
+count, as said), and the node's rights wait while it is down.
 
 What it costs: the first job of a month waits for the genesis (one internal call when the owner is another node,
 one store write when it is this one); a node that runs out waits for one borrow; rights held by a node that is gone
@@ -188,7 +188,10 @@ class UsageMeter:
         self._lend = lend
         self._metrics = metrics
         self._pending: Counter[tuple[str, str]] = Counter()  # submissions being saved, metered or not
-        self._escrow_unsaved: set[tuple[str, str]] = set()  # quotas whose own mints or gifts may not be saved yet
+        # Per quota, this node's mints and gifts not saved yet, by entry name: counted in its own ledger at once, but
+        # added to the counters (and so gossiped) only once saved, so no peer relies on a right a crash could undo.
+        self._escrow_unsaved: dict[tuple[str, str], dict[str, int]] = {}
+        self._escrow_saving: dict[tuple[str, str], trio.Lock] = {}
         self._borrowing: dict[tuple[str, str], trio.Lock] = {}
         # (account, month) -> (counters' version, this node's rights available, cluster-wide use) when last worked
         # out from the ledger; this node's own spends keep it current, anything else the counters learn redoes it.
@@ -299,6 +302,11 @@ class UsageMeter:
         prefix = _gifts_prefix(account_id, month)
         given = {(e.node, e.name[len(prefix) :]): e.value for e in counters.counter_entries(prefix)}
         used = {e.node: e.value for e in counters.counter_entries(usage_name(account_id, month))}
+        for name, amount in self._escrow_unsaved.get((account_id, month), {}).items():
+            if name.startswith(prefix):
+                given[(self._node, name[len(prefix) :])] = given.get((self._node, name[len(prefix) :]), 0) + amount
+            else:
+                minted[self._node] = minted.get(self._node, 0) + amount
         return escrow.Ledger(minted=minted, given=given, used=used)
 
     def _entries(self, account_id: str, month: str) -> list[CounterEntry]:
@@ -354,22 +362,35 @@ class UsageMeter:
             self._add_escrow(account_id, month, f"{_gifts_prefix(account_id, month)}{receiver}", share)
 
     def _add_escrow(self, account_id: str, month: str, name: str, amount: int) -> None:
-        """Add to one of this node's own mint or gift entries of the quota; it is to be saved before it is relied on
-        (`_save_escrow`)."""
-        self._counters.add_counter(name, amount)
-        self._escrow_unsaved.add((account_id, month))
+        """Add to one of this node's own mint or gift entries of the quota: in this node's ledger at once, in the
+        counters (which gossip it) once `_save_escrow` has saved it."""
+        key = (account_id, month)
+        unsaved = self._escrow_unsaved.setdefault(key, {})
+        unsaved[name] = unsaved.get(name, 0) + amount
+        self._known.pop(key, None)
 
     async def _save_escrow(self, account_id: str, month: str) -> None:
-        """Save this node's own mint and gift entries of the quota (StoreError when the store fails); the quota is
-        saved once nothing was added to them meanwhile."""
-        own = self._own_escrow(account_id, month)
-        await self._saver.save_now(own)
-        if self._own_escrow(account_id, month) == own:
-            self._escrow_unsaved.discard((account_id, month))
-
-    def _own_escrow(self, account_id: str, month: str) -> list[CounterEntry]:
-        names = (_mint_name(account_id, month), _gifts_prefix(account_id, month))
-        return [e for name in names for e in self._counters.counter_entries(name) if e.node == self._node]
+        """Save this node's unsaved mints and gifts of the quota (StoreError when the store fails), then publish
+        them in the counters."""
+        key = (account_id, month)
+        lock = self._escrow_saving.setdefault(key, trio.Lock())
+        async with lock:  # one save at a time per quota, so that no unsaved amount is published twice
+            adding = dict(self._escrow_unsaved.get(key, {}))
+            entries = [
+                CounterEntry(name=name, node=self._node, value=self._counters.counter_own(name) + amount)
+                for name, amount in adding.items()
+            ]
+            await self._saver.save_now(entries)
+            unsaved = self._escrow_unsaved.get(key, {})
+            for name, amount in adding.items():
+                self._counters.add_counter(name, amount)
+                unsaved[name] -= amount  # what was added meanwhile stays to be saved
+                if not unsaved[name]:
+                    del unsaved[name]
+            if not unsaved:
+                self._escrow_unsaved.pop(key, None)
+        if not lock.locked() and lock.statistics().tasks_waiting == 0:
+            self._escrow_saving.pop(key, None)
 
     def _is_genesis_owner(self, account_id: str) -> bool:
         owner = self._genesis_owner(account_id)

@@ -16,6 +16,7 @@ from cluster.awareness import Awareness
 from cluster.broadcast import BroadcastQueue
 from cluster.codec import encode_message
 from cluster.config import SwimConfig
+from cluster.lease import RunGate
 from cluster.membership import Member, Membership
 from cluster.messages import Alive, Dead, MemberInfo, MemberState, Message, Suspect
 from cluster.probe import ProbeRing
@@ -87,6 +88,7 @@ def new_table() -> Table:
         broadcasts=queue,
         awareness=awareness,
         probe_ring=ProbeRing(Random(1)),
+        gate=RunGate(node="me", probe_interval=CONFIG.probe_interval, probe_timeout=CONFIG.probe_timeout),
     )
     table = Table(membership, outbox, queue, awareness)
     for message in (alive("b", 5), alive("c"), alive("d"), alive("e", 3), dead("d", 1, "c")):

@@ -23,9 +23,11 @@ simulator drives this module unchanged.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 from collections.abc import Callable, Collection, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 import trio
@@ -47,6 +49,7 @@ from edge.engine.queue import (
     wins,
 )
 from edge.engine.records import JobRecord
+from edge.engine.shell.events import EventBus
 from edge.engine.shell.executor import Executor, Timeouts
 from edge.engine.shell.placement import AttemptRunner, LocalPlacement, Placement
 from edge.engine.shell.webhooks import WebhookDeliverer
@@ -163,8 +166,11 @@ class QueueManager:
         admission: Admission | None = None,
         replication: Replication | None = None,
         holds_copy: Callable[[str], bool] = lambda key: False,
+        events: EventBus | None = None,
     ) -> None:
-        """`holds_copy(key)`: this node keeps the key's jobs only as a replica (another member runs them)."""
+        """`holds_copy(key)`: this node keeps the key's jobs only as a replica (another member runs them).
+        `events`: where what happens to each job is published (edge/engine/shell/events.py)."""
+        self.events = events or EventBus(node=config.server.node_id or "local", wall_ms=runtime.wall_ms)
         self._config = config
         self._replication = replication
         self._holds_copy = holds_copy
@@ -343,6 +349,13 @@ class QueueManager:
         """Queues whose key starts with `prefix` (an account's: "acme|"; the shared free ones: "free|")."""
         return [self._describe(q) for q in self._queues if q.key.startswith(prefix)]
 
+    def busiest_queues(self, prefix: str, limit: int) -> tuple[list[dict[str, Any]], int]:
+        """The `limit` queues with a key prefix holding the most jobs (waiting or in flight), and how many there are:
+        the dashboard's view, which must stay cheap with 100,000 keys."""
+        matching = [q for q in self._queues if q.key.startswith(prefix)]
+        busiest = heapq.nlargest(limit, matching, key=lambda q: q.depth + q.in_flight)
+        return [self._describe(q) for q in busiest], len(matching)
+
     # -- cluster hand-off -----------------------------------------------------------------------------------------
 
     def ownership_changed(self) -> None:
@@ -448,6 +461,8 @@ class QueueManager:
             eligible_at = now + max(0, not_before_ms - self._runtime.wall_ms()) / 1000
         queue = self._queues.push(record, eligible_at)
         self._metrics.queue_depth.inc()
+        if self.events.state_of(record.job_id) in (None, "moved"):  # new here (a rekey or a failed hand-off is not)
+            self.events.publish(record.job_id, record.account_id, "queued", not_before_ms=not_before_ms or None)
         # A job that cannot go before the task wakes anyway changes nothing it decided (unless it brings a timer).
         self._wake(queue, not_before=eligible_at if workflow.due_at_ms(record) is None else -math.inf)
 
@@ -500,6 +515,9 @@ class QueueManager:
     async def _attempt(self, queue: OutboundQueue, dispatch: Dispatch) -> None:
         record, plan = dispatch.record, dispatch.legs
         results: dict[str, AttemptResult | None] = dict.fromkeys(plan.regions)
+        self.events.publish(
+            record.job_id, record.account_id, "dispatched", regions=[region or None for region in plan.regions]
+        )
         try:
             # An Interrupt cancels this scope: the legs still out end as cancelled (None), like a race's losers.
             with trio.CancelScope() as self._attempts[record.job_id]:
@@ -526,7 +544,8 @@ class QueueManager:
             if leg.result is not None:
                 self._count(leg.result)
         self._count_settlement(settlement)
-        await self._save_logged(queue, settlement)
+        added = settlement.record.attempts_total - record.attempts_total
+        await self._save_logged(queue, settlement, attempts_added=added)
 
     async def _run_legs(
         self, queue: OutboundQueue, record: JobRecord, results: dict[str, AttemptResult | None], *, race: bool
@@ -590,10 +609,10 @@ class QueueManager:
         finally:
             self._placement.finished(origin, region, result)  # None: cancelled (a race's loser)
 
-    async def _save_logged(self, queue: OutboundQueue, settlement: Settlement) -> None:
+    async def _save_logged(self, queue: OutboundQueue, settlement: Settlement, *, attempts_added: int = 0) -> None:
         """Save a settlement from a queue task: a store failure is logged, and the job waits to run again."""
         try:
-            await self._save(queue, settlement)
+            await self._save(queue, settlement, attempts_added=attempts_added)
         except StoreError:
             record = settlement.record
             log.exception(
@@ -604,8 +623,9 @@ class QueueManager:
         finally:
             self._wake(queue)
 
-    async def _save(self, queue: OutboundQueue, settlement: Settlement) -> None:
-        """Save, then commit; abort when the store fails (StoreError is raised again)."""
+    async def _save(self, queue: OutboundQueue, settlement: Settlement, *, attempts_added: int = 0) -> None:
+        """Save, then commit; abort when the store fails (StoreError is raised again). `attempts_added`: how many
+        attempts the settlement records (they are published once it is saved)."""
         settlement.record.revision += 1
         record = settlement.record
         if settlement.is_terminal:
@@ -618,6 +638,7 @@ class QueueManager:
             raise
         queue.commit(settlement)
         self._queues.settled(settlement)
+        self._publish_settled(record, settlement, attempts_added)
         self._enqueue_spawned(settlement.spawn)
         if self._replication is not None:  # before the webhook: a takeover must not run a job already reported
             await self._replication.replicate_soon([record, *settlement.spawn])
@@ -635,6 +656,26 @@ class QueueManager:
                 self._nursery.start_soon(self.step_ended, record)
         else:
             self._metrics.queue_depth.inc()
+
+    def _publish_settled(self, record: JobRecord, settlement: Settlement, attempts_added: int) -> None:
+        """Tell the job's readers what a saved settlement did (`record` as saved, webhook deliveries included): its
+        attempts, then the retry it schedules or the end."""
+        publish = partial(self.events.publish, record.job_id, record.account_id)
+        for attempt in record.attempts[-attempts_added:] if attempts_added else ():
+            publish("attempt", **attempt.to_wire())
+        last = record.attempts[-1] if attempts_added and record.attempts else None
+        if settlement.next_step == "retry":
+            publish(
+                "retry_scheduled",
+                next_attempt_at_ms=record.next_attempt_at_ms,
+                delay_s=last.delay_s if last else None,
+                reason=last.delay_reason if last else None,
+            )
+        elif settlement.is_terminal:
+            status_code = (record.response or {}).get("status_code")
+            publish("finished", status=record.status, status_code=status_code, error=record.error)
+            if not record.has_pending_deliveries:
+                self.events.end(record.job_id, record.account_id, status=record.status, webhooks=record.webhook_outcome)
 
     def _count(self, result: AttemptResult) -> None:
         if result.status_code is not None:

@@ -35,6 +35,7 @@ from edge.config import Config
 from edge.engine.delivery import DeliverySchedule, advance, first_deliveries, outcome, webhook_payload
 from edge.engine.outcome import AttemptResult
 from edge.engine.records import Delivery, JobRecord
+from edge.engine.shell.events import EventBus, first_round_done
 from edge.engine.shell.executor import Timeouts
 from edge.engine.shell.placement import Placement
 from edge.engine.signing import sign_webhook
@@ -57,6 +58,7 @@ class _PendingJob:
     """What the deliverer holds of a job whose deliveries are pending: small, whatever the response's size."""
 
     account_id: str
+    status: str
     quorum: int
     finished_at_ms: int
     deliveries: list[Delivery]
@@ -85,6 +87,11 @@ class WebhookDeliverer:
         self._placement: Placement | None = None
         self._is_copy: Callable[[str], bool] = lambda queue_key: False
         self._on_final: Callable[[str], Awaitable[None]] | None = None
+        self._events: EventBus | None = None
+
+    def report_to(self, events: EventBus) -> None:
+        """Publish each try to `events` (the job's event stream, edge/engine/shell/events.py)."""
+        self._events = events
 
     def replicate_with(self, *, is_copy: Callable[[str], bool], on_final: Callable[[str], Awaitable[None]]) -> None:
         """In a cluster with replicas: leave the webhooks of jobs held here as copies to their owner, and call
@@ -112,6 +119,7 @@ class WebhookDeliverer:
             return
         self._jobs[record.job_id] = _PendingJob(
             account_id=record.account_id,
+            status=record.status,
             quorum=record.spec.webhook_quorum,
             finished_at_ms=record.finished_at_ms or self._runtime.wall_ms(),
             deliveries=list(record.deliveries),
@@ -189,12 +197,34 @@ class WebhookDeliverer:
         except StoreError:
             # Not durable: a restart before a later save redelivers from the stored state (at-least-once).
             log.exception("could not save the webhook state of job %s", job_id, extra=job_fields(job_id))
+        self._publish(job_id, job, index, result, status, error)
         if delivery.state == "pending":
             self._schedule_one(job_id, index, delivery)
         elif job_outcome != "pending":
             del self._jobs[job_id]
             if self._on_final is not None:
                 await self._on_final(job_id)
+
+    def _publish(
+        self, job_id: str, job: _PendingJob, index: int, result: str, status: int | None, error: str | None
+    ) -> None:
+        """Tell the job's readers how a try went; once every webhook was tried, the job's events end."""
+        if self._events is None:
+            return
+        delivery = job.deliveries[index]
+        next_at_ms = delivery.next_at_ms if delivery.state == "pending" else None
+        self._events.publish(
+            job_id,
+            job.account_id,
+            "webhook",
+            index=index,
+            result=result,
+            status_code=status,
+            error=error,
+            next_at_ms=next_at_ms,
+        )
+        if first_round_done(job.deliveries):
+            self._events.end(job_id, job.account_id, status=job.status, webhooks=outcome(job.deliveries, job.quorum))
 
     def _retry_later(self, job_id: str, index: int) -> None:
         """The record could not be read: try again after the schedule's first retry step."""

@@ -5,11 +5,12 @@ from __future__ import annotations
 from functools import partial
 
 import httpx
+import pytest
 import trio
 
 from cluster import Keyring
 from edge.http.server import serve_asgi
-from edge.placement.peers import sign_request, verify_request
+from edge.placement.peers import BadSignature, is_loopback, sign_request, verify_head
 from edge.vendor import httpcore as httpcore_patch
 from tests.e2e.support import read_body, respond
 
@@ -19,15 +20,36 @@ KEY, OTHER = b"k" * 32, b"o" * 32
 def test_signatures_verify_only_for_the_same_request_key_and_time():
     ring = Keyring(KEY)
     header = sign_request(ring, method="POST", path="/internal/v1/jobs", body=b"x", wall_s=1000)
-    ok = partial(verify_request, method="POST", path="/internal/v1/jobs", body=b"x")
-    assert ok(ring, header, wall_s=1010)
-    assert ok(Keyring(OTHER, KEY), header, wall_s=1000)  # rotation: any accepted key verifies
-    assert not ok(Keyring(OTHER), header, wall_s=1000)
-    assert not ok(ring, header, wall_s=1000 + 31)  # outside the clock-skew window: a replay
-    assert not verify_request(ring, header, method="POST", path="/internal/v1/handoff", body=b"x", wall_s=1000)
-    assert not verify_request(ring, header, method="POST", path="/internal/v1/jobs", body=b"y", wall_s=1000)
-    for garbage in ("", "t=,v1=", "t=1000,v1=zz", "t=99999999999999999999,v1=00", "v1=00"):
-        assert not ok(ring, garbage, wall_s=1000)
+    head = partial(verify_head, method="POST", path="/internal/v1/jobs")
+    head(ring, header, wall_s=1010).check_body(b"x")
+    head(Keyring(OTHER, KEY), header, wall_s=1000).check_body(b"x")  # rotation: any accepted key verifies
+    with pytest.raises(BadSignature, match="not signed by a key"):
+        head(Keyring(OTHER), header, wall_s=1000)
+    with pytest.raises(BadSignature, match="31 s off"):  # outside the clock-skew window: a replay
+        head(ring, header, wall_s=1000 + 31)
+    with pytest.raises(BadSignature, match="not signed by a key"):
+        verify_head(ring, header, method="POST", path="/internal/v1/handoff", wall_s=1000)
+    with pytest.raises(BadSignature, match="not signed by a key"):
+        verify_head(ring, header, method="PUT", path="/internal/v1/jobs", wall_s=1000)
+    for other_body in (b"y", b"xx", b""):  # the head verifies; the body is not the one it names
+        with pytest.raises(BadSignature, match="not the one signed"):
+            head(ring, header, wall_s=1000).check_body(other_body)
+    # The declared length and digest are under the tag: another body's, with this tag, do not verify.
+    other = sign_request(ring, method="POST", path="/internal/v1/jobs", body=b"yy", wall_s=1000)
+    with pytest.raises(BadSignature, match="not signed by a key"):
+        head(ring, other.rpartition(",v2=")[0] + ",v2=" + header.rpartition(",v2=")[2], wall_s=1000)
+    v1 = f"t=1000,v1={'0' * 64}"  # the scheme before the body digest, which signed the whole body
+    garbage = ("", "t=,n=,b=,v2=", "t=1000,n=1,b=zz,v2=00", "t=99999999999999999999,n=1", v1, header.upper())
+    for bad in garbage:
+        with pytest.raises(BadSignature):
+            head(ring, bad, wall_s=1000)
+
+
+def test_only_loopback_callers_are_loopback():
+    for host in ("127.0.0.1", "127.0.0.2", "127.255.0.9", "::1", "::ffff:127.0.0.1"):
+        assert is_loopback(host), host
+    for host in ("10.99.0.1", "::ffff:10.99.0.1", "192.168.1.5", "fdaa::3", "0.0.0.0", "localhost", "", None):
+        assert not is_loopback(host), host
 
 
 async def test_cancelled_http2_requests_do_not_exhaust_the_connection(nursery: trio.Nursery):
