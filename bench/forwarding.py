@@ -231,7 +231,9 @@ def run() -> dict[str, Any]:
     label = f"h2c, {CLIENTS} connections x {STREAMS_PER_CLIENT} streams"
     with ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-forwarding-")))
-        nodes = start_cluster(stack)
+        # Forwarding alone: with replicas the non-owner would hold a copy of every job (bench.replication
+        # measures that cost), and the durability check below counts jobs by the one node holding them.
+        nodes = start_cluster(stack, settings={"cluster.replicas": 1})
         owner = owner_of_queue(nodes[NODE_NAMES[0]])
         forwarder = next(name for name in nodes if name != owner)
         versions_before = {name: cluster_view(node)["version"] for name, node in nodes.items()}

@@ -1,8 +1,7 @@
-"""Replication: intake with `cluster.replicas = 2` against 1, takeover after an owner is lost for good, and the
-upstream's view of a key's limit while the cluster is split (the benchmarks of the issue "Nothing acknowledged is
-lost when a node is lost for good").
+"""Replication: intake with replicas = 2 against 1, takeover after the owner is lost, a key's limit under partition.
 
-Three parts, each on real node processes on loopback, each figure a ratio or a comparison within this run:
+The benchmarks of the issue "Nothing acknowledged is lost when a node is lost for good". Three parts, each on real
+node processes on loopback, each figure a ratio or a comparison within this run:
 
 - intake: two three-node clusters side by side, `replicas = 1` and `replicas = 2`, each node serving its job API
   through `bench.job_api_target.UniqueJobIntake` (every request a new job, `retry_at` in 2100 so none runs).
@@ -44,7 +43,7 @@ import trio
 
 from bench.common import BenchTarget, LoadResult, ServedTarget, alternate, summarize
 from bench.forwarding import NODE_ENV, cluster_view, h2load_once, settled_reports, start_cluster
-from bench.intake import CLIENTS, DURATION_S, ROUNDS, SAMPLE_JOB, STREAMS_PER_CLIENT, WARM_UP_S
+from bench.intake import CLIENTS, DURATION_S, SAMPLE_JOB, STREAMS_PER_CLIENT, WARM_UP_S
 from bench.job_api_target import (
     ACKNOWLEDGED_PATH,
     BENCH_ACCOUNT_ID,
@@ -70,8 +69,10 @@ INTAKE_FACTORY = "bench.replication:spread_job_api_target"
 INTAKE_NODES = ("node-a", "node-b", "node-c")
 ENTRY = INTAKE_NODES[0]  # where h2load sends every job
 CREDENTIALS_PER_OWNER = 4
+INTAKE_ROUNDS = 5  # per config, alternating: more than bench.intake's, as six node processes share the cores
 INTAKE_REPLICAS = (1, 2)
 INTAKE_GOAL_RATIO = 0.7
+H2C_LABEL = f"h2c, {CLIENTS} connections x {STREAMS_PER_CLIENT} streams"
 SPREAD_JOB = {
     **SAMPLE_JOB,
     "headers": {"Authorization": f"Bearer {PLACEHOLDER_CREDENTIAL}", "Content-Type": "application/json"},
@@ -212,12 +213,12 @@ def measure_intake(scratch: Path) -> tuple[dict[str, list[LoadResult]], dict[str
                 replicas_label(replicas): functools.partial(h2load_once, nodes[ENTRY], scratch)
                 for replicas, nodes in clusters.items()
             },
-            ROUNDS,
+            INTAKE_ROUNDS,
         )
         checks = {}
         for replicas, nodes in clusters.items():
             changes = sum(after - before for after, before in zip(_versions(nodes), versions[replicas], strict=True))
-            holder = "their owner and first successor" if replicas == 2 else "their owner alone"
+            holder = "their owner and first successor" if replicas == 2 else "their owner"
             checks[f"{replicas_label(replicas)}: acknowledged jobs held by exactly {holder}"] = placement_check(
                 nodes, replicas
             )
@@ -415,7 +416,9 @@ def takeover_checks(takeovers: Takeovers) -> dict[str, str]:
     worst = max(seconds)
     return {
         f"takeover after kill -9 and a deleted data dir, {len(seconds)} repetitions: median / max": (
-            f"{statistics.median(seconds):.2f} / {worst:.2f} s (runs: {', '.join(f'{s:.2f}' for s in seconds)})"
+            f"{statistics.median(seconds):.2f} / {worst:.2f} s (runs: {', '.join(f'{s:.2f}' for s in seconds)}); "
+            f"less the takeover wait, detection + sync + first dispatch took "
+            f"{statistics.median(seconds) - takeovers.takeover_wait_s:.2f} s (median)"
         ),
         "takeover against detection_bound_s + takeover_wait_s (GET /api/v1/cluster)": (
             f"max {worst:.2f} s {'within' if worst <= bound else 'OVER'} {takeovers.detection_bound_s:.2f} + "
@@ -425,6 +428,7 @@ def takeover_checks(takeovers: Takeovers) -> dict[str, str]:
 
 
 def run() -> dict[str, Any]:
+    """The three parts in turn (about three minutes), as the section `python -m bench` renders."""
     with tempfile.TemporaryDirectory(prefix="bench-replication-") as scratch:
         runs, checks = measure_intake(Path(scratch))
         takeovers = trio.run(measure_takeovers, Path(scratch) / "takeover")
@@ -436,9 +440,12 @@ def run() -> dict[str, Any]:
                 partition.remove_cgroup(cgroup)
         else:
             split_checks = {"partition": "skipped: needs root, nftables and cgroup v2 (tests/e2e/partition.py)"}
-    rates = {name: statistics.median(run.requests_per_s for run in results) for name, results in runs.items()}
-    ratio = rates[replicas_label(2)] / rates[replicas_label(1)]
-    intake_goal = f"intake: {replicas_label(2)} / {replicas_label(1)}, median req/s, goal >= {INTAKE_GOAL_RATIO:.2f}x"
+    one, two = runs[replicas_label(1)], runs[replicas_label(2)]
+    ratio = statistics.median(run.requests_per_s for run in two) / statistics.median(run.requests_per_s for run in one)
+    # Each round's pair ran back to back, so its ratio is spared the drift between rounds.
+    paired = [b.requests_per_s / a.requests_per_s for a, b in zip(one, two, strict=True)]
+    intake_goal = f"intake: {replicas_label(2)} / {replicas_label(1)}, req/s, goal >= {INTAKE_GOAL_RATIO:.2f}x"
+    intake_verdict = "met" if min(ratio, statistics.median(paired)) >= INTAKE_GOAL_RATIO else "missed"
     return {
         "title": "Replication: intake with replicas = 2 against 1, takeover, the limit under partition",
         "about": __doc__.strip().splitlines()[0],
@@ -446,21 +453,24 @@ def run() -> dict[str, Any]:
             replicas_label(replicas): f"3 x {INTAKE_FACTORY}, cluster.replicas = {replicas}"
             for replicas in INTAKE_REPLICAS
         }
-        | {"takeover, partition": "3 x `ezthrottle serve` (tests/e2e/regions.py), profile local"},
+        | {"takeover, partition": "3 x ezthrottle serve (tests/e2e/regions.py), profile local"},
         "commands": ["python -m bench replication", *(results[0].command for results in runs.values())],
-        "rows": summarize(runs, baseline=replicas_label(1), label=f"h2c, {CLIENTS} x {STREAMS_PER_CLIENT} streams"),
+        "rows": summarize(runs, baseline=replicas_label(1), label=H2C_LABEL),
         "checks": {
-            intake_goal: f"{'met' if ratio >= INTAKE_GOAL_RATIO else 'missed'} ({ratio:.2f}x)",
+            intake_goal: (
+                f"{intake_verdict} ({ratio:.2f}x of the medians; round by round {statistics.median(paired):.2f}x "
+                f"median, {min(paired):.2f}x to {max(paired):.2f}x)"
+            ),
             **checks,
             **takeover_checks(takeovers),
             **split_checks,
         },
         "notes": [
-            f"Intake: two clusters of {len(INTAKE_NODES)} `UniqueJobIntake` processes (profile lan, HMAC key), up at "
-            f"the same time; {ROUNDS} alternating h2load runs of {DURATION_S} s (after {WARM_UP_S} s warm-up) at "
-            f"{ENTRY} of each. Jobs take {CREDENTIALS_PER_OWNER} credentials per owner in turn, so a third are "
-            "owned by the entry and two thirds forwarded; with replicas = 2 each also waits for the successor's "
-            "commit. Everything shares this machine's cores.",
+            f"Intake: two clusters of {len(INTAKE_NODES)} `UniqueJobIntake` processes (profile lan, HMAC key), up "
+            f"at the same time; {INTAKE_ROUNDS} alternating h2load runs of {DURATION_S} s (after {WARM_UP_S} s "
+            f"warm-up) at {ENTRY} of each. Jobs take {CREDENTIALS_PER_OWNER} credentials per owner in turn, so a "
+            "third are owned by the entry and two thirds forwarded; with replicas = 2 each also waits for the "
+            "successor's commit. Everything shares this machine's cores.",
             f"Takeover: jobs paced at {TAKEOVER_RPS:g}/s, {TAKEOVER_JOBS} queued on the owner; the clock starts just "
             "before SIGKILL, once the owner's first attempt for the key arrived, and stops at the first attempt "
             "from another node's source address (the upstream's clock, the bench process's). Owners in turn; the "

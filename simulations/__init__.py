@@ -12,8 +12,9 @@ General layout, engine first:
 - cluster: `SimulatedCluster` (bare `ClusterMember`s on the simulated network) and the crash-detection scenario,
   also runnable as `python -m simulations.cluster --seed N`
 The simulated cluster:
-- world: `World`, N real nodes (`edge.node.run_node`) in R regions with durable stores kept across crashes,
-  providers and receivers mounted on the HTTP network, clients submitting through the real job API
+- world: `World`, N real nodes (`edge.node.run_node`) in R regions with durable stores kept across crashes (and
+  emptied by a disk loss), providers and receivers mounted on the HTTP network, clients submitting through the real
+  job API
 - actors: upstream `Provider`s (per-credential GCRA limits, 429 dialects, lognormal latency, 5xx), webhook
   `WebhookReceiver`s, arrival processes
 - workload: tenants submitting jobs, and the `Ledger` of what clients were told and what webhooks reported

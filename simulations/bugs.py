@@ -21,19 +21,22 @@ They live here, in the simulator, and change only how the world wires real nodes
   to the successors REPLICATION_LAG_S later (`replicate_late` wraps each node's Replicator as the node starts), as
   an owner that replicated asynchronously would. A disk loss of that owner under backlog then loses the jobs it
   acknowledged in the last REPLICATION_LAG_S, and the no-acknowledged-job-lost invariant must trip.
+- "minority-runs-keys": a node dispatches every key it owns in its own view of the membership, with no majority
+  lease and no wait before a takeover (`runs_keys_by_view` replaces the queue manager's gate, cluster/lease.py).
+  Split longer than failure detection, each side declares the other dead and runs the other's keys while the
+  other still does: the provider sees two pacers for one key, and the upstream-limit invariant must trip.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, final
+from typing import Any, Protocol, final
 
 import trio
 
 from edge.config import PlanConfig
 from edge.engine.records import JobRecord
-from edge.engine.shell.queues import Replication
 from edge.node import Node
 from edge.placement.usage import usage_name
 from edge.store import Store
@@ -45,6 +48,7 @@ PLANTED_BUGS: Mapping[str, str] = {
     "losers-not-cancelled": "a race waits for every leg to answer instead of cancelling the losers",
     "quota-by-count": "a node admits while the cluster-wide usage it knows is under the allowance, spending no right",
     "ack-before-replicated": "the owner acknowledges a new job before its successors have it and sends it later",
+    "minority-runs-keys": "a node runs the keys it owns in its own view, without a majority lease or a takeover wait",
 }
 COMMIT_LAG_S = 2.0
 REPLICATION_LAG_S = 2.0
@@ -117,12 +121,32 @@ def quota_by_count(node: Node) -> None:
     setattr(meter, "_spare", spare_by_count)  # noqa: B010  (an instance attribute shadows the method)
 
 
+def runs_keys_by_view(node: Node) -> None:
+    """Plant "minority-runs-keys" in a node that just started: its queues dispatch every key its membership says it
+    owns, whatever the partition rule (cluster/lease.py) says."""
+    membership = node.membership
+    if membership is None or not callable(getattr(node.manager, "_owns", None)):
+        raise RuntimeError("minority-runs-keys needs a clustered node whose queue manager has a dispatch gate")
+
+    def owns_by_view(key: str) -> bool:
+        owner = membership.owner_of(key)
+        return owner is None or owner.node == membership.local.node
+
+    setattr(node.manager, "_owns", owns_by_view)  # noqa: B010  (the manager's gate, given at construction)
+
+
+class SavesReplication(Protocol):
+    """The part of the node's replication that "ack-before-replicated" still uses: saves nobody waits on."""
+
+    async def replicate_soon(self, records: Sequence[JobRecord], *, moved_from: Sequence[str] = ()) -> None: ...
+
+
 @final
 class LateReplication:
     """The queue manager's replication under "ack-before-replicated": `replicated` answers at once, as if every
     successor had the records, and sends them REPLICATION_LAG_S later; saves nobody waits on are unchanged."""
 
-    def __init__(self, replication: Replication, later: trio.Nursery) -> None:
+    def __init__(self, replication: SavesReplication, later: trio.Nursery) -> None:
         self._replication = replication
         self._later = later
 

@@ -3,17 +3,20 @@
 Safety, throughout (the first violation stops the run):
 - "no-acked-job-lost": every job a node acknowledged is, at every check, on some node's disk (its `MemoryStoreData`)
   or in a running node's queues, unless its webhooks already reported it terminal. Only a planted bug or a real
-  durability bug can break it: the design acknowledges after `insert_job`, and a hand-off deletes after the
-  receiver made the job durable.
-- "upstream-limit": over every window of LIMIT_WINDOW_S seconds during which membership stayed settled, the
+  durability bug can break it: the design acknowledges after `insert_job` (with `cluster.replicas` >= 2, once the
+  key's successors have it too), and a hand-off deletes after the receiver made the job durable. A disk loss
+  empties one node's disk, so the job must be on another's: that holds while fewer than `replicas` of its holders
+  lost their disks before the cluster copied it again, and unless it was acknowledged by a node that saw no other
+  member (which the design allows); scenarios keep to that (swarm mode by `DISK_LOSS_CLEARANCE_S`).
+- "upstream-limit": over every window of LIMIT_WINDOW_S seconds, partitions and membership changes included, the
   calls a provider saw for one credential are at most `rate × W + 2 + 2 × (senders − 1)`. Why that tolerance:
   one owner paces a key with GCRA at the provider's rate and burst 1, so it sends at most `1 + rate × W` in any
   window (scheduler/gcra.py); arrivals add at most one more, since the request leg's jitter (a few ms) can pull
   one send into the window; and each other node that sent for the key in the window (a hand-over finishing its
-  in-flight attempts, a node that took the key over and gave it back) brings a fresh pacer, at most one send
-  each time, two times at most in a window. Windows that overlap unsettled membership are not judged: during
-  a partition both sides own the key (split ownership is the design's stated limit), and while a crash is
-  being detected ownership moves.
+  in-flight attempts, a node that took the key over after a split or a crash, and gave it back) brings a fresh
+  pacer, at most one send each time, two times at most in a window. A split is judged too: the partition rule
+  (cluster/lease.py) lets at most one side run a key, and the planted bug "minority-runs-keys" shows the check
+  catches two pacers.
 - "one-active-queue": once membership has been settled for SETTLE_S (two hand-off sweeps, edge/placement/routing.py),
   each queue key has a running queue task on at most one node (each node's `QueueManager`). Unclustered nodes have no
   membership to settle, so this applies to clustered worlds only.
@@ -59,7 +62,11 @@ the call's request left its node (`sent_at`), when it arrived, and when it ended
 
 Liveness, at the end of the drain:
 - every acknowledged job is terminal, or pending with a reason (queued on a running node, or on the disk of a node
-  that is down or has yet to hand it over); one that no disk, no queue and no GET through any node knows is lost;
+  that is down or has yet to hand it over); one that no disk, no queue and no GET through any node knows is lost.
+  A job's state is its latest copy (the highest revision on any disk: a key's successors trail its owner).
+- "no-acked-job-stranded": a job unfinished on running nodes' disks only, in no queue, once membership has been
+  settled for SETTLE_S, is stranded: no hand-off or takeover is still to come (copies on a key's successors are not
+  queued there, so "has yet to hand it over" no longer explains them).
 - "webhook-quorum": every terminal job with webhooks was accepted by at least its quorum of receivers, or its
   record says deliveries are still being retried;
 - "membership-converges": unless a fault is never healed, every running node sees the same live members.
@@ -108,6 +115,9 @@ SETTLE_S = 2 * HANDOFF_SWEEP_S
 TERMINAL_TOLERANCE_S = 0.002  # a record's finished_at_ms is whole (floored) ms
 LOSER_BOUND_S = 1.0  # a race's loser has hung up this long after the win
 LOSER_ANSWER_GRACE_S = 0.05  # ... and is not answered later than this after it
+# The pending reason of a job that only running nodes' disks hold, none queues, and membership has settled:
+# copies on a key's successors that its owner never got back (no hand-off or takeover is still to come).
+STRANDED = "stranded on running nodes' disks"
 # The status of a parent whose follow-up of each kind may exist.
 FOLLOW_UP_STATUS = {"on_success": "success", "on_failure": "failed"}
 
@@ -193,8 +203,6 @@ class Invariants:
 
     def _upstream_limits(self, now: float) -> None:
         window_start = now - LIMIT_WINDOW_S
-        if self.settled_since > window_start:
-            return
         for provider in self._world.providers.values():
             for credential, arrivals in provider.arrivals.items():
                 first = bisect.bisect_left(arrivals, window_start, key=lambda arrival: arrival.at)
@@ -224,8 +232,16 @@ class Invariants:
     async def final(self, *, faults_never_healed: list[str]) -> None:
         """The liveness checks, after the drain; records why each unfinished job is still pending."""
         self._settle_from_disks()
+        settled_s = trio.current_time() - self.settled_since
         for entry in list(self._ledger.open.values()):
-            reason = self._pending_reason(entry.job_id)
+            reason = self._pending_reason(entry.job_id, settled=settled_s >= SETTLE_S)
+            if reason == STRANDED:
+                self._fail(
+                    "no-acked-job-stranded",
+                    f"job {entry.job_id} of {entry.tenant}, acknowledged by {entry.node} at t={entry.acked_at:.3f}, is "
+                    f"unfinished on the disks of running nodes only, and in no node's queues, with membership "
+                    f"settled for {settled_s:.1f} s",
+                )
             if reason is None and await self._world.find_job(entry.job_id, entry.tenant) is None:
                 self._fail("no-acked-job-lost", _lost(entry))
             self.pending_reasons[reason or "found through the API only"] += 1
@@ -249,16 +265,18 @@ class Invariants:
             if found is not None and found[1].status in TERMINAL and found[1].finished_at_ms is not None:
                 self._ledger.mark_terminal(entry, found[1].status, found[1].finished_at_ms / 1000 - SIMULATED_EPOCH_S)
 
-    def _pending_reason(self, job_id: str) -> str | None:
+    def _pending_reason(self, job_id: str, *, settled: bool) -> str | None:
+        """Why an unfinished job may still be unfinished; STRANDED when nothing will ever run it, None when no disk
+        and no queue knows it."""
         for node in self._world.running_nodes():
             assert node.running is not None
             if node.running.manager.live_job(job_id) is not None:
                 return "queued on a running node"
-        found = self._world.durable_job(job_id)
-        if found is None:
+        if self._world.durable_job(job_id) is None:
             return None
-        node = self._world.nodes[found[0]]
-        return "on the disk of a node that is down" if node.running is None else "on a disk, awaiting hand-off"
+        if self._world.down_disks_hold(job_id):
+            return "on the disk of a node that is down"
+        return STRANDED if settled else "on a disk, awaiting hand-off"
 
     def _webhook_quorum(self) -> None:
         for entry in self._ledger.jobs.values():

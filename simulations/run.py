@@ -23,7 +23,14 @@ import trio
 
 from edge.node import Node
 
-from .bugs import PLANTED_BUGS, lagging_commits, losers_run_to_the_end, quota_by_count, replicate_late
+from .bugs import (
+    PLANTED_BUGS,
+    lagging_commits,
+    losers_run_to_the_end,
+    quota_by_count,
+    replicate_late,
+    runs_keys_by_view,
+)
 from .determinism import Simulation, run_simulation
 from .faults import RANDOM_FAULT_KINDS, FaultInjector
 from .invariants import LIMIT_WINDOW_S, Invariants, InvariantViolated, QuotaStats, Violation
@@ -196,6 +203,7 @@ def _node_patch(bugs: frozenset[str]) -> NodePatch | None:
             ("losers-not-cancelled", losers_run_to_the_end),
             ("quota-by-count", quota_by_count),
             ("ack-before-replicated", replicate_late),
+            ("minority-runs-keys", runs_keys_by_view),
         )
         if bug in bugs
     ]

@@ -54,10 +54,12 @@ from edge.config import (
     TargetConfig,
     WebhooksConfig,
 )
+from edge.engine.records import TERMINAL_STATUSES
 from edge.node import Node, run_node
 from edge.outbound.origins import parsed_url
 from edge.problems import PROBLEM_TYPE_BASE
 from edge.store import MemoryStoreData, Store, open_memory_store
+from edge.store.base import EncodedJob
 
 from .actors import DeliveryReport, LognormalLatency, Provider, WebhookReceiver
 from .determinism import Simulation
@@ -456,13 +458,15 @@ class World:
         """The plan the nodes enforce on the tenant's account (every node has the same configuration)."""
         return next(iter(self._config.values())).plan(tenant.plan_name)
 
-    def durable_job(self, job_id: str) -> tuple[str, Any] | None:
-        """(node, encoded job) for the first node whose disk holds `job_id`."""
-        for node in self.nodes.values():
-            job = node.data.jobs.get(job_id)
-            if job is not None:
-                return node.name, job
-        return None
+    def durable_job(self, job_id: str) -> tuple[str, EncodedJob] | None:
+        """(node, encoded job) for the latest copy of `job_id` on any node's disk: the highest revision (copies on
+        a key's successors trail its owner's), a terminal one among equals."""
+        copies = [(node.name, job) for node in self.nodes.values() if (job := node.data.jobs.get(job_id)) is not None]
+        return max(copies, key=lambda copy: (copy[1].revision, copy[1].status in TERMINAL_STATUSES), default=None)
+
+    def down_disks_hold(self, job_id: str) -> bool:
+        """Whether the disk of a node that is down holds `job_id` (it may run it when it is back)."""
+        return any(node.running is None and job_id in node.data.jobs for node in self.nodes.values())
 
     def disks(self) -> list[tuple[str, MemoryStoreData]]:
         """(node, durable data) of every node, up or down."""

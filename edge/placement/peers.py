@@ -26,7 +26,7 @@ Routes (all POST, so that every request is signed over a body):
     queues    queues with a key prefix                          -> {queues}
     attempt   run one outbound attempt here                     -> the attempt's result (below)
     replicate keep copies of records (edge/placement/replication.py) -> {held: [record | None per record]}
-    replica-pull  every copy held of some queue keys            -> {records}
+    replica-pull  every copy held of some queue keys (and of the keys `owned_by` owns) -> {records}
     events    a job's events kept here after a sequence number, waiting up to wait_s for more (a long poll,
               abandoned when the caller goes)                   -> {events: [[seq, kind, json]], tracked, state}
                                                                    | {busy} (too many readers)
@@ -205,7 +205,7 @@ class ReplicaHolder(Protocol):
 
     async def receive(self, records: list[JobRecord]) -> list[JobRecord | None]: ...
 
-    async def pull(self, keys: Collection[str]) -> list[JobRecord]: ...
+    async def pull(self, keys: Collection[str], owned_by: str | None = None) -> list[JobRecord]: ...
 
 
 class PeerError(Exception):
@@ -325,7 +325,9 @@ class PeerClient:
         if reply.get("busy"):
             raise TooManyReaders
         try:
-            events = [PublishedEvent(int(seq), str(kind), bytes(data)) for seq, kind, data in reply["events"]]
+            events = [
+                PublishedEvent(int(seq), str(kind), json.loads(bytes(data))) for seq, kind, data in reply["events"]
+            ]
             return EventBatch(events, tracked=bool(reply["tracked"]), state=_track_state(reply["state"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise PeerError(f"{api_address}: unreadable events reply ({exc})") from None
@@ -337,9 +339,12 @@ class PeerClient:
             raise PeerError(f"{api_address}: unreadable dashboard reply")
         return view
 
-    async def replica_pull(self, api_address: str, keys: list[str]) -> list[JobRecord]:
-        """Every copy the peer holds of the given queue keys."""
-        reply = await self._call(api_address, "replica-pull", {"keys": keys})
+    async def replica_pull(self, api_address: str, keys: list[str], *, owned_by: str | None = None) -> list[JobRecord]:
+        """Every copy the peer holds of the given queue keys, and with `owned_by` of the keys that member owns."""
+        doc: dict[str, Any] = {"keys": keys}
+        if owned_by is not None:
+            doc["owned_by"] = owned_by
+        reply = await self._call(api_address, "replica-pull", doc)
         try:
             return [JobRecord.from_wire(wire) for wire in reply["records"]]
         except (KeyError, TypeError, ValueError) as exc:
@@ -654,7 +659,10 @@ class InternalRoutes:
         keys = doc["keys"]
         if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
             raise Problem(400, "Malformed request", "keys: a list of strings", field="keys")
-        return {"records": [record.to_wire() for record in await holder.pull(keys)]}
+        owned_by = doc.get("owned_by")
+        if owned_by is not None:
+            owned_by = _string(owned_by, "owned_by")
+        return {"records": [record.to_wire() for record in await holder.pull(keys, owned_by)]}
 
     async def _jobs(self, doc: dict[str, Any]) -> dict[str, Any]:
         try:

@@ -190,6 +190,7 @@ class Replicator:
         self._unfinished = False  # the last sweep could not reach someone: sweep again in SWEEP_S
         self._replicating: Counter[str] = Counter()  # job ids in a `replicated` call: its caller queues them
         self._declared_dead_seen = 0
+        self._pull_all_owned = False  # the next sync also asks for copies of every key this node owns
         # Saves not yet confirmed by every holder, per key: how many, and since when the oldest (replicate_soon).
         self._outstanding: dict[str, int] = {}
         self._oldest_outstanding: dict[str, float] = {}
@@ -230,8 +231,9 @@ class Replicator:
 
     def may_dispatch(self, key: str) -> bool:
         """The queue manager's gate: this node may run the key (it owns it, and the partition rule of
-        cluster/lease.py allows it) and has synced it."""
-        if key in self._syncing or key in self._unconfirmed:
+        cluster/lease.py allows it) and has synced it. Nothing runs before the first sweep has said which keys need
+        a sync: the queue manager resumes a restarted node's jobs before that sweep."""
+        if self._owned_before is None or key in self._syncing or key in self._unconfirmed:
             return False
         oldest = self._oldest_outstanding.get(key)
         if oldest is not None and trio.current_time() - oldest > STALL_S:
@@ -386,9 +388,16 @@ class Replicator:
             manager.detach(keys.__contains__)
             await self._take_over()
 
-    async def pull(self, keys: Collection[str]) -> list[JobRecord]:
-        """Every copy held here of the given keys (finished ones too): a new owner syncs from them."""
-        return await self._store.jobs_of_keys(keys)
+    async def pull(self, keys: Collection[str], owned_by: str | None = None) -> list[JobRecord]:
+        """Every copy held here of the given keys (finished ones too), and with `owned_by` of every key that member
+        owns in this node's view: a new owner syncs from them, and a node back with an empty disk learns its keys."""
+        wanted = set(keys)
+        if owned_by is not None:
+            for key in await self._store.queue_keys():
+                holders = self.holders(key)
+                if holders and holders[0].node == owned_by:
+                    wanted.add(key)
+        return await self._store.jobs_of_keys(wanted)
 
     # -- membership changes -------------------------------------------------------------------------------------
 
@@ -425,11 +434,14 @@ class Replicator:
         owned = {key for key in keys if self._owns(key)}
         gained = owned if self._owned_before is None else owned - self._owned_before
         declared_dead = self._membership.times_declared_dead
-        if declared_dead != self._declared_dead_seen:
-            gained = owned  # the others held this node dead: they may have run any of its keys meanwhile
+        if self._owned_before is None or declared_dead != self._declared_dead_seen:
+            # Started (with an old disk, or an empty one), or the others held this node dead: they may hold
+            # copies of keys it owns that it has never seen, or have run any of its keys meanwhile.
+            gained = owned
+            self._pull_all_owned = True
             self._declared_dead_seen = declared_dead
         self._syncing |= gained
-        if self._syncing:
+        if self._syncing or self._pull_all_owned:
             await self._sync(set(self._syncing))
         await self._take_over()
         await self._spread(keys, live)
@@ -449,9 +461,10 @@ class Replicator:
             self._manager.detach(keys.__contains__)
         others = [m for m in self._membership.live_members() if m.node != self._local]
         complete = True
+        owned_by = self._local if self._pull_all_owned else None
         for member in others:
             try:
-                copies = await self._peers.replica_pull(member.api_address, sorted(keys))
+                copies = await self._peers.replica_pull(member.api_address, sorted(keys), owned_by=owned_by)
             except PeerError as exc:
                 log.info("could not sync %d keys from %s (%s); trying again", len(keys), member.node, exc)
                 complete = False
@@ -460,6 +473,7 @@ class Replicator:
                 await self._store.merge_jobs(copies)
         if complete:
             self._syncing -= keys
+            self._pull_all_owned = False
         else:
             self._unfinished = True
 

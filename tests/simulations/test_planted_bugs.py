@@ -6,6 +6,7 @@ import pytest
 
 from simulations.run import run_scenario
 from simulations.scenario import ClusterSpec, FaultSpec, ProviderSpec, Scenario, TenantSpec, load_scenario
+from tests.simulations.test_scenarios_ci import CI_OVERRIDES
 
 # Each key gets jobs four times faster than its provider allows, so every queue stays backlogged: one pacer per
 # node is then visible upstream, and jobs wait in queues long enough for an uncommitted one to be lost.
@@ -101,3 +102,44 @@ def test_admitting_by_the_known_count_trips_quota_never_exceeded_and_escrow_keep
     assert sound.passed, sound.violations
     stats = sound.quotas["metered"]
     assert stats.counted == stats.allowance == 200 and stats.reached == "judged"
+
+
+# The bundled disk-loss scenario as CI runs it: every key backlogged, n2 loses its disk at t=6 s, n4 for good at 20 s.
+DISK_LOSS = load_scenario("disk-loss").with_overrides(CI_OVERRIDES["disk-loss"])
+
+
+def test_acknowledging_before_the_successors_have_a_job_trips_no_acked_job_lost_when_the_owner_loses_its_disk() -> None:
+    planted = run_scenario(DISK_LOSS, seed=1, bugs=frozenset({"ack-before-replicated"}))
+    (violation,) = planted.violations
+    assert violation.invariant == "no-acked-job-lost", violation
+    assert planted.bugs == ("ack-before-replicated",)
+    lost_at = DISK_LOSS.warmup_s + DISK_LOSS.faults[0].at_s
+    assert lost_at < violation.at_s < lost_at + 2  # the jobs it acknowledged alone went with its disk
+
+    sound = run_scenario(DISK_LOSS, seed=1)
+    assert sound.passed, sound.violations
+    assert sound.fault_schedule == ("t=6s disk_loss n2 for 12s", "t=20s disk_loss n4 never healed")
+    assert sound.tiers["all"].succeeded > 0
+
+
+# Five nodes split 2|3 for longer than failure detection plus the takeover wait, every key backlogged.
+SPLIT = Scenario(
+    name="backlogged-split",
+    duration_s=45,
+    warmup_s=3,
+    drain_s=10,
+    cluster=ClusterSpec(nodes=5, regions=("iad",)),
+    providers=(ProviderSpec(name="api", rate_limit_rps=1, burst=1, latency_median_s=0.05, latency_p99_s=0.2),),
+    tenants=(TenantSpec(name="acme", provider="api", keys=30, rate_per_s=60),),
+    faults=(FaultSpec(at_s=5, kind="partition", nodes=("n1", "n2"), duration_s=30),),
+)
+
+
+def test_running_keys_without_the_majority_lease_trips_upstream_limit_under_a_split() -> None:
+    planted = run_scenario(SPLIT, seed=11, bugs=frozenset({"minority-runs-keys"}))
+    assert not planted.passed
+    (violation,) = planted.violations
+    assert violation.invariant == "upstream-limit", violation
+    assert 5 < violation.at_s < 35  # during the split: both sides paced the key
+    sound = run_scenario(SPLIT, seed=11)
+    assert sound.passed, sound.violations

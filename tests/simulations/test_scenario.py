@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from simulations.scenario import (
+    DISK_LOSS_CLEARANCE_S,
     FAULT_KINDS,
     SWEEP_KEYS,
     ClusterSpec,
@@ -314,6 +315,28 @@ def test_swarm_faults_keep_the_scheduled_ones() -> None:
     drawn = scenario_with(faults=(crash,), swarm=SwarmSpec(kinds=("loss",), rate_per_min=20.0)).with_swarm_faults(1)
     assert crash in drawn.faults
     assert {fault.kind for fault in drawn.faults} == {"crash", "loss"}
+
+
+def test_a_disk_loss_is_a_node_fault_and_swarm_draws_only_those_the_replicas_survive() -> None:
+    crash = FaultSpec(at_s=1.0, kind="crash", nodes=("n1",), duration_s=4.0)
+    lost = FaultSpec(at_s=3.0, kind="disk_loss", nodes=("n1",), duration_s=2.0)
+    assert lost.describe() == "t=3s disk_loss n1 for 2s"
+    with pytest.raises(ScenarioError, match=r"overlaps faults\[0\] \(t=1s crash n1 for 4s\) on the same node n1"):
+        scenario_with(faults=(crash, lost))
+    assert FaultSpec(at_s=3.0, kind="disk_loss", nodes=("n2",)).describe() == "t=3s disk_loss n2 never healed"
+
+    swarm = SwarmSpec(kinds=("crash", "disk_loss", "partition"), rate_per_min=30.0, max_duration_s=4.0)
+    scenario = scenario_with(duration_s=120.0, swarm=swarm)
+    drawn = 0
+    for seed in range(5):
+        faults = scenario.with_swarm_faults(seed).faults
+        for loss in (fault for fault in faults if fault.kind == "disk_loss"):
+            drawn += 1  # and every copy is back on two disks before a disk is lost:
+            earlier = [fault for fault in faults if fault is not loss and fault.at_s <= loss.at_s]
+            assert all(fault.end_s + DISK_LOSS_CLEARANCE_S <= loss.at_s for fault in earlier), (seed, loss)
+    assert drawn >= 5
+    one_copy = dataclasses.replace(scenario, cluster=ClusterSpec(nodes=5, replicas=1))
+    assert "disk_loss" not in {fault.kind for fault in one_copy.with_swarm_faults(0).faults}
 
 
 REGIONAL = """

@@ -31,6 +31,7 @@ CI_OVERRIDES: dict[str, dict[str, str]] = {
     "racing": {"duration": "10", "load": "0.5"},
     "slow-region": {"duration": "19", "load": "0.4"},
     "quota": {"duration": "30", "load": "0.7"},  # still 5x the allowance, spent during the split
+    "disk-loss": {"duration": "21", "load": "0.5", "keys": "4"},  # half the jobs on half the keys: each still 1.5x
 }
 
 

@@ -77,8 +77,19 @@ duration_s = 2
 """
 
 
-def test_a_crashed_node_loses_its_memory_keeps_its_disk_and_resumes_its_jobs_after_a_restart() -> None:
-    async def main(simulation: Simulation) -> tuple[int, int, int]:
+@pytest.mark.parametrize(
+    ("disk_lost", "back_once_dead"),
+    [
+        (False, False),
+        (True, True),
+        (True, False),  # back before anyone noticed: its first sync asks the others for the keys it owns
+    ],
+    ids=["crash", "disk-loss", "disk-loss-unnoticed"],
+)
+def test_a_crashed_node_loses_its_memory_and_its_jobs_resume_from_its_disk_or_their_copies(
+    disk_lost: bool, back_once_dead: bool
+) -> None:
+    async def main(simulation: Simulation) -> tuple[int, int, int, int]:
         ledger = Ledger()
         async with (
             open_simulated_network(rng=simulation.rng_for("network"), trace=simulation.trace) as network,
@@ -104,14 +115,20 @@ def test_a_crashed_node_loses_its_memory_keeps_its_disk_and_resumes_its_jobs_aft
             assert on_disk > 0 and victim.running is not None
             world.crash("n1")
             assert victim.running is None and len(victim.data.jobs) == on_disk  # the disk outlives the crash
+            if disk_lost:
+                world.lose_disk("n1")
+                assert not victim.data.jobs  # ... unless it is lost too: each job lives on in its successor's copy
+            if back_once_dead:
+                await wait_for(world.converged, timeout_s=60, what="n1 declared dead")
             await world.start("n1")
             assert victim.boots == 2 and victim.running is not None
             await wait_for(lambda: not ledger.open, timeout_s=60, what="every job delivered")
             nursery.cancel_scope.cancel()
-        return on_disk, victim.boots, len(ledger.terminal_events)
+        return on_disk, victim.boots, len(ledger.terminal_events), len(victim.data.jobs)
 
-    on_disk, boots, delivered = run_simulation(main, seed=3).value
+    on_disk, boots, delivered, kept = run_simulation(main, seed=3).value
     assert boots == 2 and delivered == 8 and on_disk <= 8
+    assert kept >= on_disk  # its disk holds copies of its keys' jobs again (or still)
 
 
 def test_http_follows_partitions_outages_and_server_crashes_by_source() -> None:

@@ -46,11 +46,16 @@ class TooManyReaders(Exception):
 
 @dataclass(frozen=True, slots=True)
 class PublishedEvent:
-    """One event: its place in the job's sequence on this node, its kind, and the whole event as JSON."""
+    """One event: its place in the job's sequence on this node, its kind, and the whole event (`doc`; `data` is it
+    as JSON, encoded only when read: most events of a busy node are never read)."""
 
     seq: int
     kind: str
-    data: bytes
+    doc: dict[str, Any]
+
+    @property
+    def data(self) -> bytes:
+        return _COMPACT_JSON.encode(self.doc).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +134,7 @@ class EventBus:
         wall_ms = self._wall_ms()
         track.last_seq += 1
         doc = {"type": kind, "job_id": job_id, "seq": track.last_seq, "at_ms": wall_ms, "node": self.node, **fields}
-        track.events.append(PublishedEvent(track.last_seq, kind, _COMPACT_JSON.encode(doc).encode()))
+        track.events.append(PublishedEvent(track.last_seq, kind, doc))
         track.state = "ended" if kind == "end" else "moved" if kind == "moved" else "open"
         track.status = fields["status"] if kind == "finished" else _STATUS_OF_KIND.get(kind, track.status)
         track.updated_at_ms = wall_ms
@@ -182,7 +187,7 @@ class EventBus:
             track = self._tracks[job_id]
             if account_id is not None and track.account_id != account_id:
                 continue
-            attempts = [json.loads(event.data) for event in track.events if event.kind == "attempt"]
+            attempts = [dict(event.doc) for event in track.events if event.kind == "attempt"]
             found.append(
                 {
                     "job_id": job_id,

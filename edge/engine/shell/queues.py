@@ -250,7 +250,8 @@ class QueueManager:
             self._queues.admitted(record.account_id)
         if not created:
             return self._queues.live_job(stored.job_id) or stored, False
-        log.debug("job %s accepted", stored.job_id, extra=job_fields(stored.job_id, stored.queue_key))
+        if log.isEnabledFor(logging.DEBUG):  # the digest in its fields costs more than the check
+            log.debug("job %s accepted", stored.job_id, extra=job_fields(stored.job_id, stored.queue_key))
         if self._replication is not None:
             try:
                 held_elsewhere = (await self._replication.replicated([stored, *spawn]))[0]
@@ -646,9 +647,13 @@ class QueueManager:
         for job_id in settlement.stop:
             self._nursery.start_soon(self.stop, job_id)
         if settlement.is_terminal:
-            log.debug(
-                "job %s finished: %s", record.job_id, record.status, extra=job_fields(record.job_id, record.queue_key)
-            )
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "job %s finished: %s",
+                    record.job_id,
+                    record.status,
+                    extra=job_fields(record.job_id, record.queue_key),
+                )
             self._metrics.jobs_finished.labels(record.status).inc()
             if record.has_pending_deliveries:
                 self._webhooks.schedule(record)

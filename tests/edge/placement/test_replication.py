@@ -139,3 +139,14 @@ async def test_a_sweep_leaves_a_new_job_to_its_submission_while_the_successor_co
         await replicas.sweep()
         assert "job-1" in manager.waiting  # no submission holds it any more: an unfinished copy is taken over
         nursery.cancel_scope.cancel()
+
+
+async def test_a_restarted_node_dispatches_nothing_before_its_first_sweep_has_synced_its_keys() -> None:
+    # The queue manager resumes the jobs on a restarted node's disk at once; the others may have finished some of
+    # them while it was down, which only the first sweep's sync (here, with nobody to pull from) can tell.
+    async with open_memory_store(MemoryStoreData()) as store:
+        replicas, _manager = replicator(store, FixedMembership())
+        record, _created = await store.insert_job(make_record("job-1"))
+        assert not replicas.may_dispatch(record.queue_key)
+        await replicas.sweep()
+        assert replicas.may_dispatch(record.queue_key)
