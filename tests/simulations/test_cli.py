@@ -286,6 +286,7 @@ def _default_sigint() -> None:
 def test_ctrl_c_stops_a_parallel_swarm_and_its_workers() -> None:
     # -u: the command's stdout is a pipe here, which Python would otherwise buffer until exit.
     command = [sys.executable, "-u", "-m", "simulations", "baseline", "--swarm", "40", "--sweep", "load=0.25"]
+    command += ["--sweep", "duration=5"]  # short runs: the first outcome comes soon, 40 would still take long
     command += ["--jobs", "2"]
     swarm = subprocess.Popen(
         command,

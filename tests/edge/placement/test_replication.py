@@ -86,7 +86,7 @@ class SilentPeer:
         await self.answer.wait()
         return [None] * len(records)
 
-    async def replica_pull(self, address: str, keys: list[str]) -> list[JobRecord]:
+    async def replica_pull(self, address: str, keys: list[str], *, owned_by: str | None = None) -> list[JobRecord]:
         return []
 
 

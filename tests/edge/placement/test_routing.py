@@ -82,3 +82,26 @@ async def test_queued_jobs_move_to_a_node_that_joins(nursery: trio.Nursery, tmp_
         while not all([await b.store.get_job(job_id) for job_id in ids]):
             await trio.sleep(0.1)
     assert all([await a.store.get_job(job_id) for job_id in ids])
+
+
+async def test_a_workflow_root_and_its_steps_are_copied_to_the_other_holder(nursery: trio.Nursery, tmp_path: Path):
+    gossip = {"a": free_port(), "b": free_port()}
+    a, _ = await start(nursery, node_config(tmp_path, "a", gossip))
+    b, _ = await start(nursery, node_config(tmp_path, "b", gossip))
+    await wait_members(a, 2)
+    await wait_members(b, 2)
+    workflow = {
+        **job(1),
+        "fallback_job": {"url": "http://127.0.0.1:9/fallback", "trigger": {"type": "on_error", "codes": [500]}},
+    }
+    async with httpx.AsyncClient(base_url=a.base_url) as client:
+        created = await client.post("/api/v1/jobs", json=workflow, headers=auth())
+    assert created.status_code == 201, created.text
+    root_id = created.json()["job_id"]
+    # The root and its first step were saved in one commit and copied to the other member (replicas = 2) before
+    # the 201: a takeover finds the workflow's state where it left it.
+    for node in (a, b):
+        root = await node.store.get_job(root_id)
+        assert root is not None and root.steps, node.config.server.node_id
+        step = await node.store.get_job(root.steps[0].job_id)
+        assert step is not None and step.parent_id == root_id
