@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,15 +44,6 @@ class PacedUpstream:
         body = (await read_body(receive)).decode()
         self.arrivals.append((trio.current_time(), scope["client"][0], body))
         await respond(send, 200, b'{"ok": true}', [("content-type", "application/json")])
-
-
-@pytest.fixture
-async def cgroup() -> AsyncIterator[Path]:
-    if not partition.available():
-        pytest.skip("needs root, nftables and cgroup v2")
-    path = partition.make_cgroup("ord")
-    yield path
-    partition.remove_cgroup(path)
 
 
 def job_owned_by(upstream: str, owner: str) -> dict:

@@ -119,15 +119,6 @@ async def _usage_everywhere(clients: Sequence[httpx.AsyncClient], expected: int)
             await trio.sleep(0.2)
 
 
-@pytest.fixture
-async def cgroup() -> AsyncIterator[Path]:
-    if not partition.available():
-        pytest.skip("needs root, nftables and cgroup v2")
-    path = partition.make_cgroup("ord")
-    yield path
-    partition.remove_cgroup(path)
-
-
 @pytest.mark.slow
 async def test_exactly_the_allowance_is_accepted_cluster_wide(nursery: trio.Nursery, tmp_path: Path) -> None:
     cluster = await start_region_cluster(nursery, tmp_path, extra_config=PLANS)
