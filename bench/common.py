@@ -34,6 +34,7 @@ import httpx
 import trio
 
 from edge.http.server import ASGIApp, serve_asgi
+from edge.process import tune_garbage_collector
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
@@ -317,6 +318,7 @@ async def _serve_target(factory_path: str) -> None:
         target = await target
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(functools.partial(serve_asgi, target.app, bind=f"{LOOPBACK}:0"))
+        tune_garbage_collector()  # as `ezthrottle serve` does once its node is up: the baseline gets it too
         announcement = {
             "address": bound[0],
             "path": target.path,

@@ -25,6 +25,7 @@ from edge.config import Config, ConfigError, is_loopback_listen, load_config, wi
 from edge.fly import fly_defaults
 from edge.logs import JsonFormatter, configure_logging
 from edge.node import Node, run_node
+from edge.process import tune_garbage_collector
 from edge.runtime import Runtime
 
 DEV_KEY_FILENAME = "dev-account.key"
@@ -228,6 +229,7 @@ async def _serve(config: Config, formatter: JsonFormatter | None) -> None:
             with running:
                 async with trio.open_nursery() as serving:
                     node = await serving.start(run_node, config, Runtime.real())
+                    tune_garbage_collector()
                     if formatter is not None and node.membership is not None:
                         formatter.identify(node=node.membership.local.node)  # a generated id is known only now
             nursery.cancel_scope.cancel()  # the node has stopped: no more signals to wait for

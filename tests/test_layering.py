@@ -137,6 +137,7 @@ LAYERS = (
     # edge's leaves: errors, URL origins, metrics, log lines, the vendor patches (third-party code only).
     Layer("edge.problems", ("edge.problems",), ()),
     Layer("edge.logs", ("edge.logs",), ()),
+    Layer("edge.process", ("edge.process",), ()),
     Layer("edge.outbound.origins", ("edge.outbound.origins",), ()),
     Layer("edge.metrics", ("edge.metrics",), ()),
     Layer("edge.vendor", ("edge.vendor.*",), ()),
@@ -257,7 +258,9 @@ LAYERS = (
     ),
     # Fly.io's machine environment as configuration defaults; the command line applies it.
     Layer("edge.fly", ("edge.fly",), ("edge.config",)),
-    Layer("edge.cli", ("edge.cli",), ("edge.config", "edge.fly", "edge.logs", "edge.node", "edge.runtime")),
+    Layer(
+        "edge.cli", ("edge.cli",), ("edge.config", "edge.fly", "edge.logs", "edge.node", "edge.process", "edge.runtime")
+    ),
     Layer("edge", ("edge", "edge.__main__"), ("edge.cli",)),
     # The simulator runs real nodes, so it sits on top of everything it drives or inspects.
     Layer(
