@@ -80,14 +80,21 @@ class _Track:
     status: str = "queued"
     updated_at_ms: int = 0
     readers: int = 0
-    changed: trio.Event = field(default_factory=trio.Event)
+    # Made when a reader waits, not per event: most jobs' events are never read, and every publish notifies.
+    changed: trio.Event | None = None
 
     def after(self, seq: int) -> list[PublishedEvent]:
         return [event for event in self.events if event.seq > seq]
 
     def notify(self) -> None:
-        self.changed.set()
-        self.changed = trio.Event()
+        if self.changed is not None:
+            self.changed.set()
+            self.changed = None
+
+    async def wait_changed(self) -> None:
+        if self.changed is None:
+            self.changed = trio.Event()
+        await self.changed.wait()
 
 
 def first_round_done(deliveries: Iterable[Delivery]) -> bool:
@@ -172,7 +179,7 @@ class EventBus:
             self._readers += 1
             try:
                 with trio.move_on_after(wait_s):
-                    await track.changed.wait()
+                    await track.wait_changed()
             finally:
                 track.readers -= 1
                 self._readers -= 1
