@@ -360,19 +360,9 @@ async def measure_partition(directory: Path, cgroup: Path) -> Split:
                 else:
                     acknowledged.add(job_id)
 
-            for i in range(PARTITION_BACKLOG):
-                await send(majority, f"before-{i}")
-            with partition.cut_off(owner):
-                split_at = trio.current_time()
-                for i in itertools.count():
-                    if trio.current_time() - split_at > PARTITION_SPLIT_S:
-                        break
-                    async with trio.open_nursery() as both:
-                        both.start_soon(send, minority, f"minority-{i}")
-                        both.start_soon(send, majority, f"majority-{i}")
-                    await trio.sleep(1.0)
-                healed_at = trio.current_time()
-            await cluster.wait_alive()
+            split_at, healed_at = await partition.submit_across_a_split(
+                cluster, owner, majority, minority, send, backlog=PARTITION_BACKLOG, split_s=PARTITION_SPLIT_S
+            )
             for client, tag in uncertain:  # what a client could not learn during the split, its retry learns now
                 job_id = await _submit(client, job, tag)
                 if job_id is None:

@@ -16,15 +16,17 @@ in place (an nftables table of its own):
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
+import trio
 
-from tests.e2e.regions import RegionNode
+from tests.e2e.regions import RegionCluster, RegionNode
 
 CLIENT_ADDRESS = "127.0.0.50"
 CGROUP_ROOT = Path("/sys/fs/cgroup/unified")  # the cgroup v2 hierarchy of a hybrid host, or /sys/fs/cgroup
@@ -95,3 +97,36 @@ def client(node: RegionNode, timeout_s: float = 15.0) -> httpx.AsyncClient:
     """An HTTP client to `node` from CLIENT_ADDRESS, the address a partition never cuts."""
     transport = httpx.AsyncHTTPTransport(local_address=CLIENT_ADDRESS)
     return httpx.AsyncClient(base_url=node.base_url, transport=transport, timeout=timeout_s)
+
+
+Send = Callable[[httpx.AsyncClient, str], Awaitable[None]]
+
+
+async def submit_across_a_split(
+    cluster: RegionCluster,
+    owner: RegionNode,
+    majority: httpx.AsyncClient,
+    minority: httpx.AsyncClient,
+    send: Send,
+    *,
+    backlog: int,
+    split_s: float,
+) -> tuple[float, float]:
+    """The split scenario of the partition test and benchmark: `backlog` jobs through the majority first, then
+    `owner` cut off for `split_s` while one job arrives on each side (`minority` reaches the owner) every second;
+    `send(client, tag)` submits one. Returns once the cluster is whole again, with when the split began and
+    healed (trio time)."""
+    for i in range(backlog):
+        await send(majority, f"before-{i}")
+    with cut_off(owner):
+        split_at = trio.current_time()
+        for i in itertools.count():
+            if trio.current_time() - split_at > split_s:
+                break
+            async with trio.open_nursery() as both:
+                both.start_soon(send, minority, f"minority-{i}")
+                both.start_soon(send, majority, f"majority-{i}")
+            await trio.sleep(1.0)
+        healed_at = trio.current_time()
+    await cluster.wait_alive()
+    return split_at, healed_at

@@ -100,19 +100,9 @@ async def test_a_split_never_runs_a_key_on_both_sides(nursery: trio.Nursery, tmp
                 assert status in (0, 503), (tag, status)
                 uncertain.append((client, tag))
 
-        for i in range(12):  # a backlog on ord before the split
-            await send(iad, f"before-{i}")
-        with partition.cut_off(cluster["ord"]):
-            split_at = trio.current_time()
-            for i in itertools.count():
-                if trio.current_time() - split_at > SPLIT_S:
-                    break
-                async with trio.open_nursery() as both:
-                    both.start_soon(send, ord_, f"minority-{i}")
-                    both.start_soon(send, iad, f"majority-{i}")
-                await trio.sleep(1.0)
-            healed_at = trio.current_time()
-        await cluster.wait_alive()
+        split_at, healed_at = await partition.submit_across_a_split(
+            cluster, cluster["ord"], iad, ord_, send, backlog=12, split_s=SPLIT_S
+        )
         for client, tag in uncertain:  # what the client could not learn during the split, it learns now
             status, job_id = await submit(client, job, tag)
             assert job_id is not None, (tag, status)
