@@ -163,7 +163,9 @@ async def run_node(
             keyring = keyring_of(config.cluster)
             peers = None
             if membership is not None:
-                peers = PeerClient(keyring=keyring, runtime=runtime, timeout_s=config.cluster.forward_deadline_s)
+                peers = PeerClient(
+                    keyring=keyring, runtime=runtime, timeout_s=config.cluster.forward_deadline_s, nursery=services
+                )
                 stack.push_async_callback(peers.aclose)
             account_queues = AccountQueueFlags(config, shared)
             # Sealed under the cluster keyring; a node alone without one uses a key of its own, a cluster without

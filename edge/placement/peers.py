@@ -19,7 +19,8 @@ A store that fails while serving a call (disk full) answers 503 + Retry-After (`
 sees `PeerStoreError` and tells its own client the same, instead of waiting for a healthy owner that will not come.
 
 Routes (all POST, so that every request is signed over a body):
-    jobs      accept one record (the owner makes it durable)   -> {record, created} | {refused, limit}
+    jobs      accept records, each msgpack in a bin (the owner makes each durable)
+                                                                -> {results: [{record, created} | {refused, ...}]}
     handoff   accept records moving to this node               -> {accepted}
     find      a job by id, if this node holds it                -> {record | None}
     cancel    cancel a queued job held here                     -> {record | None, found}
@@ -48,6 +49,13 @@ sends RST_STREAM at once; hypercorn 0.18.0 does not cancel the app for a reset s
 on its `receive()`, which the API hands to `InternalRoutes.handle` as `caller_gone`; the attempt runs beside a task
 waiting on it, and is cancelled when it returns.
 
+Forwarded jobs travel in batches (`PeerClient.submit`): per peer, a few `jobs` calls at a time, each carrying
+every submission that arrived while the calls before it were out (up to FORWARD_BATCH_RECORDS_MAX records or
+FORWARD_BATCH_BYTES_MAX bytes). Under load a forward then costs a share of one signed request instead of a request
+of its own, on both nodes; a lone submission still goes at once. The owner makes a batch's jobs durable
+concurrently, so they share its store's group commits, and answers each on its own: a refusal or a store failure
+of one is that submission's alone.
+
 Forwards are deadline-bounded and attempts get cancelled, so requests end mid-stream; httpcore 1.0.9 needs a patch
 for that (edge/vendor/httpcore.py explains it), which `edge.node.run_node` installs with the other vendor patches.
 """
@@ -60,8 +68,9 @@ import ipaddress
 import json
 import logging
 import math
+from collections import deque
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar, cast
 
@@ -88,6 +97,12 @@ log = logging.getLogger("ezthrottle.internal")
 # A quota lender that has not answered in this long is taken as unreachable (edge/placement/usage.py): the
 # submission waiting for the rights is refused with a short Retry-After rather than held for the forward deadline.
 LEND_TIMEOUT_S = 1.0
+
+# Forwarded jobs in one `jobs` call, at most, and their encoded size (one job's body is at most
+# server.body_bytes_max, 1 MiB by default); and the calls out to one peer at a time.
+FORWARD_BATCH_RECORDS_MAX = 256
+FORWARD_BATCH_BYTES_MAX = 8 * 1024 * 1024
+FORWARD_CALLS_PER_PEER = 4
 
 PREFIX = "/internal/v1/"
 AUTH_HEADER = "X-EZThrottle-Cluster"
@@ -200,6 +215,23 @@ def _unpack(data: bytes) -> dict[str, Any]:
     return doc
 
 
+def _next_batch(waiting: deque[_Forward]) -> list[_Forward]:
+    """Take the next batch off a lane, oldest first, skipping what its caller took back; the first one always
+    goes, however large."""
+    batch: list[_Forward] = []
+    size = 0
+    while waiting and len(batch) < FORWARD_BATCH_RECORDS_MAX:
+        forward = waiting[0]
+        if forward.abandoned:
+            waiting.popleft()
+            continue
+        if batch and size + len(forward.packed) > FORWARD_BATCH_BYTES_MAX:
+            break
+        batch.append(waiting.popleft())
+        size += len(forward.packed)
+    return batch
+
+
 class ReplicaHolder(Protocol):
     """The serving side of replication (edge/placement/replication.py `Replicator`)."""
 
@@ -217,16 +249,39 @@ class PeerStoreError(PeerError):
     help, so a caller whose client waits answers it 503 + Retry-After (`store_unavailable`)."""
 
 
-class PeerClient:
-    """Calls other nodes' internal API."""
+@dataclass(slots=True, eq=False)
+class _Forward:
+    """One submission waiting in a peer's lane: its record in msgpack (packed once: its size bounds the batch, and
+    the batch carries it as it is), then the owner's answer (or why there is none)."""
 
-    def __init__(self, *, keyring: Keyring | None, runtime: Runtime, timeout_s: float) -> None:
+    packed: bytes
+    done: trio.Event = field(default_factory=trio.Event)
+    answer: dict[str, Any] | None = None
+    error: PeerError | None = None
+    abandoned: bool = False  # its caller stopped waiting before it was sent: it is not sent
+
+
+@dataclass(slots=True)
+class _Lane:
+    """The submissions for one peer not sent yet, and how many calls carry earlier ones now."""
+
+    waiting: deque[_Forward] = field(default_factory=deque)
+    calls: int = 0
+
+
+class PeerClient:
+    """Calls other nodes' internal API. Forwarded jobs are batched per peer (see the module docstring), by tasks
+    in `nursery`, which must outlive the client's use."""
+
+    def __init__(self, *, keyring: Keyring | None, runtime: Runtime, timeout_s: float, nursery: trio.Nursery) -> None:
         """`timeout_s` bounds each network step of a call (connect, each read and write); the forward deadline."""
         self._keyring = keyring
         self._runtime = runtime
         self._outbound = OutboundHttp(runtime.transport or httpx.AsyncHTTPTransport(http1=False, http2=True))
         self._timeout_s = timeout_s
         self._timeout = httpx.Timeout(timeout_s)
+        self._nursery = nursery
+        self._lanes: dict[str, _Lane] = {}
 
     async def aclose(self) -> None:
         await self._outbound.aclose()
@@ -266,13 +321,68 @@ class PeerClient:
             raise PeerError(f"{api_address}: unreadable reply") from exc
 
     async def submit(self, api_address: str, record: JobRecord) -> tuple[JobRecord, bool]:
-        """The owner's answer to a forwarded job; BacklogFull when the owner refused it."""
-        reply = await self._call(api_address, "jobs", {"record": record.to_wire()})
-        if reply.get("refused") == "backlog-full":
-            raise BacklogFull(record.account_id, int(reply["limit"]))
-        if reply.get("refused") == "quota-exceeded":
-            raise QuotaExceeded(record.account_id, int(reply["limit"]), int(reply["retry_at_ms"]))
-        return JobRecord.from_wire(reply["record"]), bool(reply["created"])
+        """The owner's answer to a forwarded job, sent in a batch with the others waiting for that owner: the stored
+        job and whether it is new. BacklogFull or QuotaExceeded when the owner refused it, PeerStoreError when its
+        store failed, PeerError when the owner could not be reached or answered something else. A caller cancelled
+        before its job went out takes it back; after, the owner may still accept it (its retry, under the same
+        idempotency key, then finds it)."""
+        forward = _Forward(msgpack.packb(record.to_wire(), use_bin_type=True))
+        lane = self._lanes.setdefault(api_address, _Lane())
+        lane.waiting.append(forward)
+        if lane.calls < FORWARD_CALLS_PER_PEER:
+            lane.calls += 1
+            self._nursery.start_soon(self._drain, api_address, lane)
+        try:
+            await forward.done.wait()
+        finally:
+            forward.abandoned = True
+        if forward.error is not None:
+            raise forward.error
+        answer = forward.answer
+        assert answer is not None
+        refused = answer.get("refused")
+        if refused == "backlog-full":
+            raise BacklogFull(record.account_id, int(answer["limit"]))
+        if refused == "quota-exceeded":
+            raise QuotaExceeded(record.account_id, int(answer["limit"]), int(answer["retry_at_ms"]))
+        if refused == STORE_UNAVAILABLE:
+            raise PeerStoreError(f"{api_address}: its store failed")
+        try:
+            return JobRecord.from_wire(answer["record"]), bool(answer["created"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PeerError(f"{api_address}: unreadable jobs answer ({exc})") from None
+
+    async def _drain(self, api_address: str, lane: _Lane) -> None:
+        """Send the lane's waiting submissions, a batch per call, until none is left (one of the lane's calls)."""
+        try:
+            while batch := _next_batch(lane.waiting):
+                await self._send_batch(api_address, batch)
+        finally:
+            lane.calls -= 1
+            if not lane.calls and not lane.waiting and self._lanes.get(api_address) is lane:
+                del self._lanes[api_address]
+
+    async def _send_batch(self, api_address: str, batch: list[_Forward]) -> None:
+        try:
+            reply = await self._call(api_address, "jobs", {"records": [forward.packed for forward in batch]})
+            answers = reply["results"]
+            if not isinstance(answers, list) or len(answers) != len(batch):
+                raise PeerError(f"{api_address}: jobs answered {len(answers)} of {len(batch)} records")
+            for forward, answer in zip(batch, answers, strict=True):
+                if not isinstance(answer, dict):
+                    raise PeerError(f"{api_address}: unreadable jobs answer")
+                forward.answer = answer
+        except (KeyError, TypeError) as exc:
+            for forward in batch:
+                forward.error = PeerError(f"{api_address}: unreadable jobs reply ({exc})")
+        except PeerError as exc:
+            for forward in batch:
+                forward.error = exc
+        finally:
+            for forward in batch:
+                if forward.answer is None and forward.error is None:  # cancelled: the node is stopping
+                    forward.error = PeerError(f"{api_address}: the forward was cut short")
+                forward.done.set()
 
     async def hand_off(self, api_address: str, records: list[JobRecord]) -> int:
         reply = await self._call(api_address, "handoff", {"records": [r.to_wire() for r in records]})
@@ -665,13 +775,34 @@ class InternalRoutes:
         return {"records": [record.to_wire() for record in await holder.pull(keys, owned_by)]}
 
     async def _jobs(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """A batch of forwarded jobs, made durable concurrently (so they share group commits), each answered."""
+        packed = doc["records"]
+        if not isinstance(packed, list) or len(packed) > FORWARD_BATCH_RECORDS_MAX:
+            raise TypeError(f"records must be a list of at most {FORWARD_BATCH_RECORDS_MAX}")
+        if not all(isinstance(blob, bytes) for blob in packed):
+            raise TypeError("records must be msgpack blobs")
         try:
-            stored, created = await self._manager.submit(JobRecord.from_wire(doc["record"]))
+            records = [JobRecord.from_wire(msgpack.unpackb(blob, raw=False)) for blob in packed]
+        except (ValueError, msgpack.ExtraData) as exc:
+            raise TypeError(f"unreadable record ({exc})") from None
+        answers: list[dict[str, Any]] = [{} for _ in records]
+        async with trio.open_nursery() as nursery:
+            for index, record in enumerate(records):
+                nursery.start_soon(self._accept_forwarded, record, answers, index)
+        return {"results": answers}
+
+    async def _accept_forwarded(self, record: JobRecord, answers: list[dict[str, Any]], index: int) -> None:
+        try:
+            stored, created = await self._manager.submit(record)
         except BacklogFull as full:
-            return {"refused": "backlog-full", "limit": full.limit}
+            answers[index] = {"refused": "backlog-full", "limit": full.limit}
         except QuotaExceeded as spent:
-            return {"refused": "quota-exceeded", "limit": spent.limit, "retry_at_ms": spent.retry_at_ms}
-        return {"record": stored.to_wire(), "created": created}
+            answers[index] = {"refused": "quota-exceeded", "limit": spent.limit, "retry_at_ms": spent.retry_at_ms}
+        except StoreError:
+            log.exception("the store failed accepting forwarded job %s", record.job_id)
+            answers[index] = {"refused": STORE_UNAVAILABLE}
+        else:
+            answers[index] = {"record": stored.to_wire(), "created": created}
 
     async def _handoff(self, doc: dict[str, Any]) -> dict[str, Any]:
         records = [JobRecord.from_wire(wire) for wire in doc["records"]]

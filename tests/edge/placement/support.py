@@ -44,12 +44,12 @@ def node_config(
     return load_config(path, env={})
 
 
-async def start(nursery: trio.Nursery, config) -> tuple[Node, trio.CancelScope]:
+async def start(nursery: trio.Nursery, config, runtime: Runtime | None = None) -> tuple[Node, trio.CancelScope]:
     scope = trio.CancelScope()
 
     async def run(task_status: trio.TaskStatus[Node]) -> None:
         with scope:
-            await run_node(config, Runtime.real(), task_status=task_status)
+            await run_node(config, runtime or Runtime.real(), task_status=task_status)
 
     return await nursery.start(run), scope
 

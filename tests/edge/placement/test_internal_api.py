@@ -124,7 +124,7 @@ async def test_any_key_of_the_ring_signs_and_a_body_must_be_the_one_signed(nurse
     is served, one signing with a key the ring does not hold is not."""
     node = await solo_node(nursery, tmp_path, keys_setting(NEW, OLD))
     for keyring, served in ((Keyring(OLD), True), (Keyring(NEW, OLD), True), (Keyring(FOREIGN, OLD), False)):
-        peers = PeerClient(keyring=keyring, runtime=Runtime.real(), timeout_s=5.0)
+        peers = PeerClient(keyring=keyring, runtime=Runtime.real(), timeout_s=5.0, nursery=nursery)
         try:
             if served:
                 assert await peers.queues(node.bound[0], "acme|") == []
@@ -215,3 +215,17 @@ async def test_a_failing_store_on_a_peer_is_a_503_with_retry_after_at_once(
         monkeypatch.undo()  # space again: the same jobs go through
         for job in again.values():
             assert (await client.post("/api/v1/jobs", json=job, headers=auth())).status_code in (200, 201)
+
+
+async def test_a_forward_batch_that_is_not_msgpack_records_is_refused_whole(nursery: trio.Nursery, tmp_path: Path):
+    """A signed `jobs` call whose records are not msgpack blobs (a buggy peer) is a 400, and nothing is queued."""
+    node = await solo_node(nursery, tmp_path, keys_setting(NEW))
+    path = "/internal/v1/jobs"
+    async with httpx.AsyncClient(base_url=node.base_url) as client:
+        for records in ([1, 2], [b"\xc1"], "not a list"):
+            body = msgpack.packb({"records": records}, use_bin_type=True)
+            signed = sign_request(Keyring(NEW), method="POST", path=path, body=body, wall_s=Runtime.real().wall_clock())
+            headers = {AUTH_HEADER: signed, "Content-Type": CONTENT_TYPE}
+            refused = await client.post(path, content=body, headers=headers)
+            assert refused.status_code == 400, (records, refused.text)
+    assert node.manager.statistics()["jobs"] == 0

@@ -1,7 +1,8 @@
-"""The node-to-node API: request signatures, and the HTTP/2 stream-reset fix it depends on."""
+"""The node-to-node API: request signatures, forward batches, and the HTTP/2 stream-reset fix it depends on."""
 
 from __future__ import annotations
 
+from collections import deque
 from functools import partial
 
 import httpx
@@ -10,7 +11,16 @@ import trio
 
 from cluster import Keyring
 from edge.http.server import serve_asgi
-from edge.placement.peers import BadSignature, is_loopback, sign_request, verify_head
+from edge.placement.peers import (
+    FORWARD_BATCH_BYTES_MAX,
+    FORWARD_BATCH_RECORDS_MAX,
+    BadSignature,
+    _Forward,
+    _next_batch,
+    is_loopback,
+    sign_request,
+    verify_head,
+)
 from edge.vendor import httpcore as httpcore_patch
 from tests.e2e.support import read_body, respond
 
@@ -43,6 +53,31 @@ def test_signatures_verify_only_for_the_same_request_key_and_time():
     for bad in garbage:
         with pytest.raises(BadSignature):
             head(ring, bad, wall_s=1000)
+
+
+def forwards(*sizes: int, abandoned: tuple[int, ...] = ()) -> deque[_Forward]:
+    lane = deque(_Forward(bytes(size)) for size in sizes)
+    for index in abandoned:
+        lane[index].abandoned = True
+    return lane
+
+
+@pytest.mark.parametrize(
+    ("lane", "taken", "left"),
+    [
+        (forwards(), 0, 0),
+        (forwards(10, 10, 10), 3, 0),
+        (forwards(*[1] * (FORWARD_BATCH_RECORDS_MAX + 5)), FORWARD_BATCH_RECORDS_MAX, 5),  # at most so many
+        (forwards(FORWARD_BATCH_BYTES_MAX // 2, FORWARD_BATCH_BYTES_MAX // 2, 1), 2, 1),  # within the bytes
+        (forwards(FORWARD_BATCH_BYTES_MAX * 2, 1), 1, 1),  # the first goes however large; no second past it
+        (forwards(10, 10, 10, abandoned=(0, 2)), 1, 0),  # taken back by their callers: never sent
+    ],
+)
+def test_a_batch_takes_the_oldest_waiting_within_its_bounds(lane: deque[_Forward], taken: int, left: int):
+    before = [forward for forward in lane if not forward.abandoned]
+    batch = _next_batch(lane)
+    assert batch == before[:taken] and len(lane) == left
+    assert not any(forward.abandoned for forward in batch)
 
 
 def test_only_loopback_callers_are_loopback():

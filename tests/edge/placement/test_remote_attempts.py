@@ -113,7 +113,7 @@ async def cluster_of(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Cal
         upstream = RecordingUpstream()
         upstream_url = await serve(nursery, upstream)
         runtime = dataclasses.replace(Runtime.real(), transport=transport)
-        peers = PeerClient(keyring=keyring_of(config_a.cluster), runtime=runtime, timeout_s=5.0)
+        peers = PeerClient(keyring=keyring_of(config_a.cluster), runtime=runtime, timeout_s=5.0, nursery=nursery)
         clients.append(peers)
         return Cluster(a, b, b_scope, upstream, upstream_url, peers)
 
@@ -296,7 +296,9 @@ async def test_a_peer_that_is_down_fails_within_the_callers_timeout(cluster_of, 
 
     (listener,) = await nursery.start(partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
     silent_address = f"127.0.0.1:{listener.socket.getsockname()[1]}"
-    quick = PeerClient(keyring=keyring_of(cluster.a.config.cluster), runtime=Runtime.real(), timeout_s=0.3)
+    quick = PeerClient(
+        keyring=keyring_of(cluster.a.config.cluster), runtime=Runtime.real(), timeout_s=0.3, nursery=nursery
+    )
     short = Timeouts(connect_s=0.2, read_s=0.2, total_s=0.2)
     try:
         started = trio.current_time()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter
 from pathlib import Path
 
 import httpx
 import trio
 
+from edge.placement.peers import PREFIX
+from edge.runtime import Runtime
 from tests.e2e.support import auth, free_port
 from tests.edge.placement.support import node_config, start, wait_members
 
@@ -105,3 +109,55 @@ async def test_a_workflow_root_and_its_steps_are_copied_to_the_other_holder(nurs
         assert root is not None and root.steps, node.config.server.node_id
         step = await node.store.get_job(root.steps[0].job_id)
         assert step is not None and step.parent_id == root_id
+
+
+class CallCounter(httpx.AsyncBaseTransport):
+    """h2c with prior knowledge, as a node's PeerClient speaks it, counting requests by path."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.AsyncHTTPTransport(http1=False, http2=True)
+        self.paths: Counter[str] = Counter()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths[request.url.path] += 1
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_concurrent_forwards_to_one_owner_travel_in_batches(nursery: trio.Nursery, tmp_path: Path):
+    """Submissions that arrive together at a non-owner share internal calls; each is answered on its own (a
+    duplicate inside a batch is the same job)."""
+    gossip = {"a": free_port(), "b": free_port()}
+    calls = CallCounter()
+    a, _ = await start(
+        nursery, node_config(tmp_path, "a", gossip), dataclasses.replace(Runtime.real(), transport=calls)
+    )
+    b, _ = await start(nursery, node_config(tmp_path, "b", gossip))
+    await wait_members(a, 2)
+    await wait_members(b, 2)
+    async with httpx.AsyncClient(base_url=a.base_url, http1=False, http2=True, timeout=30) as client:
+        for i in range(64):  # a key b owns: every job below shares its queue
+            probe = (await client.post("/api/v1/jobs", json=job(i), headers=auth())).json()["job_id"]
+            if b.manager.live_job(probe) is not None:
+                break
+        else:
+            raise AssertionError("b owns none of 64 keys")
+        answers: dict[int, httpx.Response] = {}
+
+        async def submit(n: int) -> None:
+            body = {**job(i), "idempotent_key": f"batch-{n % 59}"}  # 59 to 61 repeat 0 to 2
+            answers[n] = await client.post("/api/v1/jobs", json=body, headers=auth())
+
+        calls.paths.clear()
+        async with trio.open_nursery() as together:
+            for n in range(62):
+                together.start_soon(submit, n)
+    statuses = Counter(response.status_code for response in answers.values())
+    assert statuses == {201: 59, 200: 3}, statuses
+    ids = {n: response.json()["job_id"] for n, response in answers.items()}
+    assert ids[59] == ids[0] and ids[60] == ids[1] and ids[61] == ids[2]
+    assert len(set(ids.values())) == 59 and all(b.manager.live_job(job_id) for job_id in ids.values())
+    forwards = calls.paths[PREFIX + "jobs"]
+    assert 1 <= forwards <= 62 // 2, calls.paths  # batched: far fewer calls than jobs (13 here, unloaded)
