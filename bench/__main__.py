@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import (
+    cpu_model,
     execution,
+    fast_model,
     forwarding,
     fuzz,
     gossip,
@@ -34,6 +36,7 @@ from bench import (
     scheduler_ops,
     simulator_speed,
     usage_convergence,
+    workers,
 )
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -51,9 +54,12 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "noisy_neighbour": noisy_neighbour.run,
     "regions": regions.run,
     "simulator_speed": simulator_speed.run,
+    "fast_model": fast_model.run,
     "usage_convergence": usage_convergence.run,
     "replication": replication.run,
+    "cpu_model": cpu_model.run,
     "fuzz": fuzz.run,
+    "workers": workers.run,
 }
 
 

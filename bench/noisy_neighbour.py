@@ -21,12 +21,13 @@ false`, same limits otherwise) should show the problem. Everything runs on loopb
   that part of the latency is the scheduler's, the rest is the proxy's CPU and the network.
 
 Two upstreams (`UPSTREAMS`), both slower than the issue's example (8 x 20 ms = 400 req/s), because the proxy
-itself has a ceiling: one process answers about 1,000-1,500 refusals a second on this machine (less while it also
+itself has a ceiling: one process answers about 5,000 refusals a second on this machine (less while it also
 proxies), so a flood of 20x 400 req/s would measure the proxy's CPU, not the scheduler:
-- 8 x 50 ms (160 req/s): a 20x flood (3,200 req/s) is beyond one proxy process; the rows say how far it got and
-  what the light tenant saw meanwhile, with the proxy's CPU saturated.
-- 16 x 400 ms (40 req/s): a 20x flood (800 req/s) is within the proxy's reach; these are the rows for the issue's
-  goal. Its service time is also long next to the delay a saturated event loop adds to every request.
+- 8 x 50 ms (160 req/s): a 20x flood is 3,200 req/s, within one proxy process's reach. The flood with 8 ms
+  pauses offers about that much and leaves the proxy spare CPU; the one back to back saturates it, and its
+  rows say what the light tenant and the upstream's use saw then.
+- 16 x 400 ms (40 req/s): a 20x flood (800 req/s) is well within the proxy's reach. Its service time is also
+  long next to the delay a saturated event loop adds to every request.
 
 The per-key cap (`key_concurrency_share_max`) is sized as an operator would size it: to leave the light tenant
 the slots it keeps busy (10 req/s x its latency through the proxy, taken as 1.25 x the service time, rounded up)
@@ -74,10 +75,11 @@ from bench.proxy_overhead import KEY_HEADER, ProtectedListener, protected_listen
 from scheduler import SchedulerPolicy
 
 FLOOD_CONNECTIONS = 50
-# Each heavy connection's pause before every request, by flood: back to back is the flood (as much as
-# the proxy can answer); the paced one offers at most FLOOD_CONNECTIONS / pause (1,000 req/s, 25x the 200 ms
-# upstream) and leaves the proxy some spare CPU, so the scheduler's effect shows apart from the proxy's saturation.
-FLOOD_PAUSES_MS = {"flood, back to back": 0, "flood, 50 ms pauses": 50}
+# Each heavy connection's pause before every request, by flood: back to back is as much as the proxy can answer;
+# the paced ones offer at most FLOOD_CONNECTIONS / (pause + round trip): 8 ms, up to ~4,000 req/s, some
+# 20-25x the 8 x 50 ms upstream; 50 ms, ~750 req/s, 20x the 16 x 400 ms one. They leave the proxy spare CPU, so
+# the scheduler's effect shows apart from the proxy's saturation.
+FLOOD_PAUSES_MS = {"flood, back to back": 0, "flood, 8 ms pauses": 8, "flood, 50 ms pauses": 50}
 # The light tenant's latency through the proxy relative to the upstream's service time, for sizing the cap.
 LIGHT_LATENCY_PER_SERVICE_TIME = 1.25
 LIGHT_RATE_PER_S = 10

@@ -4,15 +4,20 @@ The upstream is the raw keep-alive Trio server of `bench.execution` (its own pro
 request), far faster than the proxy, so what the proxied rows lose is the proxy's own cost. The proxy is the real
 command, `ezthrottle serve --config FILE`, in its own process, with one `[[protect]]` listener in front of that
 upstream: fairness on, one configured paid key, `max_concurrency` above the connection count so nothing queues.
-A third target splits that cost: the trivial app of `bench.intake` on the proxy's own server setup
-(`serve_asgi`, hypercorn on Trio), the floor under any endpoint before it does any work of its own.
+Three more targets put that cost in context:
 
-wrk sends the same request to all three (POST with an empty body and the key header, which only the proxy reads)
-and the runs alternate, so a slow spell on the shared machine hits them all:
+- the trivial app of `bench.intake` on the job API's server setup (`serve_asgi`, hypercorn on Trio): the floor
+  under any endpoint of the job API before it does any work of its own;
+- refusals: the same listener, called with a second key whose rate (`REFUSED_RATE_PER_S`) refuses all but the
+  first request (429 with Retry-After and RateLimit fields); wrk counts them as failed, which they are meant to be;
+- nginx with one worker (bench/nginx.py) proxying to the same upstream: a reference for the forwarding alone.
+
+wrk sends the same request to all of them (POST with an empty body and the key header, which only the proxy
+reads) and the runs alternate, so a slow spell on the shared machine hits them all:
 
 - 1 connection: one request at a time, so the latency difference is what the proxy adds to a request.
 - 10 connections: throughput when the server is the bottleneck (its p50 then includes the queueing in wrk's
-  connections, not only the work).
+  connections, not only the work). The issue's goals are at 10 connections (`GOALS`).
 
 `python -m bench.proxy_overhead` runs it alone and prints its RESULTS.md section.
 """
@@ -43,10 +48,15 @@ from bench.common import (
     summarize,
 )
 from bench.intake import BASELINE_FACTORY
+from bench.nginx import running_nginx
 
 BENCH_ACCOUNT = {"id": "bench", "key": "ck_bench_proxy_0123456789abcdef"}
 KEY_HEADER = "x-api-key"
 OVERHEAD_KEY = {"id": "overhead", "key": "pk_overhead_0123456789abcdef", "tier": "paid"}
+# One request per 1000 s: every request of a run but the first is refused.
+REFUSED_RATE_PER_S = 0.001
+REFUSED_SECRET = "pk_refused_0123456789abcdef"
+REFUSED_KEY = {"id": "refused", "key": REFUSED_SECRET, "tier": "paid", "rate_per_s": REFUSED_RATE_PER_S}
 CONNECTION_COUNTS = (1, 10)
 # Above every connection count, so no request waits for a slot and the figure is the proxy's own work.
 OVERHEAD_CONCURRENCY = 64
@@ -56,6 +66,10 @@ DIRECT = "direct"
 # The cheapest app on the proxy's own server setup (serve_asgi: hypercorn on Trio): what any endpoint costs.
 SERVER_FLOOR = "trivial app on serve_asgi"
 PROXIED = "through the proxy"
+REFUSED = "refused by the proxy (429)"
+NGINX = "nginx, 1 worker"
+# From the issue, each a ratio of medians at 10 connections: (numerator, denominator, at least).
+GOALS = ((PROXIED, SERVER_FLOOR, 1.0), (REFUSED, PROXIED, 5.0))
 # The proxy process logs only what goes wrong: its INFO start-up lines would interleave with the bench output.
 PROXY_LOG_LEVEL = "WARNING"
 
@@ -128,14 +142,16 @@ def protected_listener(
     api_listen, listen = (f"{LOOPBACK}:{free_loopback_port()}" for _ in range(2))
     config_file = scratch / f"{name}.toml"
     config_file.write_text(proxy_config_toml(scratch / f"{name}-data", api_listen, listen, upstream, protect, keys))
-    argv = [sys.executable, "-m", "edge", "serve", "--config", str(config_file), "--log-level", PROXY_LOG_LEVEL]
+    # One process (no supervisor): the figures are one proxy process's, and `pid` is the process that proxies.
+    argv = [sys.executable, "-m", "edge", "serve", "--config", str(config_file), "--workers", "1"]
+    argv += ["--log-level", PROXY_LOG_LEVEL]
     url = f"http://{listen}"
     with running_command(argv, url + "/") as process:
         yield ProtectedListener(url=url, api_url=f"http://{api_listen}", pid=process.pid)
 
 
-def _target(base_url: str) -> ServedTarget:
-    return ServedTarget(base_url=base_url, path="/", headers=((KEY_HEADER, OVERHEAD_KEY["key"]),), body=b"")
+def _target(base_url: str, key: str = OVERHEAD_KEY["key"]) -> ServedTarget:
+    return ServedTarget(base_url=base_url, path="/", headers=((KEY_HEADER, key),), body=b"")
 
 
 def _connections(count: int) -> str:
@@ -150,49 +166,59 @@ def run() -> dict[str, Any]:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-proxy-overhead-")))
         stack.enter_context(running_command(upstream_argv, upstream + "/"))
         settings = {"max_concurrency": OVERHEAD_CONCURRENCY}
-        base_urls = {
-            DIRECT: upstream,
-            SERVER_FLOOR: stack.enter_context(served_app(BASELINE_FACTORY)).base_url,
-            PROXIED: stack.enter_context(
-                protected_listener(scratch, "overhead", upstream, settings, [OVERHEAD_KEY])
-            ).url,
+        proxy = stack.enter_context(
+            protected_listener(scratch, "overhead", upstream, settings, [OVERHEAD_KEY, REFUSED_KEY])
+        ).url
+        targets = {
+            DIRECT: _target(upstream),
+            SERVER_FLOOR: _target(stack.enter_context(served_app(BASELINE_FACTORY)).base_url),
+            PROXIED: _target(proxy),
+            REFUSED: _target(proxy, REFUSED_SECRET),
+            NGINX: _target(stack.enter_context(running_nginx(scratch, upstream))),
         }
         measurements = {
             f"{side}, {_connections(connections)}": functools.partial(
-                run_wrk, _target(base_url), scratch, duration_s=DURATION_S, connections=connections
+                run_wrk, target, scratch, duration_s=DURATION_S, connections=connections
             )
             for connections in CONNECTION_COUNTS
-            for side, base_url in base_urls.items()
+            for side, target in targets.items()
         }
         runs = alternate(measurements, ROUNDS)
     rows: list[dict[str, str]] = []
     checks: dict[str, str] = {}
     for connections in map(_connections, CONNECTION_COUNTS):
-        direct, floor, proxied = (f"{side}, {connections}" for side in (DIRECT, SERVER_FLOOR, PROXIED))
-        rows += summarize({name: runs[name] for name in (direct, floor, proxied)}, baseline=direct, label="HTTP/1.1")
-        proxied_rate = _median(runs[proxied], "requests_per_s")
-        added_p50_ms = _median(runs[proxied], "latency_ms_p50") - _median(runs[direct], "latency_ms_p50")
-        checks[f"{connections}: proxied / direct req/s (medians)"] = (
-            f"{proxied_rate / _median(runs[direct], 'requests_per_s'):.2f}x"
+        named = {side: f"{side}, {connections}" for side in targets}
+        rows += summarize({name: runs[name] for name in named.values()}, baseline=named[DIRECT], label="HTTP/1.1")
+        rate = {side: _median(runs[name], "requests_per_s") for side, name in named.items()}
+        added_p50_ms = _median(runs[named[PROXIED]], "latency_ms_p50") - _median(runs[named[DIRECT]], "latency_ms_p50")
+        checks[f"{connections}: proxied / direct req/s (medians)"] = f"{rate[PROXIED] / rate[DIRECT]:.2f}x"
+        checks[f"{connections}: proxied / trivial app on serve_asgi req/s"] = (
+            f"{rate[PROXIED] / rate[SERVER_FLOOR]:.2f}x"
         )
-        checks[f"{connections}: proxied / trivial app on the same server req/s"] = (
-            f"{proxied_rate / _median(runs[floor], 'requests_per_s'):.2f}x"
-        )
+        checks[f"{connections}: refusals / proxied req/s"] = f"{rate[REFUSED] / rate[PROXIED]:.2f}x"
+        checks[f"{connections}: proxied / nginx (1 worker) req/s"] = f"{rate[PROXIED] / rate[NGINX]:.2f}x"
         checks[f"{connections}: p50 added by the proxy (medians)"] = f"{added_p50_ms:+.2f} ms"
+    at_goal_load = {side: _median(runs[f"{side}, {_connections(10)}"], "requests_per_s") for side in targets}
+    for numerator, denominator, least in GOALS:
+        ratio = at_goal_load[numerator] / at_goal_load[denominator]
+        verdict = "met" if ratio >= least else "not met"
+        checks[f"goal, {numerator} / {denominator} >= {least:g}x at 10 connections"] = f"{verdict} ({ratio:.2f}x)"
     return {
         "title": "Inbound proxy overhead (HTTP/1.1, trivial upstream)",
         "about": __doc__.strip().splitlines()[0],
         "targets": {
             DIRECT: "python -m bench.execution upstream PORT",
             SERVER_FLOOR: BASELINE_FACTORY,
-            PROXIED: "ezthrottle serve --config FILE",
+            PROXIED: "ezthrottle serve --workers 1 --config FILE",
+            REFUSED: f"the same listener, key rate_per_s = {REFUSED_RATE_PER_S:g}",
+            NGINX: "nginx -c FILE (bench/nginx.py)",
         },
         "commands": [results[0].command for results in runs.values()],
         "rows": rows,
         "checks": checks,
         "notes": [
             f"wrk, {DURATION_S} s per run, {ROUNDS} alternating rounds of each of the {len(runs)} rows; the proxy, the"
-            " upstream and wrk share this machine's cores."
+            " upstream and wrk share this machine's cores. The refusal rows' failed column counts the 429s."
         ],
     }
 

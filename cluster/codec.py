@@ -115,6 +115,7 @@ UINT = _Kind(_identity, _decode_uint)
 NODE_ID = _text(NODE_ID_BYTES_MAX, allow_empty=False)
 REGION = _text(REGION_BYTES_MAX, allow_empty=True)
 API_ADDRESS = _text(API_ADDRESS_BYTES_MAX, allow_empty=True)
+MACHINE = _Kind(_identity, _text(NODE_ID_BYTES_MAX, allow_empty=True).decode, appended=True)
 FLAG = _Kind(_identity, _decode_flag)
 ADDRESS = _Kind(_encode_address, _decode_address)
 STATE = _Kind(int, _decode_state)
@@ -142,6 +143,7 @@ _MEMBER_INFO_SCHEMA: Schema = (
     ("api_address", API_ADDRESS),
     ("incarnation", UINT),
     ("state", STATE),
+    ("machine", MACHINE),
 )
 
 
@@ -266,6 +268,7 @@ _SCHEMAS: dict[type[Message], tuple[MessageType, Schema]] = {
             ("address", ADDRESS),
             ("region", REGION),
             ("api_address", API_ADDRESS),
+            ("machine", MACHINE),
         ),
     ),
     Dead: (

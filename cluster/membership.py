@@ -62,6 +62,7 @@ class Member:
     incarnation: int
     state: MemberState
     state_changed_at: float
+    machine: str = ""
 
     def info(self) -> MemberInfo:
         return MemberInfo(
@@ -71,6 +72,7 @@ class Member:
             api_address=self.api_address,
             incarnation=self.incarnation,
             state=self.state,
+            machine=self.machine,
         )
 
 
@@ -193,15 +195,17 @@ class Membership:
             return
         self.suspicions.pop(message.node, None)
         was = member.state
-        changed = (message.address, message.region, message.api_address) != (
+        changed = (message.address, message.region, message.api_address, message.machine) != (
             member.address,
             member.region,
             member.api_address,
+            member.machine,
         )
-        member.address, member.region, member.api_address = (
+        member.address, member.region, member.api_address, member.machine = (
             message.address,
             message.region,
             message.api_address,
+            message.machine,
         )
         member.incarnation = message.incarnation
         self._gossip(member.node, message)
@@ -275,6 +279,7 @@ class Membership:
                         address=info.address,
                         region=info.region,
                         api_address=info.api_address,
+                        machine=info.machine,
                     ),
                     now,
                 )
@@ -404,6 +409,7 @@ class Membership:
             incarnation=message.incarnation,
             state=MemberState.ALIVE,
             state_changed_at=now,
+            machine=message.machine,
         )
         self.members[member.node] = member
         self.live_peers.add(member.node)
@@ -448,4 +454,5 @@ class Membership:
             address=member.address,
             region=member.region,
             api_address=member.api_address,
+            machine=member.machine,
         )

@@ -80,6 +80,9 @@ class MemberInfo:
     api_address: str
     incarnation: int
     state: MemberState
+    # The machine the member runs on (a node of several worker processes is several members of one machine):
+    # replicas go to other machines first. Empty from a peer that predates it: a machine of its own.
+    machine: str = ""
 
 
 @final
@@ -165,6 +168,7 @@ class Alive(Message):
     address: Address
     region: str
     api_address: str
+    machine: str = ""
 
 
 @final

@@ -17,7 +17,7 @@ a suspicion that is refuted moves nothing.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import final
 
 
@@ -69,3 +69,30 @@ class Rendezvous:
             weighted.append((int.from_bytes(hasher.digest(), "big"), member))
         weighted.sort(reverse=True)
         return [member for _weight, member in weighted[:count]]
+
+
+def spread_over_machines(ranked: Sequence[str], machine_of: Callable[[str], str], count: int) -> list[str]:
+    """The `count` holders of a key whose members in rendezvous order are `ranked`: the owner (`ranked[0]`), then
+    in that order the first member of each machine not holding a copy yet, and only when there are fewer machines
+    than `count` the rest in that order. So the copies of a key outlive the loss of a machine whenever there are
+    enough machines, and a node of several worker processes (edge/workers.py) alone still keeps a copy on another
+    worker.
+
+    The owner's first successor is then not always the member that owns the key after the owner dies (a sibling on
+    the owner's machine may be); that member pulls the copies before it runs the key, as any new owner does
+    (edge/placement/replication.py)."""
+    chosen: list[str] = []
+    machines: set[str] = set()
+    for member in ranked:
+        if len(chosen) == count:
+            return chosen
+        machine = machine_of(member)
+        if machine not in machines:
+            chosen.append(member)
+            machines.add(machine)
+    for member in ranked:
+        if len(chosen) == count:
+            break
+        if member not in chosen:
+            chosen.append(member)
+    return chosen

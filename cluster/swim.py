@@ -137,6 +137,7 @@ class SwimNode:
         address: Address,
         region: str = "",
         api_address: str = "",
+        machine: str = "",
         config: SwimConfig,
         rng: Random,
         keyring: Keyring | None,
@@ -152,7 +153,9 @@ class SwimNode:
         are dropped and counted); the first push-pull, the join, brings it up to date with the cluster.
         `counter_entries` restores the counters the same way, from `CounterChanged` (counters.py says why this
         node's own entries must come back: its adds continue from them, never from 0)."""
-        identity = Alive(node=node_id, incarnation=1, address=address, region=region, api_address=api_address)
+        identity = Alive(
+            node=node_id, incarnation=1, address=address, region=region, api_address=api_address, machine=machine
+        )
         # The checks a peer applies to our Alive: an identity that the wire would drop fails here.
         decode_message(msgpack.unpackb(encode_message(identity)))
         self._config = config
@@ -177,6 +180,7 @@ class SwimNode:
             incarnation=1,
             state=MemberState.ALIVE,
             state_changed_at=now,
+            machine=machine,
         )
         self._gate = RunGate(node=node_id, probe_interval=config.probe_interval, probe_timeout=config.probe_timeout)
         self._membership = Membership(

@@ -10,6 +10,7 @@ only when that command runs, or when the help lists it.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import secrets
@@ -21,10 +22,11 @@ from pathlib import Path
 
 import trio
 
+from edge import workers
 from edge.config import Config, ConfigError, is_loopback_listen, load_config, with_dev_account
 from edge.fly import fly_defaults
 from edge.logs import JsonFormatter, configure_logging
-from edge.node import Node, run_node
+from edge.node import STORE_FILENAME, Node, run_node
 from edge.process import tune_garbage_collector
 from edge.runtime import Runtime
 
@@ -96,6 +98,14 @@ def build_parser(commands: Mapping[str, EntryPoint] | None = None) -> argparse.A
         help="allow a cluster without [cluster] keys: gossip and forwarding unauthenticated (development only)",
     )
     serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes serving this node (default 1: one process); sets server.workers",
+    )
+    # Set by the supervisor for each worker it starts (edge/workers.py); the worker reads the rest on stdin.
+    serve.add_argument("--worker", type=int, metavar="INDEX", help=argparse.SUPPRESS)
+    serve.add_argument(
         "--log-level",
         default="INFO",
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -139,8 +149,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["cluster.bind"] = args.cluster_bind
     if args.insecure_cluster:
         overrides["cluster.insecure"] = True
+    if args.workers is not None:
+        overrides["server.workers"] = args.workers
     try:
         config = fly_defaults(load_config(args.config, overrides=overrides), os.environ)
+        if args.worker is not None:
+            config = workers.worker_config(config, workers.read_handoff())
     except ConfigError as exc:
         print(f"ezthrottle: bad configuration: {exc}", file=sys.stderr)
         return 2
@@ -151,10 +165,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     formatter = configure_logging(
         args.log_level, config.server.log_format, node=config.server.node_id, region=config.cluster.region
     )
-    if not config.accounts:
-        config = _with_dev_account(config)
+    if args.worker is not None:  # the supervisor has checked and logged the node's settings
+        trio.run(functools.partial(_serve, config, formatter, supervised=True))
+        return 0
+    dev_key = None if config.accounts else _dev_account_key(config)
     logging.getLogger("ezthrottle").info("starting: %s", config.describe())
-    trio.run(_serve, config, formatter)
+    count = workers.worker_count(config.server.workers, workers.available_cpus())
+    data_dir = config.server.data_dir
+    entries = [entry.name for entry in data_dir.iterdir()] if data_dir.is_dir() else []
+    for stranded in workers.stranded_shards(entries, count, store=STORE_FILENAME):
+        logging.getLogger("ezthrottle").warning(
+            "%s holds jobs that a node of %d process(es) does not run: run it with the server.workers that wrote "
+            "them until they are done",
+            data_dir / stranded,
+            count,
+        )
+    if count > 1:  # each worker adds the development account itself, from the key it is handed
+        try:
+            return workers.supervise(config, argv[1:], count, dev_key=dev_key)
+        except ConfigError as exc:
+            print(f"ezthrottle: bad configuration: {exc}", file=sys.stderr)
+            return 2
+    if dev_key is not None:
+        config = with_dev_account(config, account_id="dev", key=dev_key)
+    trio.run(functools.partial(_serve, config, formatter, supervised=False))
     return 0
 
 
@@ -180,7 +214,7 @@ def _dev_account_refusal(exposed: Sequence[str]) -> str:
     )
 
 
-def _with_dev_account(config: Config) -> Config:
+def _dev_account_key(config: Config) -> str:
     """Create (once) and print a development account key, so `make serve` works with no config at all."""
     key_file = config.server.data_dir / DEV_KEY_FILENAME
     key_file.parent.mkdir(parents=True, exist_ok=True)
@@ -201,13 +235,13 @@ def _with_dev_account(config: Config) -> Config:
         f"    curl -s http://{host}/api/v1/jobs/<job_id> -H 'Authorization: Bearer {key}'\n",
         flush=True,
     )
-    return with_dev_account(config, account_id="dev", key=key)
+    return key
 
 
-async def _serve(config: Config, formatter: JsonFormatter | None) -> None:
+async def _serve(config: Config, formatter: JsonFormatter | None, *, supervised: bool) -> None:
     """Run the node until a shutdown signal: the first stops it gracefully, or cancels its start if it is still
     starting (waiting for its peers, say) rather than letting the signal kill the process; a second one stops it
-    at once."""
+    at once. A `supervised` worker (edge/workers.py) also stops at once when its supervisor is gone."""
     with trio.open_signal_receiver(*SHUTDOWN_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
             running = trio.CancelScope()
@@ -225,7 +259,14 @@ async def _serve(config: Config, formatter: JsonFormatter | None) -> None:
                     node.stop()
                     stopping = True
 
+            async def stop_without_supervisor() -> None:
+                await workers.watch_supervisor()
+                logging.getLogger("ezthrottle").warning("the supervisor is gone: stopping at once")
+                running.cancel()
+
             nursery.start_soon(stop_on_signals)
+            if supervised:
+                nursery.start_soon(stop_without_supervisor)
             with running:
                 async with trio.open_nursery() as serving:
                     node = await serving.start(run_node, config, Runtime.real())

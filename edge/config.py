@@ -349,6 +349,12 @@ class ServerConfig(_Validated):
     log_format: str = _setting("text", _choice(LOG_FORMATS))
     # The operator's token for the dashboard (every account), as a SHA-256 digest: the token itself is never stored.
     admin_token_sha256: bytes | None = _setting(None, _optional(_key_sha256), secret=True)
+    # Processes serving this node (edge/workers.py); 1 (the default) is one process with no supervisor. One per CPU
+    # is not the default yet: measured, two workers take fewer jobs than one (README, "Workers").
+    workers: int | None = _setting(1, _optional(_integer(1)))
+    # Set by the supervisor in each worker's config: the worker's own API address (members forward to it), while
+    # `listen` is shared by every worker of the node (SO_REUSEPORT). Unset in a node of one process.
+    worker_listen: str | None = _setting(None, _optional(_listen), text=True)
 
     def is_admin_token(self, presented: str) -> bool:
         """Whether `presented` is the operator's token, compared as digests in constant time (see `_find_keyed`)."""
@@ -621,6 +627,9 @@ class ClusterConfig(_Validated):
     advertise: str | None = _setting(None, _optional(_listen))  # the gossip address others use, if not bind's
     api_advertise: str | None = _setting(None, _optional(_listen))  # the job API address others forward to
     region: str | None = _setting(None, _optional(_identifier), text=True)  # default: $FLY_REGION
+    # The machine this member runs on, in the gossip: replicas go to other machines first. Default: the node id (a
+    # machine of its own); the supervisor sets the node's id for each of its workers (edge/workers.py).
+    machine: str | None = _setting(None, _optional(_identifier), text=True)
     seeds: tuple[str, ...] = _setting((), _host_ports)  # host:port of members to join; DNS names allowed
     keys: tuple[bytes, ...] = _setting((), _cluster_keys, secret=True)  # HMAC keys, primary first
     profile: str = _setting("lan", _choice(("lan", "wan", "local")))  # memberlist's timing presets

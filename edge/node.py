@@ -304,11 +304,15 @@ async def run_node(
             async with trio.open_nursery() as http:
                 bound, protected = [config.cluster.api_advertise or config.server.listen], {}
                 if serve_http:
+                    # A worker of several (edge/workers.py) shares `listen` with its siblings and has an address
+                    # of its own, where members reach exactly it.
+                    own = config.server.worker_listen
                     bound = await http.start(
                         partial(
                             serve_asgi,
                             app,
-                            bind=config.server.listen,
+                            bind=[config.server.listen] if own is None else [config.server.listen, own],
+                            reuse_port=() if own is None else (config.server.listen,),
                             certfile=config.server.certfile,
                             keyfile=config.server.keyfile,
                             header_bytes_max=config.server.header_bytes_max,
@@ -376,6 +380,7 @@ async def _start_protected(
                 serve_protected,
                 listener,
                 metrics=proxy_metrics,
+                wall_clock=runtime.wall_clock,
                 transport=runtime.transport,
                 shutdown_trigger=stop.wait,
             )

@@ -15,8 +15,9 @@ The simulated cluster:
 - world: `World`, N real nodes (`edge.node.run_node`) in R regions with durable stores kept across crashes (and
   emptied by a disk loss), providers and receivers mounted on the HTTP network, clients submitting through the real
   job API
-- actors: upstream `Provider`s (per-credential GCRA limits, 429 dialects, lognormal latency, 5xx), webhook
-  `WebhookReceiver`s, arrival processes
+- actors: upstream `Provider`s (their answers `UpstreamCore`'s), webhook `WebhookReceiver`s; upstream: the pure
+  parts both models share (`UpstreamCore`: per-credential GCRA limits, 429 dialects, lognormal latency, 5xx; arrival
+  processes)
 - workload: tenants submitting jobs, and the `Ledger` of what clients were told and what webhooks reported
 - faults: `FaultInjector`, a scenario's fault schedule applied and healed on virtual time
 - invariants: the safety checks run every virtual second and the liveness checks at the end
@@ -24,6 +25,8 @@ The simulated cluster:
 - run: `run_scenario(scenario, seed=...)` -> `RunReport`, also `python -m simulations.run SCENARIO --seed N`
 Using it: scenario (the TOML schema and loader, scenarios/*.toml), report (tables, JSON, plots), cli
 (`ezthrottle simulate`).
+The fast model: fast/ (`run_fast`: the same scenario through the pure cores on a discrete-event loop, for large
+sweeps), and plan (`ezthrottle plan WORKLOAD.toml`: the smallest cluster meeting a workload's targets, workloads/).
 """
 
 from .cluster import SimulatedCluster as SimulatedCluster

@@ -2,18 +2,16 @@
 client workloads. Providers and receivers are plain ASGI apps, mounted on `SimulatedHttp`; everything random draws
 from an RNG the caller hands in (one per actor, split from the seed), and time is trio's virtual clock.
 
-- `Provider`: enforces a per-credential limit with GCRA (`scheduler.Gcra`, `burst` back-to-back calls, then one per
-  1/rate), and answers over-limit calls with 429 plus the dialect its `signal` names: `Retry-After`, the IETF
-  `RateLimit` / `RateLimit-Policy` fields, OpenAI's `x-ratelimit-*-requests`, or nothing. Latency is lognormal,
-  fitted to a median and a p99 (per calling region when `latency_by_region` names it); a share `error_rate` (or,
-  during a 5xx burst, that burst's rate) of calls gets 503. It records every arrival with its credential and the
-  node that sent it (the upstream-limit invariant reads them), and every call from start to end (`calls`, `ended`):
-  when its request left the node (`sent_at`, stamped by the simulated network), its `Idempotency-Key`, and whether
-  it was answered or the caller hung up first (a cancelled request: the call's task is cancelled while the
-  provider is still working on it). The invariants on races, strict regions and terminal jobs read those.
+- `Provider`: an upstream API whose answers are `UpstreamCore`'s (simulations/upstream.py: per-credential GCRA
+  limits, 429 dialects, lognormal latency per calling region, 5xx), served as ASGI. It records every arrival with
+  its credential and the node that sent it (the upstream-limit invariant reads them), and every call from start to
+  end (`calls`, `ended`): when its request left the node (`sent_at`, stamped by the simulated network), its
+  `Idempotency-Key`, and whether it was answered or the caller hung up first (a cancelled request: the call's task
+  is cancelled while the provider is still working on it). The invariants on races, strict regions and terminal
+  jobs read those.
 - `WebhookReceiver`: answers after a lognormal delay, refuses a share `failure_rate` with 500, and reports every
   delivery to a callback (the world's ledger of what each job's webhooks saw).
-- `arrival_times`: when a tenant's next jobs come (Poisson, bursty on/off, or periodic), as an endless iterator.
+- `arrival_times`, `LognormalLatency`: from simulations/upstream.py, pure, shared with the fast model.
 
 The small ASGI helpers (`respond`, `read_body`, `header`) are shared with the end-to-end tests' real servers.
 """
@@ -21,27 +19,20 @@ The small ASGI helpers (`respond`, `read_body`, `header`) are shared with the en
 from __future__ import annotations
 
 import json
-import math
 import random
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, final
 
 import trio
 
-from scheduler.gcra import Gcra
+from .upstream import LognormalLatency as LognormalLatency
+from .upstream import UpstreamCore
+from .upstream import arrival_times as arrival_times
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-# z of the 99th percentile of the standard normal: fits a lognormal's sigma to a median and a p99.
-Z_P99 = 2.3263
-SIGNALS = ("retry-after", "ratelimit", "x-ratelimit", "none")
-ARRIVALS = ("poisson", "bursty", "periodic")
-# Bursty arrivals: on and off spells of this mean length; during "on" the rate doubles, so the mean stays.
-BURST_SPELL_S = 5.0
-ERROR_STATUS = 503  # retryable by the job contract's default retry_codes, so errors cost retries, not jobs
 
 
 async def respond(send: Send, status: int, body: bytes = b"", headers: list[tuple[str, str]] | None = None) -> None:
@@ -63,23 +54,6 @@ async def read_body(receive: Receive) -> bytes:
 def header(scope: Scope, name: str) -> str:
     wanted = name.lower().encode()
     return next((v.decode() for k, v in scope["headers"] if k == wanted), "")
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class LognormalLatency:
-    """Delays with a given median and p99 (a p99 at or below the median means a constant delay)."""
-
-    median_s: float
-    p99_s: float
-
-    def draw(self, rng: random.Random) -> float:
-        if self.median_s <= 0:
-            return 0.0
-        if self.p99_s <= self.median_s:
-            return self.median_s
-        sigma = (math.log(self.p99_s) - math.log(self.median_s)) / Z_P99
-        return rng.lognormvariate(math.log(self.median_s), sigma)
 
 
 @final
@@ -122,7 +96,7 @@ def sent_at_of(scope: Scope) -> float | None:
 
 @final
 class Provider:
-    """An upstream API with per-credential rate limits (see the module docstring)."""
+    """An upstream API with per-credential rate limits, its answers `core`'s (see the module docstring)."""
 
     def __init__(
         self,
@@ -137,20 +111,17 @@ class Provider:
         region_of: Callable[[str], str] = lambda host: "",
         latency_by_region: Mapping[str, LognormalLatency] | None = None,
     ) -> None:
-        if signal not in SIGNALS:
-            raise ValueError(f"signal must be one of {', '.join(SIGNALS)}, got {signal!r}")
         self.name = name
-        self.rate_limit_rps = rate_limit_rps
-        self.burst = burst
-        self.signal = signal
-        self.latency = latency
-        self.latency_by_region = dict(latency_by_region or {})
-        self.error_rate = error_rate
-        # 5xx bursts in progress: region of the calling node ("" = every region) -> share of calls answered 5xx.
-        self.error_bursts: dict[str, float] = {}
-        self._rng = rng
+        self.core = UpstreamCore(
+            rate_limit_rps=rate_limit_rps,
+            burst=burst,
+            signal=signal,
+            latency=latency,
+            error_rate=error_rate,
+            rng=rng,
+            latency_by_region=latency_by_region,
+        )
         self._region_of = region_of
-        self._pacers: dict[str, Gcra] = {}
         self.arrivals: dict[str, list[UpstreamArrival]] = {}  # by credential, in arrival order
         self.calls: list[UpstreamCall] = []  # every call, in arrival order
         self.ended: list[UpstreamCall] = []  # the same calls, in the order they ended (answered or hung up)
@@ -160,6 +131,15 @@ class Provider:
     def __repr__(self) -> str:
         return f"<Provider {self.name}: {self.requests} requests, {self.rate_limited} answered 429>"
 
+    @property
+    def rate_limit_rps(self) -> float:
+        return self.core.rate_limit_rps
+
+    @property
+    def error_bursts(self) -> dict[str, float]:
+        """5xx bursts in progress (`UpstreamCore.error_bursts`), as the fault injector sets them."""
+        return self.core.error_bursts
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
@@ -167,7 +147,8 @@ class Provider:
         now = trio.current_time()
         credential = header(scope, "authorization") or "-"
         source = scope["client"][0]
-        status, headers = self._decide(now, credential, self._error_rate_for(source))
+        region = self._region_of(source)
+        status, headers = self.core.answer(now, credential, region)
         self.requests += 1
         self.rate_limited += status == 429
         self.arrivals.setdefault(credential, []).append(UpstreamArrival(now, source, status))
@@ -177,7 +158,7 @@ class Provider:
         )
         self.calls.append(call)
         try:
-            await trio.sleep(self._latency_for(source).draw(self._rng))
+            await trio.sleep(self.core.draw_latency(region))
         except BaseException:  # cancelled: the caller hung up before the answer
             call.gone_at = trio.current_time()
             self.ended.append(call)
@@ -186,43 +167,6 @@ class Provider:
         self.ended.append(call)
         body = json.dumps({"ok": status < 300, "provider": self.name}).encode()
         await respond(send, status, body, [("content-type", "application/json"), *headers])
-
-    def _latency_for(self, source: str) -> LognormalLatency:
-        if not self.latency_by_region:
-            return self.latency
-        return self.latency_by_region.get(self._region_of(source), self.latency)
-
-    def _error_rate_for(self, source: str) -> float:
-        if not self.error_bursts:
-            return self.error_rate
-        bursts = self.error_bursts
-        return max(self.error_rate, bursts.get("", 0.0), bursts.get(self._region_of(source), 0.0))
-
-    def _decide(self, now: float, credential: str, error_rate: float) -> tuple[int, list[tuple[str, str]]]:
-        if error_rate and self._rng.random() < error_rate:
-            return ERROR_STATUS, []
-        pacer = self._pacers.get(credential)
-        if pacer is None:
-            pacer = self._pacers[credential] = Gcra(self.rate_limit_rps, self.burst)
-        ready_at = pacer.ready_at(now)
-        if ready_at <= now:
-            pacer.consume(now)
-            return 200, []
-        return 429, self._limit_headers(ready_at - now)
-
-    def _limit_headers(self, wait_s: float) -> list[tuple[str, str]]:
-        whole_s = str(max(1, math.ceil(wait_s)))
-        if self.signal == "retry-after":
-            return [("Retry-After", whole_s)]
-        if self.signal == "ratelimit":
-            window_s = max(1, math.ceil(self.burst / self.rate_limit_rps))
-            return [
-                ("RateLimit-Policy", f'"default";q={self.burst};w={window_s}'),
-                ("RateLimit", f'"default";r=0;t={whole_s}'),
-            ]
-        if self.signal == "x-ratelimit":
-            return [("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-reset-requests", f"{wait_s:.3f}s")]
-        return []
 
 
 @final
@@ -268,33 +212,3 @@ class WebhookReceiver:
         self.deliveries += 1
         self._on_delivery(DeliveryReport(self.name, trio.current_time(), json.loads(body), accepted))
         await respond(send, 200 if accepted else 500, b"{}", [("content-type", "application/json")])
-
-
-def arrival_times(kind: str, rate_per_s: float, rng: random.Random, *, start_s: float = 0.0) -> Iterator[float]:
-    """Endless, increasing arrival times from `start_s` at a mean of `rate_per_s` (see the module docstring)."""
-    if kind not in ARRIVALS:
-        raise ValueError(f"arrival must be one of {', '.join(ARRIVALS)}, got {kind!r}")
-    if rate_per_s <= 0:
-        return
-    now = start_s
-    if kind == "periodic":
-        now += rng.uniform(0, 1 / rate_per_s)  # a seeded phase, so periodic tenants do not all fire together
-        while True:
-            yield now
-            now += 1 / rate_per_s
-    spell_end = now + rng.expovariate(1 / BURST_SPELL_S)
-    on = True
-    while True:
-        if kind == "poisson":
-            now += rng.expovariate(rate_per_s)
-            yield now
-            continue
-        if not on:  # bursty, silent spell: jump to the next "on" spell
-            now, on = spell_end, True
-            spell_end = now + rng.expovariate(1 / BURST_SPELL_S)
-        now += rng.expovariate(2 * rate_per_s)
-        if now >= spell_end:
-            now, on = spell_end, False
-            spell_end = now + rng.expovariate(1 / BURST_SPELL_S)
-            continue
-        yield now

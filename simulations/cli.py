@@ -4,6 +4,10 @@ Exit status, so seed loops and CI can tell outcomes apart: 0 every run passed, 1
 invariant or a crash of the simulator itself), 2 the command line or the scenario is wrong. A failed run prints its
 seed, the faults that hit it, the violations and a one-line command that replays exactly that run.
 
+`--calibrate` runs no scenario: it measures what each operation of the CPU model costs on this machine
+(simulations/calibrate.py) and writes the calibration file (`--out`), which a scenario's `[cpu] calibration` or
+`--calibration FILE` then uses.
+
 Swarm mode runs seeds first..first+COUNT-1 (first = --seed, default 0); each seed also draws random faults from the
 scenario's [swarm] section (`Scenario.with_swarm_faults`), so `--seed S --swarm 1` replays seed S of any swarm.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import dataclasses
 import itertools
 import logging
 import multiprocessing
@@ -29,6 +34,7 @@ from typing import TYPE_CHECKING, TextIO, final
 from .report import (
     PlotsUnavailable,
     RunOutcome,
+    fault_windows,
     format_table,
     point_label,
     report_json,
@@ -46,6 +52,8 @@ PROG = "ezthrottle simulate"
 # output than the run is worth.
 PROGRESS_REDRAW_S = 0.1
 PROGRESS_BAR_WIDTH = 30
+CALIBRATION_OUT = Path("calibration.json")
+MODELS = ("full", "fast")  # `--model`, the default first
 
 DESCRIPTION = """\
 Run a scenario on the deterministic simulator: the real node code for a whole cluster in one process, on virtual
@@ -59,6 +67,7 @@ examples:
   {PROG} rolling-restart --seeds 1..20 --quiet
   {PROG} partition --swarm 200
   {PROG} baseline --sweep nodes=1,3,5 --sweep load=0.5,1,2 --json sweep.json --plots plots/
+  {PROG} baseline --model fast --sweep nodes=10,20,50 --sweep load=2,5,10
 
 sweep keys: {", ".join(SWEEP_KEYS)} (load multiplies every tenant's rate).
 exit status: 0 all runs passed, 1 a run failed (seed, faults, violations and a replay command are printed),
@@ -71,7 +80,9 @@ class UsageError(ValueError):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The simulate arguments, on a parser of its own or on `ezthrottle`'s subcommand."""
-    parser.add_argument("scenario", metavar="SCENARIO", help="scenario TOML file, or a bundled scenario's name")
+    parser.add_argument(
+        "scenario", metavar="SCENARIO", nargs="?", help="scenario TOML file, or a bundled scenario's name"
+    )
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, metavar="N", help="run this seed (default 0); with --swarm, the first seed")
     seeds.add_argument("--seeds", metavar="N..M", help="run every seed from N to M, both included")
@@ -102,6 +113,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="run N seeds or sweep points at a time, each in its own process (0: one per CPU); results are the "
         "same and print in the same order",
+    )
+    parser.add_argument(
+        "--model",
+        choices=MODELS,
+        default=MODELS[0],
+        help="full: the real node code on trio (default); fast: the pure cores on an event loop with the CPU model, "
+        "for large sweeps (simulations/fast/: no invariants checked, no partitions)",
+    )
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="FILE",
+        help="the CPU model's costs for every run, instead of the scenario's [cpu] calibration (or the bundled one)",
+    )
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="measure the CPU model's costs on this machine with the real node code and write them (--out); "
+        "runs no scenario",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=CALIBRATION_OUT,
+        metavar="FILE",
+        help=f"with --calibrate (default {CALIBRATION_OUT})",
+    )
+    parser.add_argument(
+        "--repetitions",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --calibrate: operations measured per phase (default: simulations/calibrate.py REPETITIONS)",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every run's full report as JSON")
     parser.add_argument("--plots", type=Path, metavar="DIR", help="write PNG charts per run (needs the `plots` extra)")
@@ -148,6 +192,8 @@ class Plan:
     seeds: tuple[int, ...]
     swarm: bool
     bugs: frozenset[str]
+    model: str = MODELS[0]
+    calibration: Path | None = None  # --calibration
 
     def scenario_for(self, point: Mapping[str, str], seed: int) -> Scenario:
         scenario = self.scenario.with_overrides(point)
@@ -162,13 +208,22 @@ class Plan:
             words += ["--sweep", f"{key}={value}"]
         for bug in sorted(self.bugs):
             words += ["--plant-bug", bug]
+        if self.model != MODELS[0]:
+            words += ["--model", self.model]
+        if self.calibration is not None:
+            words += ["--calibration", str(self.calibration)]
         return shlex.join(words)
 
 
 def plan_from(args: argparse.Namespace) -> Plan:
     """Turn the arguments into a plan, or raise UsageError naming what is wrong."""
+    if args.scenario is None:
+        raise UsageError("SCENARIO is needed (a TOML file or a bundled scenario's name), unless --calibrate")
     try:
         scenario = load_scenario(args.scenario)
+        if args.calibration is not None:
+            cpu = dataclasses.replace(scenario.cpu, calibration=str(args.calibration))
+            scenario = dataclasses.replace(scenario, cpu=cpu)
     except ScenarioError as exc:
         raise UsageError(f"bad scenario: {exc}") from None
     if args.swarm is not None and args.swarm < 1:
@@ -203,6 +258,8 @@ def plan_from(args: argparse.Namespace) -> Plan:
             require_matplotlib()
         except PlotsUnavailable as exc:
             raise UsageError(str(exc)) from None
+    if args.model == "fast":
+        _check_fast_model(scenario, points, swarm=args.swarm is not None, bugs=bugs)
     return Plan(
         scenario_arg=args.scenario,
         scenario=scenario,
@@ -210,7 +267,32 @@ def plan_from(args: argparse.Namespace) -> Plan:
         seeds=seeds,
         swarm=args.swarm is not None,
         bugs=bugs,
+        model=args.model,
+        calibration=args.calibration,
     )
+
+
+def _check_fast_model(
+    scenario: Scenario, points: Sequence[Mapping[str, str]], *, swarm: bool, bugs: frozenset[str]
+) -> None:
+    """Refuse, before any run, what the fast model cannot do: planted bugs, unsupported scenarios or swarm faults,
+    and a CPU model without its calibration."""
+    from .fast import unsupported
+    from .fast.model import UNSUPPORTED_FAULTS
+
+    if bugs:
+        raise UsageError("--plant-bug needs the full model: the fast model checks no invariants")
+    problems = [problem for point in points for problem in unsupported(scenario.with_overrides(point))]
+    drawn = sorted(set(scenario.swarm.kinds) & set(UNSUPPORTED_FAULTS)) if swarm else []
+    if drawn:
+        problems.append(f"swarm.kinds: {', '.join(drawn)}")
+    if problems:
+        raise UsageError("--model fast cannot run this: " + "; ".join(dict.fromkeys(problems)))
+    try:
+        if scenario.cpu.enabled:
+            scenario.cpu.load()
+    except ScenarioError as exc:
+        raise UsageError(f"--model fast needs the CPU model's calibration ([cpu] calibration): {exc}") from None
 
 
 def parse_seed_range(text: str) -> tuple[int, ...]:
@@ -290,6 +372,8 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | No
     """Run what `args` (from `add_arguments`) asks for; the exit status."""
     out = out or sys.stdout
     err = err or sys.stderr
+    if args.calibrate:
+        return _calibrate(args, out, err)
     try:
         plan = plan_from(args)
     except UsageError as exc:
@@ -302,6 +386,27 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | No
         return _run_plan(plan, args, out, err)
     finally:
         node_log.setLevel(level_before)
+
+
+def _calibrate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """`--calibrate`: measure, write the file, print the costs."""
+    from .calibrate import REPETITIONS, calibrate
+
+    repetitions = REPETITIONS if args.repetitions is None else args.repetitions
+    if args.scenario is not None or repetitions < 10:
+        err.write(f"{PROG}: error: --calibrate takes no SCENARIO, and --repetitions of at least 10\n")
+        return 2
+    if not args.quiet:
+        err.write(f"calibrating: {repetitions} operations per phase, the real node code on this machine ...\n")
+    calibration = calibrate(repetitions)
+    calibration.save(args.out)
+    out.write(f"calibration of {calibration.machine}, {calibration.measured_at}, CPU per operation:\n")
+    out.write(f"  {'':<10} {'alone':>8}    {calibration.concurrency} in flight\n")
+    for operation, cost_s in calibration.costs_s.items():
+        solo_s = calibration.solo_costs_s[operation]
+        out.write(f"  {operation.value:<10} {solo_s * 1e6:8.0f} us {cost_s * 1e6:8.0f} us\n")
+    out.write(f"written to {args.out}\n")
+    return 0
 
 
 def _run_plan(plan: Plan, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -321,14 +426,14 @@ def _run_plan(plan: Plan, args: argparse.Namespace, out: TextIO, err: TextIO) ->
             )
             # Leaving early (Ctrl-C, a broken worker) drops the runs not yet started instead of waiting for them.
             stack.callback(pool.shutdown, wait=True, cancel_futures=True)
-            pending = [pool.submit(_run_one, scenario, seed, plan.bugs) for _point, seed, scenario in runs]
+            pending = [pool.submit(_run_one, scenario, seed, plan.bugs, plan.model) for _point, seed, scenario in runs]
         for index, (point, seed, scenario) in enumerate(runs):
             bar.start_run(index, f"seed {seed}" + (f" {point_label(point)}" if point else ""))
             if pending:
                 result = pending[index].result()  # taken in plan order: the output does not depend on --jobs
                 bar.update(1.0)
             else:
-                result = _run_one(scenario, seed, plan.bugs, progress=bar.update)
+                result = _run_one(scenario, seed, plan.bugs, plan.model, progress=bar.update)
             bar.clear()
             if result.traceback is not None:
                 err.write(result.traceback)
@@ -339,6 +444,7 @@ def _run_plan(plan: Plan, args: argparse.Namespace, out: TextIO, err: TextIO) ->
                 replay=plan.replay_command(point, seed),
                 report=result.report,
                 error=result.error,
+                faults=fault_windows(scenario),
             )
             outcomes.append(outcome)
             print_outcome(out, scenario, outcome, quiet=args.quiet)
@@ -365,12 +471,20 @@ class RunResult:
 
 
 def _run_one(
-    scenario: Scenario, seed: int, bugs: frozenset[str], progress: Callable[[float], None] | None = None
+    scenario: Scenario,
+    seed: int,
+    bugs: frozenset[str],
+    model: str = MODELS[0],
+    progress: Callable[[float], None] | None = None,
 ) -> RunResult:
-    """One run. A crash of the simulator is a failed run, not the end of a 1000-seed swarm."""
-    from .run import run_scenario
-
+    """One run on `model`. A crash of the simulator is a failed run, not the end of a 1000-seed swarm."""
     try:
+        if model == "fast":
+            from .fast import run_fast
+
+            return RunResult(run_fast(scenario, seed=seed, progress=progress))
+        from .run import run_scenario
+
         return RunResult(run_scenario(scenario, seed=seed, bugs=bugs, progress=progress))
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}".splitlines()[0]

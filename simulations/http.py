@@ -29,6 +29,13 @@ judged when a request starts). Such a server may then end without answering. For
 caller's task (the providers), the caller's cancellation reaches it at once.
 Every request carries, as the ASGI scope extension `simulated.sent_at`, the virtual time it left its source.
 
+CPU (simulations/cpu.py): the `cpu` policy gives a host's `HostCpu`, or None for a host whose CPU is free (the
+providers, the receivers, the clients). A mounted server's is told of each request it serves twice, in the task
+that serves it: `serving` before its app runs and `served` once the app has answered, before the answer goes back;
+a source's is told of each request it sends twice, in the caller's task: `sending` before it leaves and `sent` once
+the answer is back, before its caller sees it. Each may wait there, on virtual time, until the host's CPU has done
+the work the request cost (see simulations/world.py).
+
 The ASGI bridge is our own, not `httpx.ASGITransport`: bodies are small and read whole, and the scope carries the
 source host as the ASGI `client`, so an upstream can tell which node called it. Every exchange is recorded in the
 trace: method, URL, status and a CRC of both bodies.
@@ -41,7 +48,7 @@ import random
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, final
+from typing import Any, Protocol, final
 
 import httpx
 import trio
@@ -74,6 +81,22 @@ def _always_open(_source: str, _destination: str) -> PathState:
 
 def _no_spikes(_source: str, _destination: str) -> float:
     return 0.0
+
+
+class HostCpu(Protocol):
+    """What one host's CPU is charged for the HTTP it serves and sends (see the module docstring)."""
+
+    async def serving(self, scope: dict[str, Any], body: bytes) -> None: ...
+
+    async def served(self, scope: dict[str, Any], status: int) -> None: ...
+
+    async def sending(self, request: httpx.Request) -> None: ...
+
+    async def sent(self, request: httpx.Request, status: int) -> None: ...
+
+
+def _free_cpu(_host: str) -> HostCpu | None:
+    return None
 
 
 @final
@@ -128,10 +151,14 @@ class _Exchange:
             self.chunks.append(message.get("body", b""))
             self.complete = not message.get("more_body", False)
 
-    async def run(self, app: AsgiApp) -> None:
+    async def run(self, app: AsgiApp, cpu: HostCpu | None = None) -> None:
+        if cpu is not None:
+            await cpu.serving(self.scope, self.body)
         await app(self.scope, self.receive, self.send)
         if (self.status is None or not self.complete) and not self.gone.is_set():
             raise RuntimeError(f"ASGI app {app!r} returned without a complete response")
+        if cpu is not None and self.status is not None:
+            await cpu.served(self.scope, self.status)
 
 
 def authority_of(url: httpx.URL) -> str:
@@ -168,6 +195,7 @@ class SimulatedHttp(httpx.AsyncBaseTransport):
         latency: Latency | None = None,
         paths: Callable[[str, str], PathState] = _always_open,
         spikes: Callable[[str, str], float] = _no_spikes,
+        cpu: Callable[[str], HostCpu | None] = _free_cpu,
     ) -> None:
         self._rng = rng
         self._trace = trace
@@ -175,6 +203,7 @@ class SimulatedHttp(httpx.AsyncBaseTransport):
         self._mounts: dict[str, _Mount] = {}
         self.paths = paths
         self.spikes = spikes
+        self.cpu = cpu
 
     def __repr__(self) -> str:
         return f"<SimulatedHttp {len(self._mounts)} apps mounted: {', '.join(self._mounts)}>"
@@ -206,6 +235,9 @@ class SimulatedHttp(httpx.AsyncBaseTransport):
 
     async def exchange(self, request: httpx.Request, *, source: str) -> httpx.Response:
         """Carry one request from `source` to the app mounted at its authority, and the answer back."""
+        source_cpu = self.cpu(source)
+        if source_cpu is not None:
+            await source_cpu.sending(request)
         sent_at = trio.current_time()
         authority = authority_of(request.url)
         path = self.paths(source, request.url.host)
@@ -221,12 +253,14 @@ class SimulatedHttp(httpx.AsyncBaseTransport):
         request_body = await request.aread()
         exchange = _Exchange(self._scope(request, mount, source, sent_at), request_body)
         if mount.nursery is None:
-            await exchange.run(mount.app)
+            await exchange.run(mount.app, self.cpu(mount.host))
         else:
             await self._run_in_server(exchange, mount, request, spike_s)
         body = b"".join(exchange.chunks)
         await trio.sleep(self._draw(mount.latency, spike_s))
         assert exchange.status is not None
+        if source_cpu is not None:
+            await source_cpu.sent(request, exchange.status)
         self._trace.record(
             f"http {request.method} {request.url} -> {exchange.status} "
             f"{zlib.crc32(request_body):08x} {zlib.crc32(body):08x} from {source}"
@@ -240,7 +274,7 @@ class SimulatedHttp(httpx.AsyncBaseTransport):
 
         async def handle() -> None:
             try:
-                await exchange.run(mount.app)
+                await exchange.run(mount.app, self.cpu(mount.host))
             finally:
                 finished.set()
 

@@ -16,6 +16,11 @@ What the model does, and what the shell must survive on it:
 - A crash is the member's own cancellation: its transport context exits and unbinds the address, so traffic to
   it is dropped until a new member binds the same address (a restart; late datagrams then reach the new one).
 
+CPU (simulations/cpu.py): `SimulatedNetwork.cpu` gives a host's `GossipCpu`, or None while its CPU is free. A
+datagram costs its sender before it leaves (`send_packet` waits until the host's CPU has done the work) and its
+receiver once it is taken from the inbox, before the member sees it; datagrams waiting in the inbox meanwhile
+still count against INBOX_PACKETS_MAX, as on a saturated host. Streams (push-pull, rare) are not charged.
+
 Every delivery and drop is recorded in the simulation's trace (with a CRC of the payload), so two runs that
 differ in any byte or any moment of network traffic have different digests.
 """
@@ -28,9 +33,9 @@ import heapq
 import math
 import random
 import zlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, fields
-from typing import final
+from typing import Protocol, final
 
 import trio
 
@@ -49,6 +54,16 @@ from .determinism import Trace
 INBOX_PACKETS_MAX = 256
 # Port handed out for bind port 0, counting up: any unprivileged port will do, these are never real sockets.
 EPHEMERAL_PORT_FIRST = 40000
+
+
+class GossipCpu(Protocol):
+    """What one host's CPU is charged for a gossip datagram (see the module docstring)."""
+
+    async def gossip(self) -> None: ...
+
+
+def _free_cpu(_host: str) -> GossipCpu | None:
+    return None
 
 
 @final
@@ -121,11 +136,16 @@ class SimulatedTransport:
         return TransportStatistics(**self._counts)
 
     async def send_packet(self, address: Address, data: bytes) -> None:
-        await trio.lowlevel.checkpoint()  # a real send is a checkpoint too
+        if (cpu := self._network.cpu(self._local_address[0])) is not None:
+            await cpu.gossip()
+        else:
+            await trio.lowlevel.checkpoint()  # a real send is a checkpoint too
         self._network._send(self._local_address, address, data)
 
     async def receive_packet(self) -> tuple[Address, bytes]:
         source, data = await self._inbox_receive.receive()
+        if (cpu := self._network.cpu(self._local_address[0])) is not None:
+            await cpu.gossip()
         return source, data[: self._limits.packet_bytes_max + 1]  # as a recvfrom one byte over the limit cuts it
 
     async def exchange(self, address: Address, request: bytes, timeout_s: float) -> bytes:
@@ -181,6 +201,7 @@ class SimulatedNetwork:
         "_sleeper",
         "_trace",
         "blocked",
+        "cpu",
         "faults",
     )
 
@@ -190,6 +211,7 @@ class SimulatedNetwork:
         self.faults = faults
         # (source host, destination host) pairs that cannot reach each other; see `partition`.
         self.blocked: set[tuple[str, str]] = set()
+        self.cpu: Callable[[str], GossipCpu | None] = _free_cpu  # see the module docstring
         self._endpoints: dict[Address, SimulatedTransport] = {}
         self._in_flight: list[_InFlight] = []
         self._next_sequence = 0

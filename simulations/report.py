@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
 
-from .scenario import TIERS
+from .cpu import CPU_SERIES_PREFIX as CPU_SERIES_PREFIX
+from .scenario import TIERS, FaultSpec, Scenario
 
 if TYPE_CHECKING:
     from .run import RunReport
@@ -30,10 +31,75 @@ PLOTS_EXTRA_HINT = "PNG plots need matplotlib: pip install 'ezthrottle-edge[plot
 QUEUE_DEPTH_SERIES = "queue_depth"
 LATENCY_SERIES_PREFIX = "latency_p99_s/"
 THROUGHPUT_SERIES_PREFIX = "throughput/"
+# A node whose CPU is booked this much of a sample is saturated: its operations queue for a core from then on.
+SATURATION_UTILISATION = 0.95
+# How a fault kind reads on a chart, and its shading colour (one per family: nodes, network, upstream, receivers).
+FAULT_LABELS = {
+    "crash": ("crash", "tab:red"),
+    "disk_loss": ("disk loss", "tab:red"),
+    "partition": ("partition", "tab:purple"),
+    "loss": ("packet loss", "tab:orange"),
+    "duplication": ("duplication", "tab:orange"),
+    "delay": ("delay spike", "tab:orange"),
+    "upstream_outage": ("outage", "tab:brown"),
+    "upstream_errors": ("5xx burst", "tab:brown"),
+    "receiver_outage": ("receiver outage", "tab:blue"),
+}
 
 
 class PlotsUnavailable(RuntimeError):
     """matplotlib is not installed."""
+
+
+@final
+@dataclass(frozen=True, kw_only=True)
+class FaultWindow:
+    """One fault as a span of a run's series time (seconds from the run's start, warm-up included), as its charts
+    shade it; `end_s` None: never healed."""
+
+    kind: str
+    label: str
+    start_s: float
+    end_s: float | None
+
+
+def fault_windows(scenario: Scenario) -> tuple[FaultWindow, ...]:
+    """The scenario's faults (swarm faults included once drawn) on its series' time axis."""
+    return tuple(
+        FaultWindow(
+            kind=fault.kind,
+            label=_fault_label(fault),
+            start_s=scenario.warmup_s + fault.at_s,
+            end_s=None if fault.duration_s is None else scenario.warmup_s + fault.end_s,
+        )
+        for fault in scenario.faults
+    )
+
+
+def _fault_label(fault: FaultSpec) -> str:
+    """What the fault did, in a few words: "crash n2", "outage llm@iad", "delay spike 0.3 s"."""
+    words = [FAULT_LABELS[fault.kind][0]]
+    if fault.nodes:
+        words.append(",".join(fault.nodes))
+    if fault.target:
+        words.append(fault.target + (f"@{fault.region}" if fault.region else ""))
+    if fault.kind == "delay":
+        words.append(f"{fault.rate:g} s")
+    elif fault.rate:
+        words.append(f"{fault.rate:.0%}")
+    return " ".join(words)
+
+
+def saturation_at(series: Mapping[str, Sequence[tuple[float, float]]]) -> tuple[float, str] | None:
+    """(time, node) of the first sample in which a node's CPU reached SATURATION_UTILISATION; None when none did,
+    or the run has no CPU series."""
+    first: tuple[float, str] | None = None
+    for name, points in series.items():
+        if name.startswith(CPU_SERIES_PREFIX):
+            at = next((t for t, utilisation in points if utilisation >= SATURATION_UTILISATION), None)
+            if at is not None and (first is None or at < first[0]):
+                first = (at, name.removeprefix(CPU_SERIES_PREFIX))
+    return first
 
 
 @final
@@ -47,6 +113,7 @@ class RunOutcome:
     replay: str  # the command that reruns exactly this run
     report: RunReport | None
     error: str | None = None  # the run crashed before it could report: the exception, one line
+    faults: tuple[FaultWindow, ...] = ()  # what its charts shade
 
     @property
     def passed(self) -> bool:
@@ -77,6 +144,7 @@ def format_table(outcomes: Sequence[RunOutcome]) -> str:
         "429s",
         "queue max",
         "failover s",
+        "cpu max",
     ]
     rows = [header]
     for outcome in outcomes:
@@ -101,6 +169,7 @@ def format_table(outcomes: Sequence[RunOutcome]) -> str:
                 str(report.upstream_429s),
                 str(report.max_queue_depth),
                 _seconds(report.failover_s),
+                cpu_label(report.cpu_utilisation),
             ]
         )
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
@@ -115,6 +184,14 @@ def format_table(outcomes: Sequence[RunOutcome]) -> str:
         if index == 0:
             lines.append("  ".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def cpu_label(utilisation: Mapping[str, float]) -> str:
+    """The busiest node's CPU utilisation over the workload, and which node it is; "-" with the CPU model off."""
+    if not utilisation:
+        return "-"
+    busiest = max(utilisation, key=lambda name: (utilisation[name], name))
+    return f"{utilisation[busiest]:.0%} {busiest}"
 
 
 def _seconds(value: float | None) -> str:
@@ -192,7 +269,8 @@ def require_matplotlib() -> None:
 
 
 def write_plots(directory: Path, scenario: str, outcomes: Sequence[RunOutcome]) -> list[Path]:
-    """One PNG per run: p99 latency per tier, queue depth and throughput per tenant over virtual time."""
+    """One PNG per run: p99 latency per tier, queue depth, throughput per tenant and each node's CPU utilisation (with
+    the CPU model on) over virtual time."""
     require_matplotlib()
     import matplotlib
 
@@ -205,14 +283,19 @@ def write_plots(directory: Path, scenario: str, outcomes: Sequence[RunOutcome]) 
         report = outcome.report
         if report is None:
             continue
-        figure, (latency, queue, throughput) = pyplot.subplots(3, 1, figsize=(9, 9), sharex=True)
+        figure, (latency, queue, throughput, cpu) = pyplot.subplots(4, 1, figsize=(9, 12), sharex=True)
         point = "" if not outcome.point else f", {point_label(outcome.point)}"
         verdict = "passed" if report.passed else "FAILED"
         figure.suptitle(f"{scenario}, seed {outcome.seed}{point} ({verdict})")
         _plot_series(latency, report.series, LATENCY_SERIES_PREFIX, "p99 latency (s)")
         _plot_series(queue, report.series, QUEUE_DEPTH_SERIES, "queue depth (jobs)")
         _plot_series(throughput, report.series, THROUGHPUT_SERIES_PREFIX, "throughput (jobs/s)")
-        throughput.set_xlabel("virtual time (s)")
+        _plot_series(cpu, report.series, CPU_SERIES_PREFIX, "CPU utilisation")
+        _mark_faults((latency, queue, throughput, cpu), outcome.faults, end_s=report.virtual_s)
+        saturated = saturation_at(report.series)
+        if saturated is not None:
+            _mark_saturation((latency, queue, throughput, cpu), *saturated)
+        cpu.set_xlabel("virtual time (s)")
         figure.tight_layout()
         path = directory / plot_filename(scenario, outcome)
         figure.savefig(path, format="png", dpi=80)
@@ -237,3 +320,40 @@ def _plot_series(axes: Any, series: Mapping[str, Sequence[tuple[float, float]]],
     axes.grid(alpha=0.3)
     if axes.get_legend_handles_labels()[0]:
         axes.legend(loc="upper right", fontsize="small")
+
+
+def _mark_faults(axes_column: Sequence[Any], faults: Sequence[FaultWindow], *, end_s: float) -> None:
+    """Shade each fault's window on every chart of a run, and name it at the top of the first, so a chart says
+    why its lines move."""
+    top = axes_column[0]
+    for fault in faults:
+        colour = FAULT_LABELS[fault.kind][1]
+        end = end_s if fault.end_s is None else fault.end_s
+        for axes in axes_column:
+            axes.axvspan(fault.start_s, end, color=colour, alpha=0.12, linewidth=0)
+        top.annotate(
+            fault.label if fault.end_s is not None else f"{fault.label} (never healed)",
+            xy=(fault.start_s, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(2, -2),
+            textcoords="offset points",
+            va="top",
+            fontsize="small",
+            color=colour,
+            rotation=90 if len(faults) > 3 else 0,
+        )
+
+
+def _mark_saturation(axes_column: Sequence[Any], at_s: float, node: str) -> None:
+    """A dashed line where a node's CPU first saturated, named on the last chart."""
+    for axes in axes_column:
+        axes.axvline(at_s, color="black", linestyle="--", linewidth=1)
+    bottom = axes_column[-1]
+    bottom.annotate(
+        f"{node} CPU >= {SATURATION_UTILISATION:.0%}",
+        xy=(at_s, 0.0),
+        xycoords=("data", "axes fraction"),
+        xytext=(3, 3),
+        textcoords="offset points",
+        fontsize="small",
+    )

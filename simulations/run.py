@@ -7,7 +7,9 @@ A run, all inside one `run_simulation` (so one seed replays it exactly):
 3. for `drain_s` no new jobs arrive; queues drain, webhooks finish, scheduled heals and restarts still happen;
 4. the final checks run (simulations/invariants.py).
 Every virtual second the safety invariants are checked and the series are sampled; the first violation stops the
-run, and the report says which and when. Planted bugs (simulations/bugs.py) change only how the world is wired.
+run, and the report says which and when. With the CPU model on (simulations/cpu.py), the report gives each node's
+CPU utilisation over the workload (booked CPU time / its cores x `duration_s`) and a series of it per second.
+Planted bugs (simulations/bugs.py) change only how the world is wired.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from .bugs import (
     replicate_late,
     runs_keys_by_view,
 )
+from .cpu import CPU_SERIES_PREFIX
 from .determinism import Simulation, run_simulation
 from .faults import RANDOM_FAULT_KINDS, FaultInjector
 from .invariants import LIMIT_WINDOW_S, Invariants, InvariantViolated, QuotaStats, Violation
@@ -86,6 +89,9 @@ class RunReport:
     pending_reasons: Mapping[str, int] = field(default_factory=dict)
     # Per tenant on a finite plan of the scenario's [[plans]]: its quota at the end (simulations/invariants.py).
     quotas: Mapping[str, QuotaStats] = field(default_factory=dict)
+    # Per node, its CPU's utilisation over the workload (0..1); empty with the CPU model off.
+    cpu_utilisation: Mapping[str, float] = field(default_factory=dict)
+    calibration: str = ""  # the calibration's machine and date; empty with the CPU model off
 
     @property
     def passed(self) -> bool:
@@ -102,7 +108,8 @@ def percentile(values: list[float], fraction: float) -> float | None:
 
 @final
 class _Sampler:
-    """Per-second series: cluster-wide queue depth, p99 latency per tier and successes per tenant."""
+    """Per-second series: cluster-wide queue depth, p99 latency per tier, successes per tenant and, with the CPU
+    model on, each node's CPU utilisation."""
 
     def __init__(self, world: World, ledger: Ledger, scenario: Scenario) -> None:
         self._world = world
@@ -113,6 +120,10 @@ class _Sampler:
             self.series[f"latency_p99_s/{tier}"] = []
         for tenant in scenario.tenants:
             self.series[f"throughput/{tenant.name}"] = []
+        self._busy_s = cpu_busy_s(world)
+        self._sampled_at = 0.0
+        for name in self._busy_s:
+            self.series[CPU_SERIES_PREFIX + name] = []
 
     def sample(self, now: float) -> None:
         depth = sum(node.running.manager.statistics()["jobs"] for node in self._world.running_nodes() if node.running)
@@ -131,6 +142,24 @@ class _Sampler:
                 points.append((now, p99))
             elif kind == "throughput":
                 points.append((now, float(successes.get(label, 0))))
+        if now > self._sampled_at:
+            for name, utilisation in cpu_utilisation(self._world, self._busy_s, now - self._sampled_at).items():
+                self.series[CPU_SERIES_PREFIX + name].append((now, utilisation))
+            self._busy_s, self._sampled_at = cpu_busy_s(self._world), now
+
+
+def cpu_busy_s(world: World) -> dict[str, float]:
+    """Each node's booked CPU so far; empty with the CPU model off."""
+    return {name: node.cpu.busy_s for name, node in world.nodes.items() if node.cpu is not None}
+
+
+def cpu_utilisation(world: World, busy_before: Mapping[str, float], duration_s: float) -> dict[str, float]:
+    """Each node's CPU utilisation since `busy_before` (from `cpu_busy_s`), over `duration_s`."""
+    return {
+        name: (node.cpu.busy_s - busy_before[name]) / (node.cpu.queue.cores * duration_s)
+        for name, node in world.nodes.items()
+        if node.cpu is not None
+    }
 
 
 @final
@@ -145,6 +174,7 @@ class _Outcome:
     sampler: _Sampler
     pending_reasons: dict[str, int]
     quotas: dict[str, QuotaStats]
+    cpu_utilisation: dict[str, float]
 
 
 async def _run(
@@ -178,13 +208,16 @@ async def _run(
         sampler = _Sampler(world, ledger, scenario)
         invariants = Invariants(world, ledger)
         violation = None
+        utilisation: dict[str, float] = {}
         nursery.start_soon(injector.run, nursery)
         try:
             clock = _Ticker(invariants, sampler, progress, start=trio.current_time(), end=end)
             await clock.run_until(workload_start)
+            busy_before = cpu_busy_s(world)
             workload = trio.CancelScope()
             nursery.start_soon(_clients, simulation, world, ledger, workload)
             await clock.run_until(workload_end)
+            utilisation = cpu_utilisation(world, busy_before, scenario.duration_s)
             workload.cancel()
             await clock.run_until(end)
             await invariants.final(faults_never_healed=injector.active_at_end())
@@ -192,7 +225,7 @@ async def _run(
             violation = exc.violation
         nursery.cancel_scope.cancel()
     quotas = {} if invariants.quotas is None else dict(invariants.quotas.stats)
-    return _Outcome(violation, ledger, world, injector, sampler, dict(invariants.pending_reasons), quotas)
+    return _Outcome(violation, ledger, world, injector, sampler, dict(invariants.pending_reasons), quotas, utilisation)
 
 
 def _node_patch(bugs: frozenset[str]) -> NodePatch | None:
@@ -301,7 +334,14 @@ def run_scenario(
         series={name: tuple(points) for name, points in outcome.sampler.series.items()},
         pending_reasons=outcome.pending_reasons,
         quotas=outcome.quotas,
+        cpu_utilisation=outcome.cpu_utilisation,
+        calibration=_calibration_label(outcome.world),
     )
+
+
+def _calibration_label(world: World) -> str:
+    calibration = world.calibration
+    return "" if calibration is None else f"{calibration.machine}, measured {calibration.measured_at}"
 
 
 def _tier_stats(ledger: Ledger) -> dict[str, TierStats]:

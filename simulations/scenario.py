@@ -16,6 +16,12 @@ Conventions the world relies on:
   free: free, `TIER_PLANS`). `[[plans]]` define plans by name, as `[plans.NAME]` does in a node's configuration (a
   built-in name overrides that plan), so a scenario can give an account a small monthly allowance
   (`monthly_requests` + `overage_requests_max`) and check that the cluster enforces it (simulations/invariants.py).
+- `[cpu]`: the CPU model (simulations/cpu.py), on unless `enabled = false`: every node has `cores` (0: the
+  calibration's) and every operation it performs costs what `calibration` (a file written by `ezthrottle simulate
+  --calibrate`, relative to the working directory; empty: the bundled one) says, divided by `speed` (a faster or
+  slower machine than the measured one). `machine_cores` > 0 puts every node on one machine of that many cores
+  instead (a cluster on one host, as the validation benchmark runs one), of which other processes keep
+  `background_cores` busy.
 - Two faults that act on the same thing (the same node's crash or disk loss, any two partitions, the same link
   fault, the same provider or receiver) must not overlap in time: what "crash a node that is already down" means is
   not a question the scenario should leave to the world.
@@ -39,7 +45,9 @@ from typing import Any, TypeVar, final
 
 from edge.config import IDENTIFIER_PATTERN, PLANS
 
+from .cpu import Calibration, CalibrationError, bundled_calibration
 from .determinism import derive_seed
+from .http import Latency
 from .network import LinkFaults
 
 SCENARIOS_DIR = Path(__file__).parent / "scenarios"
@@ -66,7 +74,7 @@ FAULT_KINDS = (
 NODE_FAULTS = ("crash", "disk_loss")
 # Faults whose `rate` is a probability (0 < rate <= 1); `delay` reads `rate` as seconds instead.
 FAULTS_WITH_PROBABILITY = ("loss", "duplication", "upstream_errors")
-SWEEP_KEYS = ("nodes", "load", "keys", "duration", "regions", "loss")
+SWEEP_KEYS = ("nodes", "load", "keys", "duration", "regions", "loss", "cores")
 # Region names handed out when `regions=N` asks for more regions than a scenario names (Fly.io region codes).
 REGION_NAMES = ("iad", "lax", "fra", "sin", "syd", "gru", "nrt", "lhr", "ams", "bom")
 # simulations.cluster puts members on hosts 127.0.1.1 .. 127.0.1.254.
@@ -83,6 +91,7 @@ DISK_LOSS_CLEARANCE_S = 5.0
 
 T = TypeVar("T")
 _LINK_DEFAULTS = LinkFaults()
+_HTTP_DEFAULTS = Latency()
 
 
 class ScenarioError(ValueError):
@@ -155,21 +164,68 @@ class ClusterSpec:
 @final
 @dataclass(frozen=True, kw_only=True)
 class NetworkSpec:
-    """The gossip network outside any fault: the same knobs, and defaults, as `simulations.network.LinkFaults`."""
+    """The gossip network outside any fault: the same knobs, and defaults, as `simulations.network.LinkFaults`;
+    and the one-way delay of each leg of every HTTP request, as `simulations.http.Latency` (its defaults)."""
 
     loss: float = _LINK_DEFAULTS.loss
     duplication: float = _LINK_DEFAULTS.duplication
     delay_min_s: float = _LINK_DEFAULTS.delay_min_s
     delay_max_s: float = _LINK_DEFAULTS.delay_max_s
+    http_delay_min_s: float = _HTTP_DEFAULTS.min_s
+    http_delay_max_s: float = _HTTP_DEFAULTS.max_s
 
     def __post_init__(self) -> None:
         try:
             self.link_faults()
+            self.http_latency()
         except ValueError as exc:
             raise ScenarioError("", str(exc)) from None
 
     def link_faults(self) -> LinkFaults:
-        return LinkFaults(**dataclasses.asdict(self))
+        return LinkFaults(
+            loss=self.loss, duplication=self.duplication, delay_min_s=self.delay_min_s, delay_max_s=self.delay_max_s
+        )
+
+    def http_latency(self) -> Latency:
+        return Latency(min_s=self.http_delay_min_s, max_s=self.http_delay_max_s)
+
+
+@final
+@dataclass(frozen=True, kw_only=True)
+class CpuSpec:
+    """The CPU model (`[cpu]`): whether it is on, the calibration, and the cores of each node or of one machine."""
+
+    enabled: bool = True
+    calibration: str = ""  # a calibration file; empty: the bundled one (simulations/calibration.json)
+    cores: int = 0  # per node; 0: the calibration's
+    machine_cores: int = 0  # > 0: every node shares one machine of this many cores
+    speed: float = 1.0  # against the calibration's machine: 2.0 halves every cost, 0.5 doubles it
+    background_cores: float = 0.0  # with machine_cores: how many of them other processes keep busy
+
+    def __post_init__(self) -> None:
+        _check(self.cores >= 0, "cores", f"must be >= 0 (0: the calibration's; got {self.cores})")
+        _check(
+            self.machine_cores >= 0, "machine_cores", f"must be >= 0 (0: a machine per node; got {self.machine_cores})"
+        )
+        _check(self.speed > 0, "speed", f"must be > 0 (got {self.speed})")
+        _check(
+            self.background_cores == 0 or 0 < self.background_cores < self.machine_cores,
+            "background_cores",
+            f"needs machine_cores, and must be below it (got {self.background_cores} of {self.machine_cores})",
+        )
+        if self.calibration:
+            self.load()
+
+    def load(self) -> Calibration:
+        """The calibration the runs use, at `speed`."""
+        try:
+            calibration = Calibration.load(Path(self.calibration)) if self.calibration else bundled_calibration()
+        except CalibrationError as exc:
+            raise ScenarioError("calibration", str(exc)) from None
+        return calibration.at_speed(self.speed)
+
+    def node_cores(self, calibration: Calibration) -> int:
+        return self.cores or calibration.cores
 
 
 @final
@@ -439,6 +495,7 @@ class Scenario:
     faults: tuple[FaultSpec, ...] = ()
     swarm: SwarmSpec = field(default_factory=SwarmSpec)
     plans: tuple[PlanSpec, ...] = ()
+    cpu: CpuSpec = field(default_factory=CpuSpec)
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "name", "must not be empty")
@@ -528,7 +585,8 @@ class Scenario:
     def with_overrides(self, overrides: Mapping[str, str]) -> Scenario:
         """This scenario with sweep keys applied (values as typed on the command line): nodes=N, load=FACTOR
         (multiplies every tenant's rate), keys=N (total, spread over tenants as they were), duration=SECONDS,
-        regions=N (the first N of the scenario's regions, then REGION_NAMES), loss=PROBABILITY."""
+        regions=N (the first N of the scenario's regions, then REGION_NAMES), loss=PROBABILITY, cores=N (each
+        node's, or the shared machine's when the scenario has one)."""
         scenario = self
         for key, text in overrides.items():
             _check_choice(key, SWEEP_KEYS, "override")
@@ -655,6 +713,14 @@ def _override_loss(scenario: Scenario, text: str) -> Scenario:
     return dataclasses.replace(scenario, network=dataclasses.replace(scenario.network, loss=loss))
 
 
+def _override_cores(scenario: Scenario, text: str) -> Scenario:
+    cores = _parse_number(text, int, "cores must be a whole number")
+    _check(cores >= 1, "cores", "must be >= 1")
+    if scenario.cpu.machine_cores:
+        return dataclasses.replace(scenario, cpu=dataclasses.replace(scenario.cpu, machine_cores=cores))
+    return dataclasses.replace(scenario, cpu=dataclasses.replace(scenario.cpu, cores=cores))
+
+
 _OVERRIDES: Mapping[str, Callable[[Scenario, str], Scenario]] = {
     "nodes": _override_nodes,
     "load": _override_load,
@@ -662,6 +728,7 @@ _OVERRIDES: Mapping[str, Callable[[Scenario, str], Scenario]] = {
     "duration": _override_duration,
     "regions": _override_regions,
     "loss": _override_loss,
+    "cores": _override_cores,
 }
 
 

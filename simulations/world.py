@@ -21,6 +21,12 @@ the provider's documented per-credential limit; webhook retries follow WEBHOOK_S
 production default's minutes, so retries happen within a run); tiers map to plans (`TIER_PLANS`) unless a tenant
 names its plan, and the scenario's `[[plans]]` are the nodes' `[plans.NAME]` tables.
 
+CPU (simulations/cpu.py, unless the scenario's `[cpu]` switches it off): every node has a `NodeCpu`, a `CpuQueue`
+of its own (or one shared by every node: `machine_cores`, with the `background_cores` other processes keep busy
+booked on it too) that the simulated HTTP and gossip networks charge at
+the boundaries a node's work crosses, waiting on virtual time until the booked work is done; `NodeCpu` says what is
+charged where, and why there.
+
 What clients asked for: every job body the world builds registers a `JobIntent` under its idempotency key (and one
 for each follow-up it carries, under the key the node derives for it, `<key>#on_success`), so that a provider call
 carrying an `Idempotency-Key` can be traced back to the job and what it asked (its regions, mode and policy). A
@@ -31,6 +37,7 @@ invariants do not attribute such a key's calls.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import itertools
 import json
@@ -42,6 +49,7 @@ from pathlib import Path
 from typing import Any, final
 
 import httpx
+import msgpack
 import trio
 
 from edge.config import (
@@ -62,6 +70,7 @@ from edge.store import MemoryStoreData, Store, open_memory_store
 from edge.store.base import EncodedJob
 
 from .actors import DeliveryReport, LognormalLatency, Provider, WebhookReceiver
+from .cpu import Calibration, CpuQueue, Operation
 from .determinism import Simulation
 from .http import PathState, SimulatedHttp
 from .network import SimulatedNetwork
@@ -80,14 +89,25 @@ SUBMIT_NODES_TRIED_MAX = 3
 StoreWrapper = Callable[[Store], Any]  # Store -> async context manager yielding the Store the node uses
 NodePatch = Callable[[Node], None]  # applied to every node as it starts (a planted bug's rewiring)
 FOLLOW_UPS = ("on_success", "on_failure")
+# Other processes on a shared machine (`[cpu] background_cores`) book their share of its cores once per tick, in
+# slices of at most one core's tick: like a busy process, each holds a core for a few milliseconds at a time.
+BACKGROUND_TICK_S = 0.01
+SUBMIT_PATH = "/api/v1/jobs"
+INTERNAL_PREFIX = "/internal/v1/"
+FORWARD_PATH = INTERNAL_PREFIX + "jobs"
+REPLICATE_PATH = INTERNAL_PREFIX + "replicate"
+
+
+PROVIDER_SUFFIX = ".sim"
+RECEIVER_SUFFIX = ".hooks.sim"
 
 
 def provider_host(name: str) -> str:
-    return f"{name}.sim"
+    return f"{name}{PROVIDER_SUFFIX}"
 
 
 def receiver_host(name: str) -> str:
-    return f"{name}.hooks.sim"
+    return f"{name}{RECEIVER_SUFFIX}"
 
 
 def account_key(tenant: str) -> str:
@@ -101,8 +121,105 @@ def credential(tenant: str, index: int) -> str:
 
 @final
 @dataclass(slots=True)
+class _Serving:
+    """The client submission a node's task is serving: whether the node passed it on to the key's owner."""
+
+    forwarded: bool = False
+
+
+# Set by `NodeCpu.serving` in the task that serves a request, so that an internal forward the node makes while
+# serving a client's submission (in that task: the peer client calls the simulated transport there) marks it.
+_SERVING: contextvars.ContextVar[_Serving | None] = contextvars.ContextVar("simulated_serving", default=None)
+
+
+@final
+class NodeCpu:
+    """One node's CPU in the full model: what each exchange it serves or sends costs, and where it waits.
+
+    Every charge books the operation's calibrated cost on the node's `CpuQueue` and waits, on virtual time, until
+    that work is done, so it queues behind the node's other work. The cost is the calibration's for as many of the
+    node's operations as are in flight, this one included (`Calibration.cost_at`: a busy node batches, so each
+    operation costs it less than one alone would). What is charged where:
+    - a client's submission (POST /api/v1/jobs): REFUSAL before the app runs, as every answer first parses,
+      authenticates and judges the request, so a saturated node delays its refusals too; once the app has answered
+      200/201, the rest of SUBMIT (the node took the job) or of FORWARD (it passed the job to the key's owner while
+      serving it), before the answer leaves, so that a saturated entry delays the 201;
+    - a forwarded submission on its key's owner (internal jobs): ACCEPT before the app runs;
+    - a replicate call on a successor: REPLICATE for each record it carries (its batching is the sender's), before
+      the app runs;
+    - a call to a provider (an attempt): ATTEMPT once the answer is back, before the node's code sees it: handling
+      the answer and saving the outcome is most of the work, and a wait before the call would move the paced
+      arrivals the provider sees (when to call is the scheduler's decision, which the model must not second-guess);
+    - a webhook delivery: WEBHOOK before it leaves (building, signing and sending it is the work, and the receiver
+      sees it only after that: a job's latency ends there);
+    - a gossip datagram, sent or received: GOSSIP (simulations/network.py).
+    Other internal calls (hand-offs, lends, pulls, finds, remote attempts) are rare and not charged; the world has
+    no protected listeners, so PROXY is never charged here. A crash loses the node's booked work with its process
+    (`reset`), unless the queue is a machine's, shared with other nodes (whose work it is cannot be told apart).
+    """
+
+    __slots__ = ("_calibration", "_in_flight", "_shared", "busy_s", "queue")
+
+    def __init__(self, queue: CpuQueue, calibration: Calibration, *, shared: bool) -> None:
+        self.queue = queue
+        self._calibration = calibration
+        self._shared = shared
+        self._in_flight = 0  # operations booked and not yet done
+        self.busy_s = 0.0  # this node's booked CPU (a shared queue's own `busy_s` is every node's)
+
+    async def spend(self, operation: Operation, times: float = 1.0, *, less: Operation | None = None) -> None:
+        """Book `times` `operation`, less one `less` if given (what an earlier charge already booked), and wait
+        until it is done."""
+        self._in_flight += 1
+        try:
+            cost_s = times * self._calibration.cost_at(operation, self._in_flight)
+            if less is not None:
+                cost_s = max(0.0, cost_s - self._calibration.cost_at(less, self._in_flight))
+            self.busy_s += cost_s
+            await trio.sleep_until(self.queue.charge(trio.current_time(), cost_s))
+        finally:
+            self._in_flight -= 1
+
+    def reset(self) -> None:
+        if not self._shared:
+            self.queue.reset(trio.current_time())
+
+    async def serving(self, scope: dict[str, Any], body: bytes) -> None:
+        path = scope["path"]
+        submission = path == SUBMIT_PATH and scope["method"] == "POST"
+        _SERVING.set(_Serving() if submission else None)
+        if submission:
+            await self.spend(Operation.REFUSAL)
+        elif path == FORWARD_PATH:
+            await self.spend(Operation.ACCEPT)
+        elif path == REPLICATE_PATH:
+            await self.spend(Operation.REPLICATE, len(msgpack.unpackb(body)["records"]))
+
+    async def served(self, scope: dict[str, Any], status: int) -> None:
+        serving = _SERVING.get()
+        if serving is None or status not in (200, 201):
+            return
+        await self.spend(Operation.FORWARD if serving.forwarded else Operation.SUBMIT, less=Operation.REFUSAL)
+
+    async def sending(self, request: httpx.Request) -> None:
+        if request.url.host.endswith(RECEIVER_SUFFIX):
+            await self.spend(Operation.WEBHOOK)
+
+    async def sent(self, request: httpx.Request, status: int) -> None:
+        host = request.url.host
+        if host.endswith(PROVIDER_SUFFIX) and not host.endswith(RECEIVER_SUFFIX):
+            await self.spend(Operation.ATTEMPT)
+        elif request.url.path == FORWARD_PATH and (serving := _SERVING.get()) is not None:
+            serving.forwarded = True
+
+    async def gossip(self) -> None:
+        await self.spend(Operation.GOSSIP)
+
+
+@final
+@dataclass(slots=True)
 class SimNode:
-    """One node's lasting identity and disk, and the running process if it is up."""
+    """One node's lasting identity and disk, its CPU (None: free), and the running process if it is up."""
 
     name: str
     region: str
@@ -111,6 +228,7 @@ class SimNode:
     boots: int = 0
     running: Node | None = None
     scope: trio.CancelScope | None = None
+    cpu: NodeCpu | None = None
 
     @property
     def api_authority(self) -> str:
@@ -173,12 +291,21 @@ class World:
         self._store_wrapper = store_wrapper
         self._node_patch = node_patch
         self.http = SimulatedHttp(
-            rng=simulation.rng_for("http"), trace=simulation.trace, paths=self._path_state, spikes=self._delay_spike_s
+            rng=simulation.rng_for("http"),
+            trace=simulation.trace,
+            paths=self._path_state,
+            spikes=self._delay_spike_s,
+            cpu=self.cpu_of_host,
+            latency=scenario.network.http_latency(),
         )
+        self.calibration = scenario.cpu.load() if scenario.cpu.enabled else None
+        self._machine: CpuQueue | None = None  # the shared machine's queue, with `machine_cores`
         self.nodes = {
-            name: SimNode(name, scenario.cluster.region_of(name), f"127.0.1.{index}")
+            name: SimNode(name, scenario.cluster.region_of(name), f"127.0.1.{index}", cpu=self._node_cpu())
             for index, name in enumerate(scenario.cluster.node_names, start=1)
         }
+        self._by_host = {node.host: node for node in self.nodes.values()}
+        network.cpu = self.cpu_of_host
         self._region_by_host = {node.host: node.region for node in self.nodes.values()}
         self.cluster_key = simulation.rng_for("cluster/keyring").randbytes(32).hex()
         self.providers = {spec.name: self._provider(spec) for spec in scenario.providers}
@@ -213,6 +340,32 @@ class World:
 
     # -- nodes --------------------------------------------------------------------------------------------------
 
+    def _node_cpu(self) -> NodeCpu | None:
+        """A new node's CPU: a queue of its own, or the machine's that every node shares."""
+        if self.calibration is None:
+            return None
+        spec = self.scenario.cpu
+        if spec.machine_cores:
+            if self._machine is None:
+                self._machine = CpuQueue(spec.machine_cores)
+            return NodeCpu(self._machine, self.calibration, shared=True)
+        return NodeCpu(CpuQueue(spec.node_cores(self.calibration)), self.calibration, shared=False)
+
+    @staticmethod
+    async def _background(machine: CpuQueue, cores: float) -> None:
+        """Other processes keeping `cores` of the machine busy (see BACKGROUND_TICK_S), until the run ends."""
+        while True:
+            now = trio.current_time()
+            remaining_s = cores * BACKGROUND_TICK_S
+            while remaining_s > 0:
+                machine.charge(now, min(remaining_s, BACKGROUND_TICK_S))
+                remaining_s -= BACKGROUND_TICK_S
+            await trio.sleep(BACKGROUND_TICK_S)
+
+    def cpu_of_host(self, host: str) -> NodeCpu | None:
+        node = self._by_host.get(host)
+        return None if node is None else node.cpu
+
     def running_nodes(self) -> list[SimNode]:
         return [node for node in self.nodes.values() if node.running is not None]
 
@@ -220,7 +373,10 @@ class World:
         return self._region_by_host.get(host, "")
 
     async def start_all(self) -> None:
-        """Start every node at once (they find each other through their seeds) and wait until all are up."""
+        """Start every node at once (they find each other through their seeds) and wait until all are up; and the
+        other processes of a shared machine, if it has any."""
+        if self._machine is not None and self.scenario.cpu.background_cores:
+            self._nursery.start_soon(self._background, self._machine, self.scenario.cpu.background_cores)
         async with trio.open_nursery() as starting:
             for name in self.nodes:
                 starting.start_soon(self.start, name)
@@ -254,6 +410,8 @@ class World:
         node.scope.cancel()
         node.scope = None
         node.running = None
+        if node.cpu is not None:
+            node.cpu.reset()
         self.crashes.append((trio.current_time(), name))
         self.simulation.trace.record(f"world crash {name}")
 

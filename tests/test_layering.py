@@ -258,8 +258,12 @@ LAYERS = (
     ),
     # Fly.io's machine environment as configuration defaults; the command line applies it.
     Layer("edge.fly", ("edge.fly",), ("edge.config",)),
+    # The supervisor of a node's worker processes: it derives each worker's settings and names the node.
+    Layer("edge.workers", ("edge.workers",), ("edge.config", "edge.placement", "edge.runtime")),
     Layer(
-        "edge.cli", ("edge.cli",), ("edge.config", "edge.fly", "edge.logs", "edge.node", "edge.process", "edge.runtime")
+        "edge.cli",
+        ("edge.cli",),
+        ("edge.config", "edge.fly", "edge.logs", "edge.node", "edge.process", "edge.runtime", "edge.workers"),
     ),
     Layer("edge", ("edge", "edge.__main__"), ("edge.cli",)),
     # The simulator runs real nodes, so it sits on top of everything it drives or inspects.

@@ -53,7 +53,7 @@ from cluster.actions import CounterChanged, MemberEvent, OpenStream, SendPacket,
 from cluster.config import SwimConfig
 from cluster.keyring import InsecureClusterError, Keyring
 from cluster.messages import Address, CounterEntry, MemberInfo, SharedEntry, SharedValue
-from cluster.ownership import Rendezvous
+from cluster.ownership import Rendezvous, spread_over_machines
 from cluster.swim import SwimNode, SwimStatistics
 
 from .discovery import (
@@ -167,6 +167,7 @@ class ClusterMember:
         advertise: str | None = None,
         region: str = "",
         api_address: str = "",
+        machine: str = "",
         config: SwimConfig,
         keyring: Keyring | None,
         insecure: bool = False,
@@ -196,6 +197,7 @@ class ClusterMember:
         self._seeds = [parse_seed(seed) for seed in seeds]
         self._node_id = node_id
         self._region = region
+        self._machine = machine
         self._api_address = api_address
         self._config = config
         self._keyring = keyring
@@ -261,10 +263,13 @@ class ClusterMember:
         return None if owner is None else live[owner]
 
     def replica_set(self, key: str, count: int) -> list[MemberInfo]:
-        """The live members that hold queue key `key`'s jobs: its owner, then the next `count - 1` in rendezvous
-        order (all live members when fewer are live)."""
+        """The live members that hold queue key `key`'s jobs: its owner, then `count - 1` more in rendezvous order,
+        those on other machines first (`spread_over_machines`); all live members when fewer are live. A member
+        without a machine (from a peer that predates it) is a machine of its own."""
         _version, rendezvous, live = self._rendezvous()
-        return [live[node] for node in rendezvous.ranked(key, count)]
+        ranked = rendezvous.ranked(key, len(live))
+        chosen = spread_over_machines(ranked, lambda node: live[node].machine or node, count)
+        return [live[node] for node in chosen]
 
     def may_run(self, key: str) -> bool:
         """Whether this node may dispatch queue key `key` now (cluster/lease.py): it owns the key, holds the
@@ -434,6 +439,7 @@ class ClusterMember:
                 address=address,
                 region=self._region,
                 api_address=self._api_address,
+                machine=self._machine,
                 config=self._config,
                 rng=self._runtime.rng,
                 keyring=self._keyring,

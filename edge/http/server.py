@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping
+import socket
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -25,7 +26,7 @@ from hypercorn.config import Config
 from hypercorn.typing import ASGIFramework
 
 from edge import vendor
-from edge.config import HEADER_BYTES_MAX_DEFAULT, IDLE_TIMEOUT_S_DEFAULT
+from edge.config import HEADER_BYTES_MAX_DEFAULT, IDLE_TIMEOUT_S_DEFAULT, split_listen
 
 # The ASGI spec's scope and messages are plain dicts (hypercorn types each kind as a TypedDict; one dict type
 # keeps the apps here simple, and `serve_asgi` is where the two meet).
@@ -97,6 +98,7 @@ async def serve_asgi(
     app: ASGIApp,
     *,
     bind: str | list[str],
+    reuse_port: Collection[str] = (),
     certfile: str | os.PathLike[str] | None = None,
     keyfile: str | os.PathLike[str] | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
@@ -107,7 +109,9 @@ async def serve_asgi(
 ) -> None:
     """Serve `app` until `shutdown_trigger` returns (then drain for `graceful_timeout_s`) or until cancelled.
     A request head over `header_bytes_max` gets 431; a connection with no request in progress for `idle_timeout_s`
-    (idle between requests, or still sending its head) is closed.
+    (idle between requests, or still sending its head) is closed. The addresses of `bind` that are also in
+    `reuse_port` are bound with SO_REUSEPORT, to be shared with the node's sibling worker processes (edge/workers.py),
+    the kernel spreading connections over them; every other address stays exclusive, as usual.
 
     Start it with `await nursery.start(partial(serve_asgi, app, bind="127.0.0.1:0"))`: the result is the list
     of bound "host:port" strings ("[::1]:port" for IPv6), with real ports where port 0 was asked for.
@@ -118,7 +122,8 @@ async def serve_asgi(
     # hpack logs every header it encodes or decodes at DEBUG, API keys included; keep that out of any log.
     logging.getLogger("hpack").setLevel(logging.INFO)
     config = Config()
-    config.bind = [bind] if isinstance(bind, str) else list(bind)
+    binds = [bind] if isinstance(bind, str) else list(bind)
+    config.bind = [f"fd://{_shared_socket(address)}" if address in reuse_port else address for address in binds]
     config.certfile = None if certfile is None else os.fspath(certfile)
     config.keyfile = None if keyfile is None else os.fspath(keyfile)
     config.alpn_protocols = ["h2", "http/1.1"]
@@ -140,6 +145,24 @@ async def serve_asgi(
         task_status=_BoundAddressReporter(task_status),
         mode="asgi",
     )
+
+
+def _shared_socket(address: str) -> int:
+    """A TCP socket bound to `address` with SO_REUSEPORT, as a file descriptor hypercorn takes over ("fd://N").
+
+    hypercorn sets SO_REUSEPORT itself only in its own multi-worker mode (`Config.workers > 1`), which `serve`
+    does not run; it listens on the descriptor and sets the rest (SO_REUSEADDR, non-blocking) as for its own."""
+    host, port = split_listen(address)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock.detach()
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,6 +89,7 @@ async def start_membership(
         advertise=settings.advertise,
         region=settings.region or "",
         api_address=api_address(config),
+        machine=settings.machine or "",
         config=swim_config(settings),
         keyring=keyring_of(settings),
         insecure=settings.insecure,
@@ -137,6 +138,7 @@ def describe_cluster(member: ClusterMember, config: Config, manager: QueueManage
                 "state": m.state.name.lower(),
                 "incarnation": m.incarnation,
                 "region": m.region,
+                "machine": m.machine,
                 "api_address": m.api_address,
                 "gossip_address": f"{m.address[0]}:{m.address[1]}",
             }

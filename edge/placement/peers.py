@@ -347,6 +347,8 @@ class PeerClient:
             raise QuotaExceeded(record.account_id, int(answer["limit"]), int(answer["retry_at_ms"]))
         if refused == STORE_UNAVAILABLE:
             raise PeerStoreError(f"{api_address}: its store failed")
+        if refused == "problem":
+            raise PeerError(f"{api_address}: HTTP {answer.get('status')} ({answer.get('detail')})")
         try:
             return JobRecord.from_wire(answer["record"]), bool(answer["created"])
         except (KeyError, TypeError, ValueError) as exc:
@@ -801,6 +803,8 @@ class InternalRoutes:
         except StoreError:
             log.exception("the store failed accepting forwarded job %s", record.job_id)
             answers[index] = {"refused": STORE_UNAVAILABLE}
+        except Problem as problem:  # e.g. its replicas could not confirm it: what a call of its own would answer
+            answers[index] = {"refused": "problem", "status": problem.status, "detail": problem.detail}
         else:
             answers[index] = {"record": stored.to_wire(), "created": created}
 

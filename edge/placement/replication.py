@@ -298,7 +298,9 @@ class Replicator:
             self._outstanding[key] = self._outstanding.get(key, 0) + 1
             self._oldest_outstanding.setdefault(key, started)
         try:
-            await self.replicated(records, moved_from=moved_from)
+            # Not `replicated`: these jobs are queued already (or finished), so a sweep that took them out of their
+            # queue to sync their key must be free to queue them again; nobody else would.
+            await self._replicated(records, moved_from)
         except Problem as exc:  # ReplicationUnavailable, or a successor's store failed
             log.warning("replication of %d saved jobs incomplete (%s); the next sweep retries", len(records), exc)
             self._unconfirmed |= keys

@@ -20,7 +20,7 @@ Per request, in order (each step's failure is an RFC 9457 problem, `edge.problem
    Adaptive concurrency, when on, learns from exactly these.
 
 A client that leaves is noticed wherever it can be (edge/proxy/body.py): while queued it gives its place back;
-mid-request the exchange is cancelled and the slot freed at once (httpcore drops that upstream connection).
+mid-request the exchange is cancelled and the slot freed at once (that upstream connection is closed).
 Once the response has started, a failure can only cut it short: HTTP/1.1 clients see the connection close
 before the body ends.
 
@@ -39,28 +39,24 @@ from edge.config import ProtectConfig
 from edge.http.server import ASGISend, send_whole_response
 from edge.problems import PROBLEM_CONTENT_TYPE, Problem
 from edge.proxy.body import BodyLimits, ClientGone, Receive, RequestBody
-from edge.proxy.callers import Caller, CallerDirectory
+from edge.proxy.callers import CallerDirectory
 from edge.proxy.gate import Gate, Pass, cancel_when
 from edge.proxy.headers import downstream_response_headers, rate_limit_headers, upstream_request_headers
 from edge.proxy.metrics import ListenerMetrics
+from edge.proxy.upstream import (
+    TransportUpstream,
+    Upstream,
+    UpstreamFailed,
+    UpstreamTimeout,
+    UpstreamTimeouts,
+    upstream_url,
+)
 from scheduler import Outcome
 
 _OVERLOAD_STATUSES: Final = frozenset({429, 503})
 # What an origin-form target may hold: printable ASCII without '#' (a fragment is never sent). Checked before the
 # gate with one `bytes.translate`, because a refused request should cost as little as possible.
 _TARGET_BYTES: Final = bytes(byte for byte in range(0x21, 0x7F) if byte != ord("#"))
-
-
-def upstream_transport(protect: ProtectConfig) -> httpx.AsyncHTTPTransport:
-    """The keep-alive pool to the upstream: HTTP/1.1 only (httpcore leaks cancelled HTTP/2 streams, see
-    stack-notes), one connection per slot so the pool never queues behind the scheduler's back."""
-    return httpx.AsyncHTTPTransport(
-        http1=True,
-        http2=False,
-        retries=0,
-        trust_env=False,
-        limits=httpx.Limits(max_connections=protect.max_concurrency, max_keepalive_connections=protect.max_concurrency),
-    )
 
 
 class _Exchange:
@@ -84,22 +80,18 @@ class ProxyApp:
         protect: ProtectConfig,
         *,
         gate: Gate,
-        transport: httpx.AsyncBaseTransport,
+        transport: Upstream | httpx.AsyncBaseTransport,
         metrics: ListenerMetrics,
     ) -> None:
+        """`transport` is the way upstream (edge/proxy/upstream.py); an httpx transport is wrapped in one."""
         self.gate = gate
         self._protect = protect
-        self._transport = transport
+        if isinstance(transport, httpx.AsyncBaseTransport):
+            transport = TransportUpstream(transport, protect.upstream, timeouts=UpstreamTimeouts.of(protect))
+        self._upstream = transport
         self._metrics = metrics
         self._callers = CallerDirectory(protect)
         self._limits = BodyLimits.of(protect)
-        self._upstream = httpx.URL(protect.upstream)
-        self._timeouts = {
-            "connect": protect.upstream_connect_timeout_s,
-            "read": protect.upstream_read_timeout_s,
-            "write": protect.upstream_read_timeout_s,
-            "pool": protect.upstream_connect_timeout_s,
-        }
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: ASGISend) -> None:
         if scope["type"] != "http":
@@ -131,7 +123,7 @@ class ProxyApp:
             raise
         exchange = _Exchange()
         try:
-            await self._exchange(scope, self._upstream_url(target), body, hold, exchange, send)
+            await self._exchange(scope, target, body, hold, exchange, send)
         finally:
             self.gate.leave(hold, exchange.outcome, latency_s=exchange.latency_s)
         if exchange.failure is not None:
@@ -140,35 +132,27 @@ class ProxyApp:
             raise ClientGone
 
     def _upstream_url(self, target: bytes) -> httpx.URL:
-        """The upstream URL for the request target exactly as received (percent-encoding untouched)."""
+        """The URL an httpx transport gets for `target` (`TransportUpstream`); a 400 if it cannot be built.
+        bench/fuzz.py checks with it that every target the app lets through can be sent that way too."""
         try:
-            return self._upstream.copy_with(raw_path=target)
-        except (ValueError, httpx.InvalidURL):  # what `_origin_form_target` let through, httpx still refused
+            return upstream_url(httpx.URL(self._protect.upstream), target)
+        except ValueError:
             raise _bad_target() from None
 
     async def _exchange(
         self,
         scope: dict[str, Any],
-        url: httpx.URL,
+        target: bytes,
         body: RequestBody,
         hold: Pass,
         exchange: _Exchange,
         send: ASGISend,
     ) -> None:
-        request = httpx.Request(
-            scope["method"],
-            url,
-            headers=upstream_request_headers(
-                scope["headers"], client_host=(scope.get("client") or (None,))[0], scheme=scope["scheme"]
-            ),
-            content=body.whole() if body.complete else body,
-            extensions={"timeout": self._timeouts},
-        )
         total_s = self._protect.upstream_total_timeout_s
         with trio.move_on_after(total_s) as total:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(cancel_when, body.wait_gone, nursery.cancel_scope)
-                await self._forward(request, body, hold.caller, exchange, send)
+                await self._forward(scope, target, body, hold, exchange, send)
                 nursery.cancel_scope.cancel()
         if total.cancelled_caught and not exchange.done:
             exchange.outcome = Outcome.OVERLOADED
@@ -177,48 +161,50 @@ class ProxyApp:
                 exchange.failure = _upstream_timeout(f"the upstream did not answer within {total_s:g} s")
 
     async def _forward(
-        self, request: httpx.Request, body: RequestBody, caller: Caller, exchange: _Exchange, send: ASGISend
+        self, scope: dict[str, Any], target: bytes, body: RequestBody, hold: Pass, exchange: _Exchange, send: ASGISend
     ) -> None:
         """One upstream exchange; every failure is recorded in `exchange`, only cancellation propagates."""
+        headers = upstream_request_headers(
+            scope["headers"], client_host=(scope.get("client") or (None,))[0], scheme=scope["scheme"]
+        )
         sent_at = trio.current_time()
         try:
-            response = await self._transport.handle_async_request(request)
+            response = await self._upstream.send(
+                scope["method"].encode("ascii"), target, headers, body.whole() if body.complete else body
+            )
         except Problem as problem:  # the client's body was too slow or too large while streaming up
             exchange.failure = problem
             return
         except ClientGone:
             return
-        except httpx.TimeoutException:
+        except UpstreamTimeout:
             exchange.outcome = Outcome.OVERLOADED
             exchange.failure = _upstream_timeout("the upstream did not answer in time")
             self._metrics.on_upstream_failure("timeout")
             return
-        except httpx.TransportError as error:
-            kind = "connect" if isinstance(error, httpx.ConnectError) else "protocol"
-            exchange.failure = Problem(
-                502, "Bad gateway", f"the upstream failed ({type(error).__name__})", kind="upstream-failed"
-            )
-            self._metrics.on_upstream_failure(kind)
+        except UpstreamFailed as error:
+            exchange.failure = Problem(502, "Bad gateway", str(error), kind="upstream-failed")
+            self._metrics.on_upstream_failure(error.kind)
             return
         try:
             exchange.latency_s = trio.current_time() - max(sent_at, body.finished_at)
-            headers = downstream_response_headers(response.headers.raw)
-            rate_limit = self.gate.rate_limit_status(caller)
+            response_headers = downstream_response_headers(response.headers)
+            rate_limit = self.gate.rate_limit_status(hold.caller)
             if rate_limit is not None:
-                headers += rate_limit_headers(rate_limit)
+                response_headers += rate_limit_headers(rate_limit)
             exchange.started = True
-            await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
-            async for chunk in response.aiter_raw():
+            await send({"type": "http.response.start", "status": response.status, "headers": response_headers})
+            async for chunk in response.chunks():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            # Settled before the last send: hypercorn reports the finished exchange as a disconnect, which
+            # Settled before the last send: the server may report the finished exchange as a disconnect, which
             # cancels this task at once.
             exchange.done = True
-            exchange.outcome = Outcome.OVERLOADED if response.status_code in _OVERLOAD_STATUSES else Outcome.SUCCESS
+            exchange.outcome = Outcome.OVERLOADED if response.status in _OVERLOAD_STATUSES else Outcome.SUCCESS
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except httpx.TimeoutException:
+        except UpstreamTimeout:
             exchange.outcome = Outcome.OVERLOADED
             self._metrics.on_upstream_failure("timeout")
-        except httpx.TransportError:
+        except UpstreamFailed:
             self._metrics.on_upstream_failure("protocol")
         finally:
             await response.aclose()

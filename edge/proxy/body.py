@@ -17,8 +17,9 @@ for the client (not time the upstream spends reading), the client must have deli
 than `body_timeout_s`; past either, the upload is cut and the client gets 408. A slot held by a slow uploader
 is therefore bounded by its size over the minimum rate, and by the listener's `upstream_total_timeout_s`.
 
-Memory per request is the buffer plus hypercorn's app queue (10 messages of at most 64 KiB), whatever the
-body's size; memory per listener is bounded by that times the queue and concurrency limits.
+Memory per request is the buffer plus one 64 KiB read of the front end (over HTTP/2, hypercorn's app queue:
+10 messages of at most 64 KiB), whatever the body's size; memory per listener is bounded by that times the
+queue and concurrency limits.
 
 Disconnects: ASGI reports one as an `http.disconnect` message *after* any unread body, so a client can only be
 seen leaving once its body has been read to the end (`finished`); `wait_gone` then watches for it.
@@ -67,12 +68,12 @@ def _too_large(limit: int) -> Problem:
 
 
 def _too_slow(detail: str) -> Problem:
-    # No `Connection: close` (HTTP/2 forbids it): hypercorn closes an HTTP/1.1 connection whose body is unread.
+    # No `Connection: close` (HTTP/2 forbids it): the front end closes an HTTP/1.1 connection whose body is unread.
     return Problem(408, "Request timeout", detail, kind="body-timeout")
 
 
 class RequestBody:
-    """One request's body: `read_head` before admission, then iterate it (an httpx request stream)."""
+    """One request's body: `read_head` before admission, then iterate it (the upstream streams it up)."""
 
     __slots__ = (
         "_head",

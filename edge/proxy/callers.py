@@ -9,7 +9,10 @@
   customers).
 
 Presented keys are hashed at once and never kept, logged or used as labels: scheduler keys hold a digest
-prefix and metric labels hold the configured id. Metric labels are bounded: the first `KEY_LABELS_MAX`
+prefix and metric labels hold the configured id. A key is found by its SHA-256 digest in a dict, one lookup
+whatever the number of keys (`ProtectConfig.key_by_secret` scans them all, in constant time): the lookup's
+timing can only depend on the digest, and nobody can steer a guess's digest toward a configured one, so it
+says nothing useful about any secret. Metric labels are bounded: the first `KEY_LABELS_MAX`
 configured keys have their own, everything else is "other" or "anonymous".
 """
 
@@ -39,14 +42,14 @@ class Caller:
 class CallerDirectory:
     """Identifies callers of one protected listener from the request headers and the client address."""
 
-    __slots__ = ("_anonymous", "_by_tier", "_key_header", "_known", "_protect", "_tier_header")
+    __slots__ = ("_anonymous", "_bearer", "_by_tier", "_key_header", "_known", "_tier_header")
 
     def __init__(self, protect: ProtectConfig) -> None:
-        self._protect = protect
+        self._bearer = protect.key_header == BEARER_KEY_HEADER
         self._key_header = protect.key_header.encode("ascii")
         self._tier_header = None if protect.tier_header is None else protect.tier_header.encode("ascii")
         self._anonymous = protect.anonymous_policy()
-        # Built once: the per-request path only looks them up.
+        # Built once, by digest: the per-request path only looks them up.
         self._known = {
             key.key_sha256: Caller(
                 key=f"key:{key.key_sha256.hex()[:32]}",
@@ -60,18 +63,17 @@ class CallerDirectory:
     def identify(self, scope: dict[str, Any]) -> Caller:
         presented = self._presented_key(scope["headers"])
         tier = self._trusted_tier(scope["headers"])
-        known = None if presented is None else self._protect.key_by_secret(presented)
-        if known is not None:
-            caller = self._known[known.key_sha256]
+        digest = None if presented is None else hashlib.sha256(presented.encode()).digest()
+        caller = None if digest is None else self._known.get(digest)
+        if caller is not None:
             if tier is None or tier is caller.policy.tier:
                 return caller
             policy = KeyPolicy(
                 tier=tier, weight=caller.policy.weight, rate_per_s=caller.policy.rate_per_s, burst=caller.policy.burst
             )
             return Caller(caller.key, policy, caller.label)
-        if tier is not None and presented is not None:
-            digest = hashlib.sha256(presented.encode()).hexdigest()[:32]
-            return Caller(f"key:{digest}", self._by_tier[tier], OTHER_LABEL)
+        if tier is not None and digest is not None:
+            return Caller(f"key:{digest.hex()[:32]}", self._by_tier[tier], OTHER_LABEL)
         client = scope.get("client")
         address = client[0] if client else "unknown"
         policy = self._anonymous if tier is None else self._by_tier[tier]
@@ -82,7 +84,7 @@ class CallerDirectory:
             if name != self._key_header:
                 continue
             text = value.decode("latin-1").strip()
-            if self._protect.key_header == BEARER_KEY_HEADER:
+            if self._bearer:
                 scheme, _, token = text.partition(" ")
                 text = token.strip() if scheme.lower() == "bearer" else ""
             return text or None

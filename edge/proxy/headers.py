@@ -7,9 +7,9 @@ header, and an appended second line would hide this hop from them.
 
 Hop-by-hop headers (RFC 9110 section 7.6.1) describe one connection, not the message, so they are dropped both
 ways: Connection and every header it names, Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade and any
-Proxy-*. Also dropped: `Expect` (hypercorn has already answered a 100-continue, so the upstream must not be
+Proxy-*. Also dropped: `Expect` (the front end has already answered a 100-continue, so the upstream must not be
 asked again), HTTP/2 pseudo-headers (`:authority` becomes Host when the request has none), and the
-upstream's `Date` (hypercorn always sends its own, and two Date lines are invalid).
+upstream's `Date` (the front end always sends its own, and two Date lines are invalid).
 """
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ def upstream_request_headers(headers: Iterable[Header], *, client_host: str | No
 
 
 def downstream_response_headers(headers: Iterable[Header]) -> list[Header]:
-    """The upstream's response headers as the client gets them, names in lower case (httpx keeps the
-    upstream's spelling; HTTP/2 requires lower case)."""
+    """The upstream's response headers as the client gets them, names in lower case (the upstream's spelling
+    arrives as sent; HTTP/2 requires lower case)."""
     headers = [(name.lower(), value) for name, value in headers]
     named = _connection_tokens(headers)
     return [

@@ -10,10 +10,11 @@ import httpx
 import trio
 
 from edge.config import ProtectConfig
-from edge.http.server import serve_asgi
-from edge.proxy.app import ProxyApp, upstream_transport
+from edge.proxy.app import ProxyApp
 from edge.proxy.gate import Gate
 from edge.proxy.metrics import ProxyMetrics
+from edge.proxy.server import Http1Server, ServerLimits
+from edge.proxy.upstream import Upstream, UpstreamPool, UpstreamTimeouts
 
 
 @asynccontextmanager
@@ -27,11 +28,18 @@ async def open_proxy(
     listener_metrics = metrics.listener(protect.label)
     gate = Gate(protect.scheduler_policy(), fairness=protect.fairness, metrics=listener_metrics)
     async with contextlib.AsyncExitStack() as stack:
+        upstream: Upstream | httpx.AsyncBaseTransport
         if transport is None:
-            transport = await stack.enter_async_context(upstream_transport(protect))
+            # One connection per slot: the gate admits no more requests than that, so the pool never queues.
+            upstream = UpstreamPool(
+                protect.upstream, timeouts=UpstreamTimeouts.of(protect), idle_max=protect.max_concurrency
+            )
+            stack.push_async_callback(upstream.aclose)
+        else:
+            upstream = transport
         nursery = await stack.enter_async_context(trio.open_nursery())
         await nursery.start(gate.run)
-        yield ProxyApp(protect, gate=gate, transport=transport, metrics=listener_metrics)
+        yield ProxyApp(protect, gate=gate, transport=upstream, metrics=listener_metrics)
         nursery.cancel_scope.cancel()
 
 
@@ -39,20 +47,16 @@ async def serve_protected(
     protect: ProtectConfig,
     *,
     metrics: ProxyMetrics,
+    wall_clock: Callable[[], float],
     transport: httpx.AsyncBaseTransport | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve one `[[protect]]` listener until `shutdown_trigger` returns (then drain) or until cancelled.
 
-    Reports the bound "host:port" strings, like `serve_asgi`.
+    Reports the bound "host:port" strings, like `serve_asgi`. `wall_clock` (unix seconds) dates the answers.
     """
+    limits = ServerLimits(header_bytes_max=protect.header_bytes_max, idle_timeout_s=protect.idle_timeout_s)
     async with open_proxy(protect, metrics=metrics, transport=transport) as app:
-        await serve_asgi(
-            app,
-            bind=protect.listen,
-            header_bytes_max=protect.header_bytes_max,
-            idle_timeout_s=protect.idle_timeout_s,
-            shutdown_trigger=shutdown_trigger,
-            task_status=task_status,
-        )
+        server = Http1Server(app, limits=limits, wall_clock=wall_clock)
+        await server.serve(protect.listen, shutdown_trigger=shutdown_trigger, task_status=task_status)

@@ -8,9 +8,10 @@ are never labels.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 from edge.proxy.callers import Caller
 
@@ -61,37 +62,48 @@ class ProxyMetrics:
 
 
 class ListenerMetrics:
-    """One listener's view: the verbs the gate and the app call, with the listener label bound."""
+    """One listener's view: the verbs the gate and the app call, with the listener label bound.
 
-    __slots__ = ("_label", "_metrics")
+    Each labelled child is looked up once and kept: `labels()` takes a lock and builds a tuple per call, and a
+    proxied request makes half a dozen of them. The cache is bounded like the labels themselves."""
+
+    __slots__ = ("_children", "_label", "_metrics")
 
     def __init__(self, metrics: ProxyMetrics, label: str) -> None:
         self._metrics = metrics
         self._label = label
+        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
+
+    def _child(self, family: MetricWrapperBase, *labels: str) -> Any:
+        key = (family, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(self._label, *labels)
+        return child
 
     def on_queued(self, caller: Caller) -> None:
-        self._metrics.queued.labels(self._label, caller.policy.tier, caller.label).inc()
+        self._child(self._metrics.queued, caller.policy.tier, caller.label).inc()
 
     def on_dequeued(self, caller: Caller) -> None:
-        self._metrics.queued.labels(self._label, caller.policy.tier, caller.label).dec()
+        self._child(self._metrics.queued, caller.policy.tier, caller.label).dec()
 
     def on_admitted(self, caller: Caller, waited_s: float) -> None:
         tier, label = caller.policy.tier, caller.label
-        self._metrics.admitted.labels(self._label, tier, label).inc()
-        self._metrics.wait.labels(self._label, tier, label).observe(waited_s)
-        self._metrics.in_flight.labels(self._label, tier).inc()
+        self._child(self._metrics.admitted, tier, label).inc()
+        self._child(self._metrics.wait, tier, label).observe(waited_s)
+        self._child(self._metrics.in_flight, tier).inc()
 
     def on_released(self, caller: Caller) -> None:
-        self._metrics.in_flight.labels(self._label, caller.policy.tier).dec()
+        self._child(self._metrics.in_flight, caller.policy.tier).dec()
 
     def on_refused(self, caller: Caller, reason: str) -> None:
-        self._metrics.refused.labels(self._label, caller.policy.tier, caller.label, reason).inc()
+        self._child(self._metrics.refused, caller.policy.tier, caller.label, reason).inc()
 
     def on_capacity(self, slots: int) -> None:
-        self._metrics.capacity.labels(self._label).set(slots)
+        self._child(self._metrics.capacity).set(slots)
 
     def on_upstream_failure(self, kind: str) -> None:
-        self._metrics.upstream_failures.labels(self._label, kind).inc()
+        self._child(self._metrics.upstream_failures, kind).inc()
 
     def on_client_failure(self, kind: str) -> None:
-        self._metrics.client_failures.labels(self._label, kind).inc()
+        self._child(self._metrics.client_failures, kind).inc()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from cluster import Rendezvous
+from cluster.ownership import spread_over_machines
 
 NODES = [f"node-{index}" for index in range(10)]
 KEYS = [f"user-{index}:api-key-{index % 7}" for index in range(100_000)]
@@ -79,3 +82,30 @@ def test_ranked_starts_with_the_owner_and_its_second_is_the_owner_once_the_first
 def test_ranked_returns_at_most_the_members_there_are() -> None:
     assert Rendezvous(["a", "b"]).ranked("k", 3) in (["a", "b"], ["b", "a"])
     assert Rendezvous([]).ranked("k", 2) == []
+
+
+# A key's members in rendezvous order, each "<machine>-w<i>" (a worker) or a machine of its own.
+RANKED = ["a-w0", "a-w1", "b-w0", "c", "b-w1"]
+
+
+@pytest.mark.parametrize(
+    ("ranked", "count", "holders"),
+    [
+        (RANKED, 1, ["a-w0"]),
+        (RANKED, 2, ["a-w0", "b-w0"]),  # the owner's sibling is passed over for another machine
+        (RANKED, 3, ["a-w0", "b-w0", "c"]),
+        (RANKED, 4, ["a-w0", "b-w0", "c", "a-w1"]),  # three machines: the fourth copy goes back in rank order
+        (RANKED, 9, ["a-w0", "b-w0", "c", "a-w1", "b-w1"]),  # more than there are: everyone
+        (["a-w1", "a-w0"], 2, ["a-w1", "a-w0"]),  # one machine: its workers, in rank order
+        (["c", "a-w0", "d"], 2, ["c", "a-w0"]),  # machines of one member each: plain rank order
+        ([], 2, []),
+    ],
+)
+def test_replicas_prefer_other_machines(ranked: list[str], count: int, holders: list[str]) -> None:
+    assert spread_over_machines(ranked, lambda member: member.split("-w")[0], count) == holders
+
+
+def test_with_every_member_on_a_machine_of_its_own_the_holders_are_the_ranked_ones() -> None:
+    ring = Rendezvous(NODES)
+    for key in KEYS[:200]:
+        assert spread_over_machines(ring.ranked(key, len(NODES)), lambda member: member, 3) == ring.ranked(key, 3)

@@ -35,11 +35,21 @@ EVERY_MESSAGE: list[Message] = [
     Nack(seq=4),
     Suspect(node="b", incarnation=5, accuser="c", accuser_incarnation=2),
     Alive(node="b", incarnation=6, address=("127.0.0.1", 7946), region="iad", api_address="http://[::1]:8080"),
+    Alive(node="b-w1", incarnation=6, address=("127.0.0.1", 7947), region="", api_address="", machine="b"),
     Dead(node="b", incarnation=7, accuser="b", accuser_incarnation=7),
     PushPull(
         members=(
             MemberInfo(
                 node="b", address=("127.0.0.2", 1), region="", api_address="", incarnation=1, state=MemberState.LEFT
+            ),
+            MemberInfo(
+                node="c-w0",
+                address=("127.0.0.2", 2),
+                region="",
+                api_address="",
+                incarnation=1,
+                state=MemberState.ALIVE,
+                machine="c",
             ),
         ),
         is_reply=False,
@@ -56,6 +66,14 @@ def envelope(sender: str = "receiver", *, keyring: Keyring | None = KEYRING, ins
 @pytest.mark.parametrize("message", EVERY_MESSAGE, ids=lambda message: type(message).__name__)
 def test_every_message_round_trips(message: Message) -> None:
     assert decode_message(msgpack.unpackb(encode_message(message))) == message
+
+
+def test_a_member_from_a_peer_that_predates_machines_has_none() -> None:
+    """`machine` was appended to Alive and to push-pull members: an older peer's messages leave it out."""
+    alive = decode_message([6, "b", 1, ["127.0.0.1", 7946], "iad", ""])
+    assert isinstance(alive, Alive) and alive.machine == ""
+    push_pull = decode_message([8, [["b", ["127.0.0.1", 1], "", "", 1, 0]], False])
+    assert isinstance(push_pull, PushPull) and push_pull.members[0].machine == ""
 
 
 def test_unknown_tags_are_skipped_and_extra_trailing_fields_ignored() -> None:

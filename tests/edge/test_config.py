@@ -370,7 +370,7 @@ def test_override_errors() -> None:
 
 
 def test_every_scalar_setting_has_its_own_variable() -> None:
-    assert len(ENV_SETTINGS) == len(SCALAR_SETTINGS) == 45
+    assert len(ENV_SETTINGS) == len(SCALAR_SETTINGS) == 48
     assert ENV_SETTINGS["EZTHROTTLE_HTTP_CLIENT_KEEPALIVE_EXPIRY_S"] == ("http_client", "keepalive_expiry_s")
 
 

@@ -21,6 +21,7 @@ from simulations.run import RunReport, Violation, run_scenario
 from simulations.runtime import SIMULATED_EPOCH_S
 from simulations.scenario import (
     ClusterSpec,
+    CpuSpec,
     FaultSpec,
     ProviderSpec,
     ReceiverSpec,
@@ -91,9 +92,12 @@ def test_a_partition_and_a_crash_with_split_ownership_still_keep_every_invariant
     )
 
 
-@pytest.mark.parametrize("seed", [5, 6])
-def test_swarm_faults_drawn_from_fixed_seeds_keep_every_invariant(seed: int) -> None:
-    scenario = TWO_TIERS.with_swarm_faults(seed)
+# Seed 5 found a stranded job (first with the CPU model's timing): a sync took a waiting job out of its queue while
+# a save of it was being replicated, and the takeover skipped jobs being replicated, which only a new submission's
+# caller queues again (edge/placement/replication.py, `replicate_soon`). Both timings run here.
+@pytest.mark.parametrize(("seed", "cpu"), [(5, False), (5, True), (6, True)])
+def test_swarm_faults_drawn_from_fixed_seeds_keep_every_invariant(seed: int, cpu: bool) -> None:
+    scenario = dataclasses.replace(TWO_TIERS.with_swarm_faults(seed), cpu=CpuSpec(enabled=cpu))
     report = run_scenario(scenario, seed=seed)
     assert report.fault_schedule == tuple(fault.describe() for fault in scenario.faults)
     assert report.fault_schedule  # the swarm drew something to survive

@@ -96,7 +96,9 @@ def test_admitting_by_the_known_count_trips_quota_never_exceeded_and_escrow_keep
     assert "over its plan 'small''s allowance of 200 (160 + 40 overage)" in violation.detail, violation
     assert planted.bugs == ("quota-by-count",)
     split_at = QUOTA.warmup_s + QUOTA.faults[0].at_s
-    assert split_at < violation.at_s <= QUOTA.warmup_s + QUOTA.faults[0].end_s  # each side admitted on its own
+    # Each side admitted on its own: the excess is on the disks by the heal, or within the check after it (the
+    # invariant is judged every virtual second).
+    assert split_at < violation.at_s <= QUOTA.warmup_s + QUOTA.faults[0].end_s + 1.5
 
     sound = run_scenario(QUOTA, seed=1)
     assert sound.passed, sound.violations

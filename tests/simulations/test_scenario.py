@@ -251,7 +251,7 @@ def scenario_with(**changes: object) -> Scenario:
 
 def test_overrides_apply_every_sweep_key() -> None:
     scenario = scenario_with().with_overrides(
-        {"nodes": "3", "load": "2.5", "keys": "8", "duration": "7", "regions": "3", "loss": "0.1"}
+        {"nodes": "3", "load": "2.5", "keys": "8", "duration": "7", "regions": "3", "loss": "0.1", "cores": "4"}
     )
     assert scenario.cluster.nodes == 3
     assert [tenant.rate_per_s for tenant in scenario.tenants] == [25.0, 5.0]
@@ -259,7 +259,8 @@ def test_overrides_apply_every_sweep_key() -> None:
     assert scenario.duration_s == 7.0
     assert scenario.cluster.regions == ("iad", "lax", "fra")
     assert scenario.network.loss == 0.1
-    assert set(SWEEP_KEYS) == {"nodes", "load", "keys", "duration", "regions", "loss"}
+    assert scenario.cpu.cores == 4
+    assert set(SWEEP_KEYS) == {"nodes", "load", "keys", "duration", "regions", "loss", "cores"}
 
 
 def test_keys_override_sums_exactly_and_keeps_one_key_per_tenant() -> None:

@@ -1,13 +1,15 @@
 """Real peers for proxy tests: a fixed-capacity upstream on loopback, and the proxy itself in front of it.
 
-Both are served by the project's own `serve_asgi` on 127.0.0.1, so every test exercises real sockets, hypercorn
-on the front, and the httpx pool to the upstream.
+Both listen on 127.0.0.1: the upstream on the project's own `serve_asgi` (hypercorn), the proxy on its own front
+end (edge/proxy/server.py), so every test exercises real sockets, the proxy's HTTP/1.1 server (and its HTTP/2
+hand-off) in front and its upstream pool behind.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -21,8 +23,9 @@ from prometheus_client import CollectorRegistry
 
 from edge.config import ENV_PROTECT, ProtectConfig, ProtectKeyConfig, load_config
 from edge.proxy import ProxyApp, ProxyMetrics, open_proxy
+from edge.proxy.server import Http1Server, ServerLimits
 from scheduler.fair import SchedulerStatistics
-from tests.edge.http.servers import RunningServer, running
+from tests.edge.http.servers import STOP_TIMEOUT_S, RunningServer, running
 
 Scope = dict[str, Any]
 CHUNK_BYTES = 64 * 1024
@@ -154,6 +157,13 @@ class RunningProxy:
     app: ProxyApp
     server: RunningServer
     registry: CollectorRegistry
+    stopping: trio.Event
+
+    async def stop(self) -> None:
+        """Stop the listener gracefully (as the node's stop does) and wait until it has."""
+        self.stopping.set()
+        with trio.fail_after(STOP_TIMEOUT_S):
+            await self.server.stopped.wait()
 
     @property
     def url(self) -> str:
@@ -169,9 +179,21 @@ async def proxy_to(upstream_url: str, **settings: Any) -> AsyncIterator[RunningP
     """A protected listener on 127.0.0.1 in front of `upstream_url`, with `settings` as its [[protect]] keys."""
     protect = ProtectConfig(listen="127.0.0.1:0", upstream=upstream_url, name="test", **settings)
     registry = CollectorRegistry()
-    limits = {"header_bytes_max": protect.header_bytes_max, "idle_timeout_s": protect.idle_timeout_s}
-    async with open_proxy(protect, metrics=ProxyMetrics(registry)) as app, running(app, **limits) as server:
-        yield RunningProxy(app, server, registry)
+    limits = ServerLimits(protect.header_bytes_max, protect.idle_timeout_s, graceful_timeout_s=1.0)
+    stop, stopped = trio.Event(), trio.Event()
+    async with open_proxy(protect, metrics=ProxyMetrics(registry)) as app, trio.open_nursery() as nursery:
+
+        async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
+            try:
+                server = Http1Server(app, limits=limits, wall_clock=time.time)
+                await server.serve(protect.listen, shutdown_trigger=stop.wait, task_status=task_status)
+            finally:
+                stopped.set()
+
+        bound = await nursery.start(serve)
+        running_proxy = RunningProxy(app, RunningServer(bound=bound, stopped=stopped), registry, stop)
+        yield running_proxy
+        await running_proxy.stop()
 
 
 @dataclass

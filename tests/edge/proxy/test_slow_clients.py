@@ -41,7 +41,7 @@ async def trickle(stream: trio.SocketStream, data: bytes, every_s: float) -> Non
         return
 
 
-async def test_malformed_request_line_gets_400_from_hypercorn() -> None:
+async def test_malformed_request_line_gets_400_from_the_front_end() -> None:
     async with harness() as h, await connect(h) as stream:
         await stream.send_all(b"NOT A REQUEST\r\n\r\n")
         answer = await read_answer(stream)
@@ -49,9 +49,9 @@ async def test_malformed_request_line_gets_400_from_hypercorn() -> None:
     assert h.upstream.started == 0
 
 
-async def test_oversize_headers_get_431_from_hypercorn() -> None:
+async def test_oversize_headers_get_431_from_the_front_end() -> None:
     async with harness() as h, await connect(h) as stream:
-        # h11 refuses an unfinished head over hypercorn's 16 KiB limit. It checks only while the head is
+        # h11 refuses an unfinished head over the 16 KiB default limit. It checks only while the head is
         # incomplete, and reads 64 KiB at a time, so a head that arrives whole may reach 64 KiB.
         await stream.send_all(b"GET /work HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 100_000 + b"\r\n\r\n")
         answer = await read_answer(stream)

@@ -1,7 +1,7 @@
 """A 50 MB body passes both ways through the proxy with memory far below its size.
 
 Memory is measured with tracemalloc around each transfer, so it covers every Python allocation in the process:
-the test client, the proxy (hypercorn in front, httpx behind) and the upstream. The client and the upstream
+the test client, the proxy (its own front end and upstream pool) and the upstream. The client and the upstream
 stream too (64 KiB chunks, hashed on the fly), so the peak shows what the proxy buffers.
 """
 

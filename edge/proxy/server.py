@@ -1,0 +1,425 @@
+"""The front end of a protected listener: HTTP/1.1 on h11 and Trio, running `ProxyApp` through ASGI.
+
+Why not hypercorn, which still serves the job API: a proxy is nothing but per-request overhead, and hypercorn
+spends more per request than the proxy's own work (a task per request, an event queue between the protocol and
+the app, three writes per response; a trivial app on it did ~3,900 req/s here). This server does the least an
+HTTP/1.1 proxy front end can: per request, h11 parses the head and the body (a fresh parser per request, fed
+what the last one left over, so pipelined bytes are kept), the app runs in the connection's own task, and
+each answer is serialised here and written with its first body part in one write. h11 does all the parsing
+because that is where request smuggling lives (conflicting Content-Length / Transfer-Encoding, obs-fold,
+bare CR); writing is ours because what goes out is ours or was parsed by h11 on the way in.
+
+What a client gets, as from hypercorn before:
+- keep-alive HTTP/1.1 (HTTP/1.0 and `Connection: close` get their answer, then the connection closes);
+- a head over `header_bytes_max` is 431, a malformed one 400, and a connection with no request in progress
+  (idle between requests, or still sending its head) is closed after `idle_timeout_s`;
+- `Expect: 100-continue` is answered when the app first reads the body, so a refusal can come first;
+- a response without Content-Length goes chunked (to HTTP/1.0, close-delimited); every answer has a Date;
+- a request whose body the app left unread closes the connection after the answer (nothing to resync on);
+- the client leaving is `http.disconnect`: the app's wait for it (edge/proxy/body.py) reads the connection
+  after the body, so it notices EOF at once; bytes pipelined meanwhile are kept for the next request;
+- a connection that opens with the HTTP/2 preface (h2c prior knowledge) is handed whole to hypercorn
+  (edge/proxy/h2.py). The h2c Upgrade header is ignored and the answer comes over HTTP/1.1, which RFC 9110
+  allows (RFC 9113 deprecates that upgrade).
+- stopping: the listeners close, idle connections close at once, requests in progress get `graceful_timeout_s`
+  to finish (their connections close after the answer), then whatever is left is cancelled.
+
+One connection's failure never reaches another: anything a connection raises is logged and ends only it.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
+from http import HTTPStatus
+from typing import Any, Final
+from urllib.parse import unquote
+
+import h11
+import trio
+
+from edge.config import split_listen
+from edge.http.server import LISTEN_BACKLOG, ASGIApp, ASGIMessage
+from edge.proxy.body import ClientGone
+from edge.proxy.h2 import H2_PREFACE, H2Handoff
+
+logger = logging.getLogger("ezthrottle.proxy")
+
+_READ_BYTES: Final = 64 * 1024
+_STREAM_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+_DISCONNECT: Final = {"type": "http.disconnect"}
+_BODY_END: Final = {"type": "http.request", "body": b"", "more_body": False}
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CHUNKED_END: Final = b"0\r\n\r\n"
+_STATUS_LINES: Final = {
+    status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode("ascii") for status in HTTPStatus
+}
+# How much a client may pipeline while its request is in progress: beyond it, the server stops reading (and so
+# stops watching for a disconnect) until the answer is out, rather than buffering without bound.
+_PIPELINED_BYTES_MAX: Final = 64 * 1024
+# How late a client's disconnect mid-request may be noticed (its upstream slot is freed then).
+_DISCONNECT_WATCH_DELAY_S: Final = 0.05
+
+
+# After an answer that ends a connection early: how long and how much more of the client's sending to discard.
+_LINGER_S: Final = 2.0
+_LINGER_BYTES_MAX: Final = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    header_bytes_max: int
+    idle_timeout_s: float
+    graceful_timeout_s: float = 5.0
+
+
+class _HttpDate:
+    """The Date header value, formatted once per second of `wall_clock` (injected: the simulator's time)."""
+
+    __slots__ = ("_second", "_value", "_wall_clock")
+
+    def __init__(self, wall_clock: Callable[[], float]) -> None:
+        self._wall_clock = wall_clock
+        self._second = -1
+        self._value = b""
+
+    def header(self) -> bytes:
+        second = int(self._wall_clock())
+        if second != self._second:
+            self._second = second
+            self._value = b"date: " + email.utils.formatdate(second, usegmt=True).encode("ascii") + b"\r\n"
+        return self._value
+
+
+class Http1Server:
+    """Serves one ASGI app (a `ProxyApp`) on its bound addresses until stopped; `serve` runs it."""
+
+    def __init__(self, app: ASGIApp, *, limits: ServerLimits, wall_clock: Callable[[], float]) -> None:
+        self.app = app
+        self.limits = limits
+        self.date = _HttpDate(wall_clock)
+        self.h2 = H2Handoff(app, limits.header_bytes_max, limits.idle_timeout_s)
+        self.stopping = False
+        self.idle: set[trio.CancelScope] = set()  # the waits for a next request head, cancelled on stop
+
+    async def serve(
+        self,
+        bind: str,
+        *,
+        shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+        task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until `shutdown_trigger` returns (then drain, see the module docstring) or until cancelled.
+        Reports the bound "host:port" strings ("[::1]:port" for IPv6), real ports where port 0 was asked for."""
+        host, port = split_listen(bind)
+        listeners = await trio.open_tcp_listeners(port, host=host, backlog=LISTEN_BACKLOG)
+        async with trio.open_nursery() as connections:
+            try:
+                async with trio.open_nursery() as accepting:
+                    accepting.start_soon(
+                        partial(trio.serve_listeners, self._connection, listeners, handler_nursery=connections)
+                    )
+                    task_status.started([_address(listener) for listener in listeners])
+                    if shutdown_trigger is None:
+                        await trio.sleep_forever()
+                    await shutdown_trigger()
+                    accepting.cancel_scope.cancel()
+            finally:
+                for listener in listeners:
+                    await trio.aclose_forcefully(listener)
+            self.stopping = True
+            for scope in self.idle:
+                scope.cancel()
+            await self.h2.stop()
+            connections.cancel_scope.deadline = trio.current_time() + self.limits.graceful_timeout_s
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        try:
+            async with stream:
+                await _Connection(self, stream).run()
+        except _STREAM_ERRORS:
+            pass  # the client went away; nobody to answer
+        except Exception:
+            logger.exception("a proxy connection failed (only that connection was closed)")
+
+
+def _address(listener: trio.SocketListener) -> str:
+    host, port = listener.socket.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _Connection:
+    """One client connection: requests one after another, each through the app."""
+
+    __slots__ = ("client", "local", "server", "stream")
+
+    def __init__(self, server: Http1Server, stream: trio.SocketStream) -> None:
+        self.server = server
+        self.stream = stream
+        self.client = tuple(stream.socket.getpeername()[:2])
+        self.local = tuple(stream.socket.getsockname()[:2])
+
+    async def run(self) -> None:
+        leftover = await self._opening_bytes()
+        if leftover is None:
+            return
+        if leftover.startswith(H2_PREFACE):
+            await self.server.h2.serve(self.stream, leftover)
+            return
+        limits = self.server.limits
+        while not self.server.stopping:
+            parser = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.header_bytes_max)
+            if leftover:  # (b"" would tell h11 the client closed)
+                parser.receive_data(leftover)
+            try:
+                request = await self._next_head(parser)
+            except h11.RemoteProtocolError as error:
+                await self._refuse(error.error_status_hint)
+                await self._linger()
+                return
+            if request is None:
+                return
+            exchange = _Exchange(self, parser, request)
+            await exchange.run()
+            if parser.their_state is not h11.DONE:
+                await self._linger()
+                return
+            if not exchange.keep_alive:
+                return
+            leftover, closed = parser.trailing_data
+            if closed:
+                return
+
+    async def _opening_bytes(self) -> bytes | None:
+        """The connection's first bytes, enough to tell the HTTP/2 preface from an HTTP/1.1 request line."""
+        received = b""
+        with self._idle_scope():
+            while len(received) < len(H2_PREFACE) and H2_PREFACE.startswith(received):
+                data = await self.stream.receive_some(_READ_BYTES)
+                if not data:
+                    return None
+                received += data
+            return received
+        return None  # idle too long, or stopping
+
+    async def _next_head(self, parser: h11.Connection) -> h11.Request | None:
+        """The next request's head, or None when the client closes, idles past the limit or the server stops."""
+        with self._idle_scope():
+            while True:
+                event = parser.next_event()
+                if event is not h11.NEED_DATA:
+                    return event if isinstance(event, h11.Request) else None  # ConnectionClosed
+                parser.receive_data(await self.stream.receive_some(_READ_BYTES))
+        return None
+
+    async def _linger(self) -> None:
+        """Close gently a connection the client may still be writing to: closing a socket with unread bytes
+        resets it, and a reset can destroy the answer before the client reads it (nginx's lingering close)."""
+        with trio.move_on_after(_LINGER_S):
+            await self.stream.send_eof()
+            discarded = 0
+            while discarded < _LINGER_BYTES_MAX:
+                data = await self.stream.receive_some(_READ_BYTES)
+                if not data:
+                    return
+                discarded += len(data)
+
+    def _idle_scope(self) -> _IdleScope:
+        return _IdleScope(self.server, trio.current_time() + self.server.limits.idle_timeout_s)
+
+    async def _refuse(self, status: int) -> None:
+        """Answer a head h11 refused (400, 431...) and let the connection close."""
+        body = HTTPStatus(status).phrase.encode("ascii")
+        head = _STATUS_LINES[status] + self.server.date.header()
+        head += b"content-type: text/plain\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+        await self.stream.send_all(head + body)
+
+
+class _IdleScope:
+    """A cancel scope with the idle deadline that the server's stop also cancels."""
+
+    __slots__ = ("_scope", "_server")
+
+    def __init__(self, server: Http1Server, deadline: float) -> None:
+        self._server = server
+        self._scope = trio.CancelScope(deadline=deadline)
+
+    def __enter__(self) -> None:
+        self._server.idle.add(self._scope)
+        self._scope.__enter__()
+
+    def __exit__(self, *exc_info: Any) -> bool:
+        self._server.idle.discard(self._scope)
+        return self._scope.__exit__(*exc_info)
+
+
+class _Exchange:
+    """One request through the app: its ASGI scope, `receive` and `send`."""
+
+    __slots__ = (
+        "_body_done",
+        "_chunked",
+        "_connection",
+        "_continued",
+        "_head",
+        "_no_body",
+        "_parser",
+        "_request",
+        "complete",
+        "keep_alive",
+        "started",
+    )
+
+    def __init__(self, connection: _Connection, parser: h11.Connection, request: h11.Request) -> None:
+        self._connection = connection
+        self._parser = parser
+        self._request = request
+        self._body_done = False
+        self._continued = False
+        self._head: bytes | None = None  # the response head, held until the first body part goes with it
+        self._chunked = False
+        self._no_body = request.method == b"HEAD"
+        self.started = False
+        self.complete = False
+        self.keep_alive = request.http_version == b"1.1" and not _asks_to_close(request.headers)
+
+    async def run(self) -> None:
+        request = self._request
+        raw_path, _, query = request.target.partition(b"?")
+        path = raw_path.decode("latin-1")
+        connection = self._connection
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": request.http_version.decode("ascii"),
+            "method": request.method.decode("ascii"),
+            "scheme": "http",
+            "path": unquote(path) if "%" in path else path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "root_path": "",
+            "headers": list(request.headers),
+            "client": connection.client,
+            "server": connection.local,
+            "extensions": {},
+        }
+        try:
+            await connection.server.app(scope, self.receive, self.send)
+        except ClientGone:
+            pass
+        except Exception:
+            logger.exception("the proxy app failed on a request")
+            if not self.started:
+                await connection._refuse(500)
+        if not self.complete:
+            self.keep_alive = False
+
+    async def receive(self) -> ASGIMessage:
+        if self._body_done:
+            if not self.complete:
+                await self._wait_for_disconnect()
+            return _DISCONNECT
+        if not self._continued and self._parser.they_are_waiting_for_100_continue and not self.started:
+            self._continued = True
+            await self._connection.stream.send_all(_CONTINUE)
+        while True:
+            try:
+                event = self._parser.next_event()
+            except h11.RemoteProtocolError:  # a broken body (bad chunk framing, EOF before the end)
+                self._body_done = True
+                return _DISCONNECT
+            if event is h11.NEED_DATA:
+                try:
+                    data = await self._connection.stream.receive_some(_READ_BYTES)
+                except _STREAM_ERRORS:
+                    data = b""
+                self._parser.receive_data(data)
+                continue
+            if isinstance(event, h11.Data):
+                return {"type": "http.request", "body": bytes(event.data), "more_body": True}
+            self._body_done = True
+            return _BODY_END if isinstance(event, h11.EndOfMessage) else _DISCONNECT
+
+    async def _wait_for_disconnect(self) -> None:
+        """Return when the client closes the connection; keep what it pipelines meanwhile for the next request.
+
+        Watching starts `_DISCONNECT_WATCH_DELAY_S` after the body ended: most exchanges are over by then, and
+        are cancelled while this merely sleeps, without registering the socket with epoll and taking it out
+        again (which cost more than the rest of this server's work on a fast request)."""
+        await trio.sleep(_DISCONNECT_WATCH_DELAY_S)
+        parser, stream = self._parser, self._connection.stream
+        while len(parser.trailing_data[0]) < _PIPELINED_BYTES_MAX:
+            try:
+                data = await stream.receive_some(_READ_BYTES)
+            except _STREAM_ERRORS:
+                return
+            if not data:
+                parser.receive_data(b"")
+                return
+            parser.receive_data(data)
+        await trio.sleep_forever()
+
+    async def send(self, message: ASGIMessage) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self._head = self._response_head(message["status"], message.get("headers", ()))
+            self.started = True
+            return
+        if kind != "http.response.body" or self.complete:
+            return
+        body: bytes = message.get("body", b"")
+        more = message.get("more_body", False)
+        if self._no_body:
+            body = b""
+        elif self._chunked and body:
+            body = b"%x\r\n%b\r\n" % (len(body), body)
+        if not more:
+            self.complete = True
+            if self._chunked:
+                body += _CHUNKED_END
+        if self._head is not None:
+            body, self._head = self._head + body, None
+        if body:
+            try:
+                await self._connection.stream.send_all(body)
+            except _STREAM_ERRORS:
+                self.complete = False
+                raise ClientGone from None
+
+    def _response_head(self, status: int, headers: Any) -> bytes:
+        """The status line and headers, with Date, framing and Connection added as this exchange needs."""
+        lines = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
+        has_date = has_length = False
+        for name, value in headers:
+            has_date = has_date or name == b"date"
+            has_length = has_length or name == b"content-length"
+            lines.append(name + b": " + value + b"\r\n")
+        if not has_date:
+            lines.append(self._connection.server.date.header())
+        self._no_body = self._no_body or status in (204, 304) or status < 200
+        if not has_length and not self._no_body:
+            if self._request.http_version == b"1.1":
+                self._chunked = True
+                lines.append(b"transfer-encoding: chunked\r\n")
+            else:
+                self.keep_alive = False  # the body ends where the connection does
+        if self._connection.server.stopping:
+            self.keep_alive = False
+        if not self.keep_alive:
+            lines.append(b"connection: close\r\n")
+        lines.append(b"\r\n")
+        head = b"".join(lines)
+        # One line per header: a value with a line break in it would smuggle a header (or a response) in.
+        if head.count(b"\n") != len(lines) or head.count(b"\r") != len(lines):
+            raise ValueError("a response header name or value holds a line break")
+        return head
+
+
+def _asks_to_close(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"connection" and any(token.strip() == b"close" for token in value.lower().split(b",")):
+            return True
+    return False
