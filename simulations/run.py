@@ -130,18 +130,7 @@ class _Sampler:
         self.series["queue_depth"].append((now, float(depth)))
         fresh = self._ledger.terminal_events[self._seen_terminal :]
         self._seen_terminal = len(self._ledger.terminal_events)
-        latencies: dict[str, list[float]] = {}
-        successes: dict[str, int] = {}
-        for entry in fresh:
-            assert entry.terminal_at is not None
-            latencies.setdefault(entry.tier, []).append(entry.terminal_at - entry.submitted_at)
-            successes[entry.tenant] = successes.get(entry.tenant, 0) + (entry.status == "success")
-        for name, points in self.series.items():
-            kind, _, label = name.partition("/")
-            if kind == "latency_p99_s" and (p99 := percentile(latencies.get(label, []), 0.99)) is not None:
-                points.append((now, p99))
-            elif kind == "throughput":
-                points.append((now, float(successes.get(label, 0))))
+        sample_outcomes(self.series, fresh, now)
         if now > self._sampled_at:
             for name, utilisation in cpu_utilisation(self._world, self._busy_s, now - self._sampled_at).items():
                 self.series[CPU_SERIES_PREFIX + name].append((now, utilisation))
@@ -407,3 +396,20 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def sample_outcomes(series: dict[str, list[tuple[float, float]]], finished: Sequence[JobEntry], now: float) -> None:
+    """Add one sample at `now` to the per-tier p99 latency and per-tenant throughput series, from the jobs that
+    finished since the last one (both models' samplers)."""
+    latencies: dict[str, list[float]] = {}
+    successes: dict[str, int] = {}
+    for entry in finished:
+        assert entry.terminal_at is not None
+        latencies.setdefault(entry.tier, []).append(entry.terminal_at - entry.submitted_at)
+        successes[entry.tenant] = successes.get(entry.tenant, 0) + (entry.status == "success")
+    for name, points in series.items():
+        kind, _, label = name.partition("/")
+        if kind == "latency_p99_s" and (p99 := percentile(latencies.get(label, []), 0.99)) is not None:
+            points.append((now, p99))
+        elif kind == "throughput":
+            points.append((now, float(successes.get(label, 0))))

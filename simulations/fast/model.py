@@ -73,7 +73,7 @@ from ..determinism import derive_seed
 from ..http import Latency
 from ..invariants import LIMIT_WINDOW_S
 from ..report import CPU_SERIES_PREFIX
-from ..run import SAMPLE_INTERVAL_S, RunReport, _tier_stats, percentile
+from ..run import SAMPLE_INTERVAL_S, RunReport, _tier_stats, sample_outcomes
 from ..runtime import SIMULATED_EPOCH_S
 from ..scenario import NODE_FAULTS, FaultSpec, Scenario, TenantSpec
 from ..upstream import LognormalLatency, UpstreamCore, arrival_times
@@ -864,18 +864,7 @@ class FastModel:
         self.series["queue_depth"].append((now, float(sum(node.queues.jobs for node in self._nodes.values()))))
         fresh = self.ledger.terminal_events[self._seen_terminal :]
         self._seen_terminal = len(self.ledger.terminal_events)
-        latencies: dict[str, list[float]] = {}
-        successes: dict[str, int] = {}
-        for entry in fresh:
-            assert entry.terminal_at is not None
-            latencies.setdefault(entry.tier, []).append(entry.terminal_at - entry.submitted_at)
-            successes[entry.tenant] = successes.get(entry.tenant, 0) + (entry.status == "success")
-        for name, points in self.series.items():
-            kind, _, label = name.partition("/")
-            if kind == "latency_p99_s" and (p99 := percentile(latencies.get(label, []), 0.99)) is not None:
-                points.append((now, p99))
-            elif kind == "throughput":
-                points.append((now, float(successes.get(label, 0))))
+        sample_outcomes(self.series, fresh, now)
         for node in self._nodes.values():
             busy = node.busy_s - node.busy_sampled_s
             node.busy_sampled_s = node.busy_s
