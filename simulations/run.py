@@ -394,10 +394,6 @@ def main(argv: list[str] | None = None) -> None:
     print(report.trace_digest, report.trace_events, "passed" if report.passed else report.violations[0].invariant)
 
 
-if __name__ == "__main__":
-    main()
-
-
 def sample_outcomes(series: dict[str, list[tuple[float, float]]], finished: Sequence[JobEntry], now: float) -> None:
     """Add one sample at `now` to the per-tier p99 latency and per-tenant throughput series, from the jobs that
     finished since the last one (both models' samplers)."""
@@ -413,3 +409,7 @@ def sample_outcomes(series: dict[str, list[tuple[float, float]]], finished: Sequ
             points.append((now, p99))
         elif kind == "throughput":
             points.append((now, float(successes.get(label, 0))))
+
+
+if __name__ == "__main__":
+    main()
