@@ -29,11 +29,16 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, cast
 
 import httpx
+import hypercorn.config
+import hypercorn.trio
 import trio
+from hypercorn.typing import ASGIFramework
 
-from edge.http.server import ASGIApp, serve_asgi
+from edge.http.h2 import H2_CONCURRENT_STREAMS_MAX, KEEP_ALIVE_REQUESTS_MAX
+from edge.http.server import LISTEN_BACKLOG, ASGIApp, serve_asgi
 from edge.process import tune_garbage_collector
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +60,10 @@ class BenchTarget:
     path: str = "/"
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
+    # "node": the node's own server (`serve_asgi`); "hypercorn": hypercorn's Trio worker as it comes, the fixed
+    # yardstick the issues' ratios are measured against ("the trivial app on hypercorn"), whatever the node serves
+    # its listeners with.
+    server: Literal["node", "hypercorn"] = "node"
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,14 +319,40 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+async def serve_on_hypercorn(
+    app: ASGIApp, *, bind: str, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve `app` on hypercorn's own Trio worker (HTTP/1.1 and h2c), configured as the job API was before it had
+    a front end of its own: no access log, no request cap per connection, 128 HTTP/2 streams."""
+    config = hypercorn.config.Config()
+    config.bind = [bind]
+    config.accesslog = None
+    config.keep_alive_max_requests = KEEP_ALIVE_REQUESTS_MAX
+    config.h2_max_concurrent_streams = H2_CONCURRENT_STREAMS_MAX
+    config.backlog = LISTEN_BACKLOG
+    reporter = _BoundAddressReporter(task_status)
+    await hypercorn.trio.serve(cast(ASGIFramework, app), config, task_status=reporter, mode="asgi")
+
+
+@dataclass(frozen=True, slots=True)
+class _BoundAddressReporter(trio.TaskStatus[list[str]]):
+    """Hypercorn reports "http://host:port"; the harness wants "host:port"."""
+
+    caller: trio.TaskStatus[list[str]]
+
+    def started(self, value: list[str] | None = None) -> None:
+        self.caller.started([address.split("://", 1)[1] for address in value or []])
+
+
 async def _serve_target(factory_path: str) -> None:
     module_name, _, attribute = factory_path.partition(":")
     factory = getattr(importlib.import_module(module_name), attribute)
     target = factory()
     if inspect.isawaitable(target):
         target = await target
+    serve = serve_asgi if target.server == "node" else serve_on_hypercorn
     async with trio.open_nursery() as nursery:
-        bound = await nursery.start(functools.partial(serve_asgi, target.app, bind=f"{LOOPBACK}:0"))
+        bound = await nursery.start(functools.partial(serve, target.app, bind=f"{LOOPBACK}:0"))
         tune_garbage_collector()  # as `ezthrottle serve` does once its node is up: the baseline gets it too
         announcement = {
             "address": bound[0],

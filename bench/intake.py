@@ -1,9 +1,11 @@
 """Job intake: how many job submissions per second one node accepts, next to a trivial app on the same stack.
 
-The baseline is the cheapest possible intake endpoint served by the same `serve_asgi` setup, so the ratio says
-what the job API itself costs. The candidate (the real job API) is an import path "module:factory" returning a
-`bench.common.BenchTarget`; it is measured in the same run, alternating with the baseline. `python -m bench.intake`
-measures the node's job API (`bench.job_api_target`) and checks afterwards that every 201 it sent is durable.
+The baseline is the cheapest possible intake endpoint served by hypercorn's own Trio worker (`serve_on_hypercorn`),
+a yardstick that stays put whatever the node serves with, so the ratio says what the node's intake costs next to
+the least an ASGI endpoint costs on a stock Python server. The candidate (the real job API, on the node's own
+server) is an import path "module:factory" returning a `bench.common.BenchTarget`; it is measured in the same run,
+alternating with the baseline. `python -m bench.intake` measures the node's job API (`bench.job_api_target`) and
+checks afterwards that every 201 it sent is durable.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ def baseline_target() -> BenchTarget:
         path="/api/v1/jobs",
         headers=(("content-type", "application/json"),),
         body=json.dumps(SAMPLE_JOB).encode(),
+        server="hypercorn",
     )
 
 

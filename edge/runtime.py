@@ -25,6 +25,11 @@ if TYPE_CHECKING:
 Resolver = Callable[[str], Awaitable[list[str]]]
 
 
+def system_wall_clock() -> float:
+    """Unix time in seconds from the system clock: the real `Runtime.wall_clock`, and the HTTP servers' Date."""
+    return time.time()
+
+
 async def system_resolver(host: str) -> list[str]:
     """Resolve with the OS resolver in a worker thread (trio.socket.getaddrinfo)."""
     infos = await trio.socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
@@ -53,7 +58,7 @@ class Runtime:
 
     @classmethod
     def real(cls) -> Runtime:
-        return cls(wall_clock=time.time, rng=random.Random(), resolver=system_resolver)
+        return cls(wall_clock=system_wall_clock, rng=random.Random(), resolver=system_resolver)
 
     def wall_ms(self) -> int:
         return int(self.wall_clock() * 1000)

@@ -19,9 +19,9 @@ listen sockets the workers share.
   profile, authenticated by a key the supervisor keeps in `<data_dir>/workers.key` (0600) and hands to each worker
   through its stdin, never in argv, the environment or a log. The key is kept, not made per start, because it also
   seals the webhook secrets set through the API (edge/placement/webhook_secrets.py), which must outlive a restart.
-- **Protected listeners** (`[[protect]]`) run on worker 0 alone, with the whole upstream capacity: the proxy's
-  front end (edge/proxy/server.py) binds its own sockets without SO_REUSEPORT, so a second worker could not share
-  the port. Its limits are unchanged.
+- **Protected listeners** (`[[protect]]`) run on worker 0 alone, with the whole upstream capacity: they are bound
+  without SO_REUSEPORT (`serve_protected` passes no `reuse_port`), so a second worker could not share the port.
+  Their limits are unchanged.
 - **The supervisor** starts the workers (`ezthrottle serve ... --worker I`, each in a session of its own, so a
   terminal's Ctrl-C reaches only the supervisor), forwards SIGINT and SIGTERM to them (the first stops each
   gracefully, a second at once, as for a node of one process), restarts one that exits while the node is not

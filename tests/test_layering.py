@@ -148,9 +148,13 @@ LAYERS = (
     # neither knows the HTTP stack or the node.
     Layer("edge.runtime", ("edge.runtime",), ("cluster.shell",)),
     Layer("edge.config", ("edge.config",), ("scheduler", "edge.outbound.origins")),
-    # HTTP out (SSRF guard, client) and HTTP in (hardened hypercorn).
+    # HTTP out (SSRF guard, client) and HTTP in (the h11 front end, HTTP/2 on hardened hypercorn).
     Layer("edge.outbound", ("edge.outbound.*",), ("edge.outbound.origins", "edge.runtime")),
-    Layer("edge.http.server", ("edge.http.server",), ("edge.config", "edge.vendor")),
+    Layer(
+        "edge.http.server",
+        ("edge.http.server", "edge.http.http1", "edge.http.h2", "edge.http.asgi"),
+        ("edge.config", "edge.vendor", "edge.runtime"),
+    ),
     # The engine's Trio shell: queues, executor, webhooks.
     Layer(
         "edge.engine.shell",

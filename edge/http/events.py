@@ -25,13 +25,8 @@ import trio
 
 from edge.engine.records import JobRecord
 from edge.engine.shell.events import TooManyReaders, first_round_done
-from edge.http.server import (
-    H2_CONCURRENT_STREAMS_MAX,
-    ASGISend,
-    end_streamed_response,
-    send_body_part,
-    start_streamed_response,
-)
+from edge.http.h2 import H2_CONCURRENT_STREAMS_MAX
+from edge.http.server import ASGISend, end_streamed_response, send_body_part, start_streamed_response
 from edge.placement.routing import EventCursor, JobRouter
 from edge.problems import Problem
 from edge.store import StoreError

@@ -1,8 +1,6 @@
 """The inbound API-protection proxy: a fair, tiered reverse proxy in front of an operator's own API.
 
 General layout (one concern per module), in the order a request meets them:
-- server    the listener's HTTP/1.1 front end on h11 and Trio: heads parsed by h11, answers written here
-- h2        connections that open with the h2c preface, handed to hypercorn's connection driver
 - app       the ASGI app: one request from identification to the streamed response (the one pipeline, which
             the simulator also drives over its own transport)
 - callers   who is calling: configured key (found by digest), trusted tier header, or anonymous by address
@@ -12,7 +10,8 @@ General layout (one concern per module), in the order a request meets them:
 - upstream  the way to the upstream: a keep-alive pool of its own for real sockets, or any httpx transport
 - wire      the pool's HTTP/1.1, sans I/O: request heads out, strictly framed responses in
 - metrics   Prometheus series per listener, tier and (bounded) key
-- listener  running one `[[protect]]` section: upstream pool, timer task, HTTP server
+- listener  running one `[[protect]]` section: upstream pool, timer task, and its server (edge/http/server.py,
+            the front end every listener has)
 """
 
 from edge.proxy.app import ProxyApp as ProxyApp

@@ -36,14 +36,11 @@ from typing import Any
 import trio
 
 from edge.config import ProtectConfig
+from edge.http.http1 import ClientGone as ClientGone
 from edge.http.server import REFUSED_BODY_DRAIN_BYTES_MAX
 from edge.problems import Problem
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
-
-
-class ClientGone(Exception):
-    """The client disconnected: there is nobody left to answer."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,10 +10,10 @@ import httpx
 import trio
 
 from edge.config import ProtectConfig
+from edge.http.server import serve_asgi
 from edge.proxy.app import ProxyApp
 from edge.proxy.gate import Gate
 from edge.proxy.metrics import ProxyMetrics
-from edge.proxy.server import Http1Server, ServerLimits
 from edge.proxy.upstream import Upstream, UpstreamPool, UpstreamTimeouts
 
 
@@ -54,9 +54,15 @@ async def serve_protected(
 ) -> None:
     """Serve one `[[protect]]` listener until `shutdown_trigger` returns (then drain) or until cancelled.
 
-    Reports the bound "host:port" strings, like `serve_asgi`. `wall_clock` (unix seconds) dates the answers.
+    Reports the bound "host:port" strings. `wall_clock` (unix seconds) dates the answers.
     """
-    limits = ServerLimits(header_bytes_max=protect.header_bytes_max, idle_timeout_s=protect.idle_timeout_s)
     async with open_proxy(protect, metrics=metrics, transport=transport) as app:
-        server = Http1Server(app, limits=limits, wall_clock=wall_clock)
-        await server.serve(protect.listen, shutdown_trigger=shutdown_trigger, task_status=task_status)
+        await serve_asgi(
+            app,
+            bind=protect.listen,
+            header_bytes_max=protect.header_bytes_max,
+            idle_timeout_s=protect.idle_timeout_s,
+            wall_clock=wall_clock,
+            shutdown_trigger=shutdown_trigger,
+            task_status=task_status,
+        )

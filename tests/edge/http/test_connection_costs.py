@@ -1,6 +1,5 @@
-"""What GuardedTCPServer (edge/vendor/hypercorn.py) changes in hypercorn's per-request work must not change
-behaviour: the keep-alive timer (one task per connection, its deadline moved) and the HTTP/1.1 response head held
-until the bytes that follow it."""
+"""The front end's per-connection behaviour over HTTP/1.1 (edge/http/http1.py): the keep-alive timer, the
+response head held until the bytes that follow it, streaming, bodies an app leaves unread, and stopping."""
 
 from __future__ import annotations
 
@@ -156,7 +155,25 @@ async def test_head_and_100_continue_and_server_errors_still_reach_the_client() 
         del unread[: unread.index(b"\r\n\r\n") + 4]
         await stream.send_all(b"body")
         assert (await read_response(stream, unread)).endswith(b"POST 4")
-        await stream.send_all(b"NOT A REQUEST\r\n\r\n")  # hypercorn's own 400: a head and an empty end
+        await stream.send_all(b"NOT A REQUEST\r\n\r\n")  # h11 refuses the head: 400, then the connection closes
         with trio.fail_after(5):
             answer = await stream.receive_some(65536)
         assert answer.startswith(b"HTTP/1.1 400 ")
+
+
+async def test_a_body_the_app_leaves_unread_is_dropped_and_the_connection_carries_the_next_request() -> None:
+    async def unread_app(scope: MutableMapping[str, Any], receive: ASGIReceive, send: ASGISend) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    body = b"x" * 100_000  # more than one read: the rest arrives after the answer
+    async with running(unread_app) as server, await trio.open_tcp_stream(*server.host_port) as stream:
+        unread = bytearray()
+        for _ in range(2):
+            await stream.send_all(b"POST / HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+            response = await read_response(stream, unread)
+            assert response.startswith(b"HTTP/1.1 200 ") and response.endswith(b"ok")
+            assert b"connection: close" not in response.lower()
+        assert not await closed_by_server(stream, within_s=0.2)

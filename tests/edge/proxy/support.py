@@ -1,15 +1,13 @@
 """Real peers for proxy tests: a fixed-capacity upstream on loopback, and the proxy itself in front of it.
 
-Both listen on 127.0.0.1: the upstream on the project's own `serve_asgi` (hypercorn), the proxy on its own front
-end (edge/proxy/server.py), so every test exercises real sockets, the proxy's HTTP/1.1 server (and its HTTP/2
-hand-off) in front and its upstream pool behind.
+Both listen on 127.0.0.1 on the project's own `serve_asgi` (its h11 front end, HTTP/2 handed to hypercorn), so
+every test exercises real sockets, the listener's HTTP server in front and the proxy's upstream pool behind.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -22,8 +20,8 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from edge.config import ENV_PROTECT, ProtectConfig, ProtectKeyConfig, load_config
+from edge.http.server import serve_asgi
 from edge.proxy import ProxyApp, ProxyMetrics, open_proxy
-from edge.proxy.server import Http1Server, ServerLimits
 from scheduler.fair import SchedulerStatistics
 from tests.edge.http.servers import STOP_TIMEOUT_S, RunningServer, running
 
@@ -179,14 +177,20 @@ async def proxy_to(upstream_url: str, **settings: Any) -> AsyncIterator[RunningP
     """A protected listener on 127.0.0.1 in front of `upstream_url`, with `settings` as its [[protect]] keys."""
     protect = ProtectConfig(listen="127.0.0.1:0", upstream=upstream_url, name="test", **settings)
     registry = CollectorRegistry()
-    limits = ServerLimits(protect.header_bytes_max, protect.idle_timeout_s, graceful_timeout_s=1.0)
     stop, stopped = trio.Event(), trio.Event()
     async with open_proxy(protect, metrics=ProxyMetrics(registry)) as app, trio.open_nursery() as nursery:
 
         async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
             try:
-                server = Http1Server(app, limits=limits, wall_clock=time.time)
-                await server.serve(protect.listen, shutdown_trigger=stop.wait, task_status=task_status)
+                await serve_asgi(
+                    app,
+                    bind=protect.listen,
+                    header_bytes_max=protect.header_bytes_max,
+                    idle_timeout_s=protect.idle_timeout_s,
+                    graceful_timeout_s=1.0,
+                    shutdown_trigger=stop.wait,
+                    task_status=task_status,
+                )
             finally:
                 stopped.set()
 

@@ -1,4 +1,4 @@
-"""The listener's own HTTP/1.1 front end (edge/proxy/server.py) and pool framings, over raw sockets both ways."""
+"""The listener's own HTTP/1.1 front end (edge/http/http1.py) and pool framings, over raw sockets both ways."""
 
 from __future__ import annotations
 

@@ -1,14 +1,13 @@
-"""HTTP/2 on a protected listener: a connection that opens with the h2c preface is handed to hypercorn.
+"""HTTP/2 behind the front end (edge/http/http1.py): a connection that speaks it is handed to hypercorn.
 
-Protected listeners have always accepted h2c with prior knowledge (tests/edge/proxy/test_forwarding.py), and
-HTTP/2 is not where the proxy's per-request cost was measured, so it keeps hypercorn's implementation: the
-front end (edge/proxy/server.py) reads the connection's first bytes, and when they are the preface, runs
-hypercorn's per-connection driver on that stream with those bytes replayed. The app is the same `ProxyApp`,
-so an HTTP/2 request goes through the same pipeline as an HTTP/1.1 one.
+The front end reads a cleartext connection's first bytes, and when they are the h2c preface, runs hypercorn's
+per-connection driver on that stream with those bytes replayed; a TLS connection that negotiated "h2" by ALPN is
+handed over after its handshake. The app is the same in both protocols. HTTP/2 keeps hypercorn's implementation
+(on top of h2): it is not where the per-request cost was measured (bench/RESULTS.md, "Inbound proxy overhead"),
+and its flow control and stream state are what a new implementation would get wrong.
 
-The settings are the job API's (edge/http/server.py `serve_asgi`) where they apply to one HTTP/2 connection.
-hypercorn's driver can end with an exception on an abrupt disconnect (stack-notes: pgjones/hypercorn#225);
-here that ends only the one connection, as the front end contains whatever a connection raises.
+The driver is `GuardedTCPServer` (edge/vendor/hypercorn.py), so an abrupt disconnect (stack-notes:
+pgjones/hypercorn#225) ends only its connection; the front end contains whatever a connection raises anyway.
 """
 
 from __future__ import annotations
@@ -19,21 +18,25 @@ from typing import Final, cast
 import trio
 from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config
-from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ASGIFramework
 
-from edge.http.server import H2_CONCURRENT_STREAMS_MAX, KEEP_ALIVE_REQUESTS_MAX, ASGIApp
+from edge.vendor.hypercorn import GuardedTCPServer
 
 H2_PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# nginx's default; enough for h2load -m 100 and for an SDK multiplexing many jobs over one connection.
+H2_CONCURRENT_STREAMS_MAX: Final = 128
+# Hypercorn's default (1000) sends GOAWAY after 1000 requests; load generators and long-lived SDK clients do not
+# reconnect and report the rest as errors.
+KEEP_ALIVE_REQUESTS_MAX: Final = 2**31 - 1
 
-logger = logging.getLogger("ezthrottle.proxy")
+logger = logging.getLogger("ezthrottle.http")
 
 
 class H2Handoff:
     """Runs hypercorn's HTTP/2 connection driver on streams the front end accepted."""
 
-    def __init__(self, app: ASGIApp, header_bytes_max: int, idle_timeout_s: float) -> None:
+    def __init__(self, app: object, header_bytes_max: int, idle_timeout_s: float) -> None:
         config = Config()
         config.accesslog = None  # requests carry API keys
         config.errorlog = logger.getChild("hypercorn")
@@ -47,9 +50,14 @@ class H2Handoff:
         self._context = WorkerContext(None)
 
     async def serve(self, stream: trio.SocketStream, received: bytes) -> None:
-        """Serve one connection whose first bytes, already read, were `received`."""
+        """Serve one cleartext connection whose first bytes, already read, were `received`."""
         replayed = cast(trio.SSLStream[trio.SocketStream], _Replayed(stream, received))  # it takes either kind
-        await TCPServer(self._app, self._config, self._context, {}, replayed).run()
+        await GuardedTCPServer(self._app, self._config, self._context, {}, replayed).run()
+
+    async def serve_tls(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
+        """Serve one TLS connection whose handshake (ALPN "h2") is done; the driver's own handshake call is then
+        a no-op."""
+        await GuardedTCPServer(self._app, self._config, self._context, {}, stream).run()
 
     async def stop(self) -> None:
         """Tell every HTTP/2 connection that the server is stopping (hypercorn then closes idle ones)."""

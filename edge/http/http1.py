@@ -1,26 +1,32 @@
-"""The front end of a protected listener: HTTP/1.1 on h11 and Trio, running `ProxyApp` through ASGI.
+"""The front end of every listener: HTTP/1.1 on h11 and Trio, HTTP/2 handed to hypercorn, TLS with ALPN.
 
-Why not hypercorn, which still serves the job API: a proxy is nothing but per-request overhead, and hypercorn
-spends more per request than the proxy's own work (a task per request, an event queue between the protocol and
-the app, three writes per response; a trivial app on it did ~3,900 req/s here). This server does the least an
-HTTP/1.1 proxy front end can: per request, h11 parses the head and the body (a fresh parser per request, fed
-what the last one left over, so pipelined bytes are kept), the app runs in the connection's own task, and
-each answer is serialised here and written with its first body part in one write. h11 does all the parsing
-because that is where request smuggling lives (conflicting Content-Length / Transfer-Encoding, obs-fold,
-bare CR); writing is ours because what goes out is ours or was parsed by h11 on the way in.
+Why not hypercorn for HTTP/1.1 too (it served every listener before): a proxy or an intake endpoint is mostly
+per-request overhead, and hypercorn spends more per request than the proxy's own work (a task per request, an
+event queue between the protocol and the app, three writes per response). Measured on the trivial app over
+HTTP/1.1, 10 connections: 0.45 ms of CPU per request on hypercorn, 0.20 ms here (bench/RESULTS.md). This server
+does the least an HTTP/1.1 front end can: per request, h11 parses the head and the body (a fresh parser per
+request, fed what the last one left over, so pipelined bytes are kept), the app runs in the connection's own task,
+and each answer is serialised here and written with its first body part in one write. h11 does all the parsing
+because that is where request smuggling lives (conflicting Content-Length / Transfer-Encoding, obs-fold, bare CR);
+writing is ours because what goes out is ours or was parsed by h11 on the way in.
 
-What a client gets, as from hypercorn before:
-- keep-alive HTTP/1.1 (HTTP/1.0 and `Connection: close` get their answer, then the connection closes);
+What a client gets:
+- keep-alive HTTP/1.1 with no cap on requests per connection (HTTP/1.0 and `Connection: close` get their answer,
+  then the connection closes);
 - a head over `header_bytes_max` is 431, a malformed one 400, and a connection with no request in progress
-  (idle between requests, or still sending its head) is closed after `idle_timeout_s`;
+  (idle between requests, still sending its head, or still in its TLS handshake) is closed after
+  `idle_timeout_s`;
 - `Expect: 100-continue` is answered when the app first reads the body, so a refusal can come first;
-- a response without Content-Length goes chunked (to HTTP/1.0, close-delimited); every answer has a Date;
-- a request whose body the app left unread closes the connection after the answer (nothing to resync on);
-- the client leaving is `http.disconnect`: the app's wait for it (edge/proxy/body.py) reads the connection
-  after the body, so it notices EOF at once; bytes pipelined meanwhile are kept for the next request;
-- a connection that opens with the HTTP/2 preface (h2c prior knowledge) is handed whole to hypercorn
-  (edge/proxy/h2.py). The h2c Upgrade header is ignored and the answer comes over HTTP/1.1, which RFC 9110
-  allows (RFC 9113 deprecates that upgrade).
+- a response without Content-Length goes chunked (to HTTP/1.0, close-delimited); every answer has a Date, none
+  a Server header;
+- a body the app left unread is read and dropped after the answer (up to `_LINGER_BYTES_MAX`, within
+  `_LINGER_S`), so the connection carries the next request; past that, it closes;
+- the client leaving is `http.disconnect`: once the body is read, a wait for the next message reads the
+  connection, so it notices EOF (up to `_DISCONNECT_WATCH_DELAY_S` late); bytes pipelined meanwhile are kept for
+  the next request;
+- HTTP/2: a cleartext connection that opens with the preface (h2c prior knowledge), or a TLS one that negotiated
+  "h2", is handed whole to hypercorn (edge/http/h2.py). The h2c Upgrade header is ignored: the answer comes over
+  HTTP/1.1, which RFC 9110 allows (RFC 9113 deprecates that upgrade), and the connection then closes;
 - stopping: the listeners close, idle connections close at once, requests in progress get `graceful_timeout_s`
   to finish (their connections close after the answer), then whatever is left is cancelled.
 
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -41,12 +48,10 @@ from urllib.parse import unquote
 import h11
 import trio
 
-from edge.config import split_listen
-from edge.http.server import LISTEN_BACKLOG, ASGIApp, ASGIMessage
-from edge.proxy.body import ClientGone
-from edge.proxy.h2 import H2_PREFACE, H2Handoff
+from edge.http.asgi import ASGIApp, ASGIMessage
+from edge.http.h2 import H2_PREFACE, H2Handoff
 
-logger = logging.getLogger("ezthrottle.proxy")
+logger = logging.getLogger("ezthrottle.http")
 
 _READ_BYTES: Final = 64 * 1024
 _STREAM_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
@@ -94,12 +99,25 @@ class _HttpDate:
         return self._value
 
 
-class Http1Server:
-    """Serves one ASGI app (a `ProxyApp`) on its bound addresses until stopped; `serve` runs it."""
+class ClientGone(Exception):
+    """The client disconnected: there is nobody left to answer (raised by `send`, and by apps that notice first)."""
 
-    def __init__(self, app: ASGIApp, *, limits: ServerLimits, wall_clock: Callable[[], float]) -> None:
+
+class Http1Server:
+    """Serves one ASGI app on its listeners until stopped; `serve` runs it. With `tls`, every connection is TLS and
+    ALPN picks HTTP/2 or HTTP/1.1."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limits: ServerLimits,
+        wall_clock: Callable[[], float],
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.app = app
         self.limits = limits
+        self.tls = tls
         self.date = _HttpDate(wall_clock)
         self.h2 = H2Handoff(app, limits.header_bytes_max, limits.idle_timeout_s)
         self.stopping = False
@@ -107,15 +125,13 @@ class Http1Server:
 
     async def serve(
         self,
-        bind: str,
+        listeners: list[trio.SocketListener],
         *,
         shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
         task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve until `shutdown_trigger` returns (then drain, see the module docstring) or until cancelled.
-        Reports the bound "host:port" strings ("[::1]:port" for IPv6), real ports where port 0 was asked for."""
-        host, port = split_listen(bind)
-        listeners = await trio.open_tcp_listeners(port, host=host, backlog=LISTEN_BACKLOG)
+        """Serve until `shutdown_trigger` returns (then drain, see the module docstring) or until cancelled; the
+        listeners are closed on the way out. Reports their "host:port" strings ("[::1]:port" for IPv6)."""
         async with trio.open_nursery() as connections:
             try:
                 async with trio.open_nursery() as accepting:
@@ -139,11 +155,27 @@ class Http1Server:
     async def _connection(self, stream: trio.SocketStream) -> None:
         try:
             async with stream:
-                await _Connection(self, stream).run()
+                if self.tls is None:
+                    await _Connection(self, stream, stream).run()
+                else:
+                    await self._tls_connection(stream)
         except _STREAM_ERRORS:
             pass  # the client went away; nobody to answer
         except Exception:
-            logger.exception("a proxy connection failed (only that connection was closed)")
+            logger.exception("a connection failed (only that connection was closed)")
+
+    async def _tls_connection(self, transport: trio.SocketStream) -> None:
+        assert self.tls is not None
+        stream = trio.SSLStream(transport, self.tls, server_side=True, https_compatible=True)
+        handshake = _IdleScope(self, trio.current_time() + self.limits.idle_timeout_s)
+        with handshake:
+            await stream.do_handshake()
+        if handshake.cancelled_caught:
+            return  # too slow, or the server is stopping
+        if stream.selected_alpn_protocol() == "h2":
+            await self.h2.serve_tls(stream)
+            return
+        await _Connection(self, stream, transport).run()
 
 
 def _address(listener: trio.SocketListener) -> str:
@@ -154,19 +186,26 @@ def _address(listener: trio.SocketListener) -> str:
 class _Connection:
     """One client connection: requests one after another, each through the app."""
 
-    __slots__ = ("client", "local", "server", "stream")
+    __slots__ = ("client", "local", "scheme", "server", "stream")
 
-    def __init__(self, server: Http1Server, stream: trio.SocketStream) -> None:
+    def __init__(
+        self,
+        server: Http1Server,
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
+        transport: trio.SocketStream,
+    ) -> None:
+        """`stream` carries the bytes: `transport` itself, or TLS over it."""
         self.server = server
         self.stream = stream
-        self.client = tuple(stream.socket.getpeername()[:2])
-        self.local = tuple(stream.socket.getsockname()[:2])
+        self.client = tuple(transport.socket.getpeername()[:2])
+        self.local = tuple(transport.socket.getsockname()[:2])
+        self.scheme = "http" if stream is transport else "https"
 
     async def run(self) -> None:
         leftover = await self._opening_bytes()
         if leftover is None:
             return
-        if leftover.startswith(H2_PREFACE):
+        if isinstance(self.stream, trio.SocketStream) and leftover.startswith(H2_PREFACE):
             await self.server.h2.serve(self.stream, leftover)
             return
         limits = self.server.limits
@@ -184,6 +223,8 @@ class _Connection:
                 return
             exchange = _Exchange(self, parser, request)
             await exchange.run()
+            if parser.their_state is h11.SEND_BODY and exchange.keep_alive and exchange.complete:
+                await self._discard_body(parser)
             if parser.their_state is not h11.DONE:
                 await self._linger()
                 return
@@ -212,8 +253,28 @@ class _Connection:
                 event = parser.next_event()
                 if event is not h11.NEED_DATA:
                     return event if isinstance(event, h11.Request) else None  # ConnectionClosed
-                parser.receive_data(await self.stream.receive_some(_READ_BYTES))
+                parser.receive_data(bytes(await self.stream.receive_some(_READ_BYTES)))
         return None
+
+    async def _discard_body(self, parser: h11.Connection) -> None:
+        """Read and drop the rest of a body the app answered without reading, as far as `_LINGER_BYTES_MAX` and
+        `_LINGER_S` go, so the connection can carry the next request (a client told nothing would reuse it, and
+        find it closed). A client waiting for 100-continue is sending nothing: that connection closes instead."""
+        if parser.they_are_waiting_for_100_continue:
+            return
+        discarded = 0
+        with trio.move_on_after(_LINGER_S):
+            while discarded <= _LINGER_BYTES_MAX:
+                try:
+                    event = parser.next_event()
+                except h11.RemoteProtocolError:
+                    return
+                if event is h11.NEED_DATA:
+                    data = bytes(await self.stream.receive_some(_READ_BYTES))
+                    discarded += len(data)
+                    parser.receive_data(data)
+                elif not isinstance(event, h11.Data):
+                    return  # the end of the body (or of the connection)
 
     async def _linger(self) -> None:
         """Close gently a connection the client may still be writing to: closing a socket with unread bytes
@@ -246,6 +307,10 @@ class _IdleScope:
     def __init__(self, server: Http1Server, deadline: float) -> None:
         self._server = server
         self._scope = trio.CancelScope(deadline=deadline)
+
+    @property
+    def cancelled_caught(self) -> bool:
+        return self._scope.cancelled_caught
 
     def __enter__(self) -> None:
         self._server.idle.add(self._scope)
@@ -296,7 +361,7 @@ class _Exchange:
             "asgi": {"version": "3.0"},
             "http_version": request.http_version.decode("ascii"),
             "method": request.method.decode("ascii"),
-            "scheme": "http",
+            "scheme": connection.scheme,
             "path": unquote(path) if "%" in path else path,
             "raw_path": raw_path,
             "query_string": query,
@@ -311,7 +376,7 @@ class _Exchange:
         except ClientGone:
             pass
         except Exception:
-            logger.exception("the proxy app failed on a request")
+            logger.exception("the app failed on a request")
             if not self.started:
                 await connection._refuse(500)
         if not self.complete:
@@ -336,7 +401,7 @@ class _Exchange:
                     data = await self._connection.stream.receive_some(_READ_BYTES)
                 except _STREAM_ERRORS:
                     data = b""
-                self._parser.receive_data(data)
+                self._parser.receive_data(bytes(data))  # (a TLS stream may hand over a bytearray)
                 continue
             if isinstance(event, h11.Data):
                 return {"type": "http.request", "body": bytes(event.data), "more_body": True}
@@ -359,7 +424,7 @@ class _Exchange:
             if not data:
                 parser.receive_data(b"")
                 return
-            parser.receive_data(data)
+            parser.receive_data(bytes(data))
         await trio.sleep_forever()
 
     async def send(self, message: ASGIMessage) -> None:
