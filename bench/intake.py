@@ -59,7 +59,13 @@ ACCEPTED = json.dumps({"job_id": "job_1763674210055_853341", "status": "queued",
 
 
 async def baseline_app(scope: ASGIScope, receive: ASGIReceive, send: ASGISend) -> None:
-    """Reads the whole body and answers 201 with a fixed job id: the floor under any real intake."""
+    """Reads the whole body and answers 201 with a fixed job id: the floor under any real intake. It answers the
+    lifespan protocol too, as hypercorn's own worker (the yardstick it runs on) needs of an app."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
     if scope["type"] != "http":
         return
     while (await receive()).get("more_body"):

@@ -515,7 +515,8 @@ class ClusterMember:
                 # As for shared entries: the entry stays counted; its next change is offered again.
                 self._counts["counter_callback_errors"] += 1
                 log.exception("cluster on_counter_change failed for %r of %s", entry.name, entry.node)
-        self._counters_moved.unpark_all()
+        if self._counters_moved:  # a clustered node's intake adds on every job; waking an empty lot is not free
+            self._counters_moved.unpark_all()
 
     def _queue_packet(self, address: Address, data: bytes) -> None:
         if not usable_peer_address(address):

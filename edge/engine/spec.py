@@ -276,30 +276,30 @@ class JobSpec:
 
     def to_wire(self) -> dict[str, Any]:
         """The stored and forwarded form: plain msgpack- and JSON-able values, the contract's field names."""
-        wire: dict[str, Any] = dict(self.extensions)
-        wire.update(
-            url=self.url,
-            method=self.method,
-            headers=dict(self.headers),
-            body=self.body,
-            metadata=dict(self.metadata),
-            webhooks=[hook.to_wire() for hook in self.webhooks],
-            webhook_quorum=self.webhook_quorum,
-            regions=list(self.regions),
-            region_policy=self.region_policy,
-            execution_mode=self.execution_mode,
-            retry_policy=self.retry_policy.to_wire(),
-            idempotent_key=self.idempotent_key,
-            send_idempotency_key=self.send_idempotency_key,
-            retry_at=self.retry_at,
-            deadline_ms=self.deadline_ms,
-            on_failure_timeout_ms=self.on_failure_timeout_ms,
-            hedge_after_ms=self.hedge_after_ms,
-            tier=self.tier,
-            on_success=self.on_success.to_wire() if self.on_success else None,
-            on_failure=self.on_failure.to_wire() if self.on_failure else None,
-            fallback_job=self.fallback_job.to_wire() if self.fallback_job else None,
-        )
+        wire: dict[str, Any] = {
+            **self.extensions,
+            "url": self.url,
+            "method": self.method,
+            "headers": dict(self.headers),
+            "body": self.body,
+            "metadata": dict(self.metadata),
+            "webhooks": [hook.to_wire() for hook in self.webhooks],
+            "webhook_quorum": self.webhook_quorum,
+            "regions": list(self.regions),
+            "region_policy": self.region_policy,
+            "execution_mode": self.execution_mode,
+            "retry_policy": self.retry_policy.to_wire(),
+            "idempotent_key": self.idempotent_key,
+            "send_idempotency_key": self.send_idempotency_key,
+            "retry_at": self.retry_at,
+            "deadline_ms": self.deadline_ms,
+            "on_failure_timeout_ms": self.on_failure_timeout_ms,
+            "hedge_after_ms": self.hedge_after_ms,
+            "tier": self.tier,
+            "on_success": self.on_success.to_wire() if self.on_success else None,
+            "on_failure": self.on_failure.to_wire() if self.on_failure else None,
+            "fallback_job": self.fallback_job.to_wire() if self.fallback_job else None,
+        }
         if self.trigger is not None:
             wire["trigger"] = self.trigger.to_wire()
         return wire

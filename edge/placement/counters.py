@@ -149,7 +149,8 @@ class LocalCounters:
         entry = self._map.add(name, self._node, amount)
         if self._map.version != before:
             self._saver.note(entry)
-            self._moved.unpark_all()
+            if self._moved:  # intake adds on every job; waking an empty lot is not free
+                self._moved.unpark_all()
         return entry
 
     def counter_entries(self, prefix: str) -> tuple[CounterEntry, ...]:

@@ -187,6 +187,8 @@ class UsageMeter:
         self._genesis_owner = genesis_owner  # None: this node (alone)
         self._lend = lend
         self._metrics = metrics
+        # The usage_accepted child per plan name, made on first use (as labels() would) and kept: settle runs per job.
+        self._accepted_metric: dict[str, Any] = {}
         self._pending: Counter[tuple[str, str]] = Counter()  # submissions being saved, metered or not
         # Per quota, this node's mints and gifts not saved yet, by entry name: counted in its own ledger at once, but
         # added to the counters (and so gossiped) only once saved, so no peer relies on a right a crash could undo.
@@ -235,7 +237,11 @@ class UsageMeter:
         if fresh and known is not None:  # the one change since: this spend
             self._known[key] = (self._counters.counter_version, known[1] - 1, known[2] + 1)
         if self._metrics is not None:
-            self._metrics.usage_accepted.labels(self._plans[reservation.account_id].name).inc()
+            plan_name = self._plans[reservation.account_id].name
+            accepted = self._accepted_metric.get(plan_name)
+            if accepted is None:
+                accepted = self._accepted_metric[plan_name] = self._metrics.usage_accepted.labels(plan_name)
+            accepted.inc()
 
     async def lend(self, account_id: str, month: str, wanted: int, borrower: str) -> list[CounterEntry]:
         """Another node ran out: give it rights if this node can spare some (minting first when this node is the
