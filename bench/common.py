@@ -37,6 +37,7 @@ import hypercorn.trio
 import trio
 from hypercorn.typing import ASGIFramework
 
+from edge import vendor
 from edge.http.h2 import H2_CONCURRENT_STREAMS_MAX, KEEP_ALIVE_REQUESTS_MAX
 from edge.http.server import LISTEN_BACKLOG, ASGIApp, serve_asgi
 from edge.process import tune_garbage_collector
@@ -322,8 +323,10 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 async def serve_on_hypercorn(
     app: ASGIApp, *, bind: str, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Serve `app` on hypercorn's own Trio worker (HTTP/1.1 and h2c), configured as the job API was before it had
-    a front end of its own: no access log, no request cap per connection, 128 HTTP/2 streams."""
+    """Serve `app` on hypercorn's own Trio worker (HTTP/1.1 and h2c), set up as the job API was before it had a
+    front end of its own: the connection guard installed (unguarded, h2load's hang-up at the end of a run can end
+    the whole server, edge/vendor/hypercorn.py), no access log, no request cap per connection, 128 HTTP/2 streams."""
+    vendor.install_all()
     config = hypercorn.config.Config()
     config.bind = [bind]
     config.accesslog = None

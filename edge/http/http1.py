@@ -2,8 +2,7 @@
 
 Why not hypercorn for HTTP/1.1 too (it served every listener before): a proxy or an intake endpoint is mostly
 per-request overhead, and hypercorn spends more per request than the proxy's own work (a task per request, an
-event queue between the protocol and the app, three writes per response). Measured on the trivial app over
-HTTP/1.1, 10 connections: 0.45 ms of CPU per request on hypercorn, 0.20 ms here (bench/RESULTS.md). This server
+event queue between the protocol and the app, three writes per response). This server
 does the least an HTTP/1.1 front end can: per request, h11 parses the head and the body (a fresh parser per
 request, fed what the last one left over, so pipelined bytes are kept), the app runs in the connection's own task,
 and each answer is serialised here and written with its first body part in one write. h11 does all the parsing
