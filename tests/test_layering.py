@@ -139,6 +139,7 @@ LAYERS = (
     Layer("edge.logs", ("edge.logs",), ()),
     Layer("edge.process", ("edge.process",), ()),
     Layer("edge.outbound.origins", ("edge.outbound.origins",), ()),
+    Layer("edge.outbound.wire", ("edge.outbound.wire",), ()),  # HTTP/1.1 sans I/O, for the node's own clients
     Layer("edge.metrics", ("edge.metrics",), ()),
     Layer("edge.vendor", ("edge.vendor.*",), ()),
     # The job engine's pure core, then what stores its records.
@@ -149,7 +150,7 @@ LAYERS = (
     Layer("edge.runtime", ("edge.runtime",), ("cluster.shell",)),
     Layer("edge.config", ("edge.config",), ("scheduler", "edge.outbound.origins")),
     # HTTP out (SSRF guard, client) and HTTP in (the h11 front end, HTTP/2 on hardened hypercorn).
-    Layer("edge.outbound", ("edge.outbound.*",), ("edge.outbound.origins", "edge.runtime")),
+    Layer("edge.outbound", ("edge.outbound.*",), ("edge.outbound.origins", "edge.outbound.wire", "edge.runtime")),
     Layer(
         "edge.http.server",
         ("edge.http.server", "edge.http.http1", "edge.http.h2", "edge.http.asgi"),
@@ -191,7 +192,11 @@ LAYERS = (
         ),
     ),
     # The inbound proxy: the fair scheduler in front of an operator's upstream, served like the job API.
-    Layer("edge.proxy", ("edge.proxy.*",), ("scheduler", "edge.problems", "edge.config", "edge.http.server")),
+    Layer(
+        "edge.proxy",
+        ("edge.proxy.*",),
+        ("scheduler", "edge.problems", "edge.config", "edge.http.server", "edge.outbound.wire"),
+    ),
     # The SDKs' metering envelope (pure), and the webhook-secrets API on the shared secret store.
     Layer("edge.http.envelope", ("edge.http.envelope",), ()),
     Layer(

@@ -21,14 +21,13 @@ mixed answer is exactly what a rebinding attack looks like.
 from __future__ import annotations
 
 import ipaddress
-import math
-import typing
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
+from typing import Protocol
 
-import httpcore
 import httpx
 import trio
 
+from edge.outbound.keepalive import Connect, KeepAliveTransport, PoolLimits
 from edge.runtime import Resolver
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -172,95 +171,44 @@ def refusal_of(exc: BaseException) -> TargetRefused | None:
     while cause is not None:
         if isinstance(cause, TargetRefused):
             return cause
-        # httpcore re-raises its errors with `from None` on the way out, so follow the implicit chain too.
-        cause = cause.__cause__ or cause.__context__
+        cause = cause.__cause__ or cause.__context__  # explicit or implicit chaining, whichever a layer used
     return None
 
 
-class _GuardedBackend(httpcore.AsyncNetworkBackend):
-    """An httpcore network backend that only ever connects to vetted IP addresses.
+class OpenTcp(Protocol):
+    """`trio.open_tcp_stream`'s shape: what the connectors below open sockets with (tests pass their own)."""
 
-    httpcore hands `connect_tcp` the URL's host; this resolves it with the injected resolver, refuses
-    forbidden addresses and connects to the vetted IPs in order (the first that accepts wins). TLS is
-    unaffected: httpcore then calls `start_tls` on the returned stream with `server_hostname` set to the URL's
-    host (or the `sni_hostname` request extension), never the IP we connected to, so SNI and certificate
-    verification still use the hostname (httpcore/_async/connection.py, `_connect`).
+    def __call__(self, host: str, port: int, *, local_address: str | None = None) -> Awaitable[trio.SocketStream]: ...
+
+
+def guarded_connect(resolver: Resolver, *, local_address: str | None, open_tcp: OpenTcp) -> Connect:
+    """A `Connect` that only ever connects to vetted IP addresses.
+
+    It resolves the name with the injected resolver, refuses the name if any address is forbidden, and connects to
+    the vetted IPs in order (the first that accepts wins). TLS is unaffected: the transport then starts TLS with the
+    URL's host as the server name, never the IP connected to, so SNI and certificate checks use the hostname.
     """
 
-    def __init__(self, resolver: Resolver) -> None:
-        self._resolver = resolver
-        self._backend = httpcore.TrioBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        # One deadline covers resolving and every address tried, so a slow resolver or a dead first address
-        # cannot stretch the connect timeout.
-        try:
-            with trio.fail_after(math.inf if timeout is None else timeout):
-                try:
-                    addresses = await _vetted_addresses(host, f"{host}:{port}", self._resolver)
-                except TargetRefused as refused:
-                    message = f"SSRF guard refused the address: {refused.reason}"
-                    raise httpcore.ConnectError(message) from refused
-                return await self._connect_first(addresses, port, local_address, socket_options)
-        except trio.TooSlowError as exc:
-            raise httpcore.ConnectTimeout(f"connecting to {host}:{port} took over {timeout} s") from exc
-
-    async def _connect_first(
-        self,
-        addresses: list[str],
-        port: int,
-        local_address: str | None,
-        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None,
-    ) -> httpcore.AsyncNetworkStream:
+    async def connect(host: str, port: int) -> trio.SocketStream:
+        addresses = await _vetted_addresses(host, f"{host}:{port}", resolver)  # or TargetRefused
         failures: list[str] = []
         for address in addresses:
             try:
-                return await self._backend.connect_tcp(
-                    address, port, local_address=local_address, socket_options=socket_options
-                )
-            except httpcore.ConnectError as exc:
+                return await open_tcp(address, port, local_address=local_address)
+            except OSError as exc:
                 failures.append(f"{address}: {exc}")
-        raise httpcore.ConnectError("; ".join(failures))
+        raise OSError("; ".join(failures))
 
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError(f"unix sockets are not outbound targets (refusing {path})")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._backend.sleep(seconds)
+    return connect
 
 
-class _GuardedTransport(httpx.AsyncHTTPTransport):
-    """httpx's pooled HTTP/1.1 transport with its connection pool rebuilt on `_GuardedBackend`.
+def plain_connect(*, local_address: str | None, open_tcp: OpenTcp) -> Connect:
+    """A `Connect` without the policy (`security.allow_private_targets`): the system resolver, every address."""
 
-    httpx offers no public way to pass a network backend, so the pool is replaced after construction; httpx is
-    pinned below 0.29 and the tests exercise this path against a real server. HTTP/1.1 only: cancelled HTTP/2
-    streams leak in httpcore 1.0.9 (stack-notes), and racing cancels requests all the time.
-    """
+    async def connect(host: str, port: int) -> trio.SocketStream:
+        return await open_tcp(host, port, local_address=local_address)
 
-    def __init__(self, *, resolver: Resolver, limits: httpx.Limits, local_address: str | None = None) -> None:
-        super().__init__(limits=limits, http1=True, http2=False)
-        self._pool = httpcore.AsyncConnectionPool(
-            local_address=local_address,
-            ssl_context=httpx.create_ssl_context(),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            http1=True,
-            http2=False,
-            network_backend=_GuardedBackend(resolver),
-        )
+    return connect
 
 
 def guarded_transport(
@@ -271,19 +219,20 @@ def guarded_transport(
     max_keepalive_connections: int,
     keepalive_expiry_s: float,
     local_address: str | None = None,
+    open_tcp: OpenTcp = trio.open_tcp_stream,
 ) -> httpx.AsyncBaseTransport:
-    """The outbound transport for jobs and webhooks: pooled HTTP/1.1, address-checked at connect time, its
-    connections bound to `local_address` when one is given.
+    """The outbound transport for jobs and webhooks: pooled HTTP/1.1 (edge/outbound/keepalive.py), address-checked
+    at connect time, its connections bound to `local_address` when one is given.
 
-    With `allow_private` it is a plain pooled transport (the operator opted out of the policy).
-    Pass it to `httpx.AsyncClient(transport=...)`; an explicit transport also stops httpx from routing through
-    proxies named in the environment, which would otherwise connect on our behalf, unchecked.
+    With `allow_private` it connects to whatever the name resolves to (the operator opted out of the policy).
+    An explicit transport also keeps httpx from routing through proxies named in the environment, which would
+    otherwise connect on our behalf, unchecked.
     """
-    limits = httpx.Limits(
-        max_connections=max_connections,
-        max_keepalive_connections=max_keepalive_connections,
-        keepalive_expiry=keepalive_expiry_s,
+    limits = PoolLimits(
+        connections_max=max_connections, idle_max=max_keepalive_connections, idle_expiry_s=keepalive_expiry_s
     )
     if allow_private:
-        return httpx.AsyncHTTPTransport(limits=limits, http1=True, http2=False, local_address=local_address)
-    return _GuardedTransport(resolver=resolver, limits=limits, local_address=local_address)
+        connect = plain_connect(local_address=local_address, open_tcp=open_tcp)
+    else:
+        connect = guarded_connect(resolver, local_address=local_address, open_tcp=open_tcp)
+    return KeepAliveTransport(connect=connect, limits=limits)

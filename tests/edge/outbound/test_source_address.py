@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpcore
 import httpx
 import pytest
 import trio
@@ -18,7 +17,7 @@ import trio
 from edge.outbound.ssrf import guarded_transport
 from simulations.actors import Receive, Scope, Send, read_body, respond
 from tests.e2e.support import auth, serve, start_node
-from tests.edge.outbound.test_ssrf import RedirectingBackend
+from tests.edge.outbound.test_ssrf import RedirectingOpener
 
 SOURCE = "127.0.0.11"
 
@@ -70,15 +69,13 @@ async def test_jobs_and_webhooks_leave_from_the_source_address(
     assert job_client[1] > 0 and hook_client[1] > 0  # an ephemeral port picked by the kernel, not a fixed one
 
 
-async def test_the_ssrf_guard_passes_the_source_address_to_the_socket(
-    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With the policy on, loopback is refused, so the guard's own backend is replaced (as in test_ssrf.py): it
-    receives the vetted public address and the source address, and really connects from that source."""
+async def test_the_ssrf_guard_passes_the_source_address_to_the_socket(nursery: trio.Nursery) -> None:
+    """With the policy on, loopback is refused, so the guard's sockets are opened by a redirecting opener (as in
+    test_ssrf.py): it receives the vetted public address and the source address, and really connects from that
+    source."""
     upstream = Recorder()
     port = int((await serve(nursery, upstream)).rsplit(":", 1)[1])
-    backend = RedirectingBackend(port)
-    monkeypatch.setattr(httpcore, "TrioBackend", lambda: backend)
+    backend = RedirectingOpener(port)
 
     async def resolve(host: str) -> list[str]:
         assert host == "public.test"
@@ -91,6 +88,7 @@ async def test_the_ssrf_guard_passes_the_source_address_to_the_socket(
         max_keepalive_connections=2,
         keepalive_expiry_s=5,
         local_address=SOURCE,
+        open_tcp=backend,
     )
     async with httpx.AsyncClient(transport=transport, timeout=5) as client:
         response = await client.get("http://public.test/v1/ping")

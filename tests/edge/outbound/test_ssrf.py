@@ -10,16 +10,15 @@ async functions that map names to addresses.
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
-import httpcore
 import httpx
 import pytest
 import trio
 import trio.testing
 
 from edge.engine.spec import validate_job
-from edge.outbound.ssrf import forbidden_reason, guarded_transport, refusal_of
+from edge.outbound.ssrf import OpenTcp, forbidden_reason, guarded_transport, refusal_of
 from edge.problems import Problem
 
 FORBIDDEN = [
@@ -139,76 +138,51 @@ async def server(nursery: trio.Nursery) -> AsyncIterator[LocalServer]:
     yield local
 
 
-def client_for(*, allow_private: bool, resolver: Callable[[str], Awaitable[list[str]]]) -> httpx.AsyncClient:
+def client_for(
+    *,
+    allow_private: bool,
+    resolver: Callable[[str], Awaitable[list[str]]],
+    open_tcp: OpenTcp = trio.open_tcp_stream,
+) -> httpx.AsyncClient:
     transport = guarded_transport(
         allow_private=allow_private,
         resolver=resolver,
         max_connections=4,
         max_keepalive_connections=2,
         keepalive_expiry_s=5,
+        open_tcp=open_tcp,
     )
     return httpx.AsyncClient(transport=transport, timeout=5)
 
 
-# The guard's own socket backend, captured before any test replaces it (see `redirect`).
-TRIO_BACKEND = httpcore.TrioBackend
+class RedirectingOpener:
+    """Opens the guard's sockets to the local server instead, recording every (address, port) it was asked for.
 
-
-class RedirectingBackend(httpcore.AsyncNetworkBackend):
-    """Sockets for the guard that record every (address, port) it connects to and reach the local server instead.
-
-    The guard has vetted the address by the time it calls `connect_tcp`, so what is recorded is exactly what a
-    real connection would have gone to, and an allowed public address is never contacted.
+    The guard has vetted the address by the time it opens a socket, so what is recorded is exactly what a real
+    connection would have gone to, and an allowed public address is never contacted.
     """
 
     def __init__(self, local_port: int) -> None:
         self.local_port = local_port
         self.connected: list[tuple[str, int]] = []
         self.local_addresses: list[str | None] = []  # what each connection was bound to (`source_address`)
-        self._real = TRIO_BACKEND()
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
+    async def __call__(self, host: str, port: int, *, local_address: str | None = None) -> trio.SocketStream:
         self.connected.append((host, port))
         self.local_addresses.append(local_address)
-        return await self._real.connect_tcp("127.0.0.1", self.local_port, timeout=timeout, local_address=local_address)
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise AssertionError("the guard never opens unix sockets")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._real.sleep(seconds)
+        return await trio.open_tcp_stream("127.0.0.1", self.local_port, local_address=local_address)
 
 
 @pytest.fixture
-def redirect(server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> RedirectingBackend:
-    """Guarded transports built in this test connect through a `RedirectingBackend` to `server`.
-
-    The guard builds its sockets with `httpcore.TrioBackend()` (edge/outbound/ssrf.py, `_GuardedBackend`), and
-    offers no parameter for them, so the class is replaced for the test. Plain (allow_private) transports use
-    httpcore's own automatic backend and are unaffected.
-    """
-    backend = RedirectingBackend(server.port)
-    monkeypatch.setattr(httpcore, "TrioBackend", lambda: backend)
-    return backend
+def redirect(server: LocalServer) -> RedirectingOpener:
+    return RedirectingOpener(server.port)
 
 
 async def test_a_public_name_is_allowed_and_connected_to_by_its_vetted_address(
-    server: LocalServer, redirect: RedirectingBackend
+    server: LocalServer, redirect: RedirectingOpener
 ) -> None:
     resolve, asked = make_resolver(RECORDS)
-    async with client_for(allow_private=False, resolver=resolve) as client:
+    async with client_for(allow_private=False, resolver=resolve, open_tcp=redirect) as client:
         response = await client.get("http://public.test/v1/charges?x=1")
     assert (response.status_code, response.text) == (200, "hello")
     assert asked == ["public.test"]
@@ -227,10 +201,10 @@ async def test_a_public_name_is_allowed_and_connected_to_by_its_vetted_address(
     ],
 )
 async def test_refusals_name_the_reason(
-    url: str, reason: str, server: LocalServer, redirect: RedirectingBackend
+    url: str, reason: str, server: LocalServer, redirect: RedirectingOpener
 ) -> None:
     resolve, _asked = make_resolver(RECORDS)
-    async with client_for(allow_private=False, resolver=resolve) as client:
+    async with client_for(allow_private=False, resolver=resolve, open_tcp=redirect) as client:
         with pytest.raises(httpx.ConnectError) as caught:
             await client.get(url)
     refused = refusal_of(caught.value)
@@ -251,7 +225,7 @@ async def test_refusals_name_the_reason(
     ],
 )
 async def test_urls_that_are_not_http_with_a_host_never_reach_the_guard(
-    url: str, transport_error: type[Exception], detail: str, server: LocalServer, redirect: RedirectingBackend
+    url: str, transport_error: type[Exception], detail: str, server: LocalServer, redirect: RedirectingOpener
 ) -> None:
     """httpx refuses them before any transport is asked, so intake refuses them first, naming the field."""
     with pytest.raises(Problem) as problem:
@@ -259,7 +233,7 @@ async def test_urls_that_are_not_http_with_a_host_never_reach_the_guard(
     assert (problem.value.status, problem.value.field) == (422, "url")
     assert problem.value.detail is not None and detail in problem.value.detail
     resolve, asked = make_resolver(RECORDS)
-    async with client_for(allow_private=False, resolver=resolve) as client:
+    async with client_for(allow_private=False, resolver=resolve, open_tcp=redirect) as client:
         with pytest.raises(transport_error) as caught:
             await client.get(url)
     assert refusal_of(caught.value) is None
@@ -278,9 +252,9 @@ async def test_urls_that_are_not_http_with_a_host_never_reach_the_guard(
         "http://public.test\\@127.0.0.1/",
     ],
 )
-async def test_ip_literals_are_checked_without_dns(url: str, server: LocalServer, redirect: RedirectingBackend) -> None:
+async def test_ip_literals_are_checked_without_dns(url: str, server: LocalServer, redirect: RedirectingOpener) -> None:
     resolve, asked = make_resolver(RECORDS)
-    async with client_for(allow_private=False, resolver=resolve) as client:
+    async with client_for(allow_private=False, resolver=resolve, open_tcp=redirect) as client:
         with pytest.raises(httpx.ConnectError) as caught:
             await client.get(url)
     refused = refusal_of(caught.value)
@@ -336,7 +310,7 @@ async def test_name_resolving_to_loopback_is_refused_at_connect_time(server: Loc
 
 
 async def test_dns_rebinding_is_caught_on_the_connection_it_would_take_over(
-    server: LocalServer, redirect: RedirectingBackend
+    server: LocalServer, redirect: RedirectingOpener
 ) -> None:
     """The name is public for the first connection and loopback for the next: each is vetted on its own answer."""
     answers = [["93.184.215.14"], ["127.0.0.1"]]
@@ -345,9 +319,11 @@ async def test_dns_rebinding_is_caught_on_the_connection_it_would_take_over(
         return answers.pop(0)
 
     url = "http://rebind.test/"
-    async with client_for(allow_private=False, resolver=rebinding) as client:
+    async with client_for(allow_private=False, resolver=rebinding, open_tcp=redirect) as client:
         first = await client.get(url)  # the server closes the connection, so the next request opens another
-        with pytest.raises(httpx.ConnectError, match="SSRF guard refused the address") as caught:
+        with pytest.raises(
+            httpx.ConnectError, match=r"refusing rebind\.test:80: rebind\.test resolves to a forbidden"
+        ) as caught:
             await client.get(url)
     assert first.status_code == 200
     refused = refusal_of(caught.value)
@@ -370,7 +346,7 @@ async def test_connect_timeout_covers_a_hanging_resolver() -> None:
 
 
 async def test_a_slow_resolver_is_bounded_by_the_callers_deadline(
-    autojump_clock: trio.testing.MockClock, redirect: RedirectingBackend
+    autojump_clock: trio.testing.MockClock, redirect: RedirectingOpener
 ) -> None:
     """The engine bounds an attempt with its own cancel scope; resolving happens inside it, so it is cut short."""
     resolved: list[str] = []
@@ -380,7 +356,7 @@ async def test_a_slow_resolver_is_bounded_by_the_callers_deadline(
         resolved.append(host)
         return ["93.184.215.14"]
 
-    async with client_for(allow_private=False, resolver=slow) as client:  # its own timeouts: 5 s
+    async with client_for(allow_private=False, resolver=slow, open_tcp=redirect) as client:  # its own timeouts: 5 s
         started = trio.current_time()
         with pytest.raises(trio.TooSlowError), trio.fail_after(0.5):
             await client.get("http://slow.test/")

@@ -1,18 +1,22 @@
-"""HTTP/1.1 as the upstream pool speaks it, sans I/O: request heads out, responses in (RFC 9112).
+"""HTTP/1.1 as the node's own clients speak it, sans I/O: request heads out, responses in (RFC 9112).
+
+Two clients use it: the inbound proxy's upstream pool (edge/proxy/upstream.py) and the outbound transport of job
+attempts and webhook deliveries (edge/outbound/keepalive.py).
 
 Why not h11 here, when the front end uses it: h11 validates and tracks both sides of a connection for any peer,
 and that was about 40 us of each proxied request (building and re-validating the request's headers, a state
-machine step per event). This side needs less: what it writes was parsed by h11 (or hypercorn's h2) on the way in
-and is checked again here in one pass, and what it reads comes from the operator's own upstream. Reading stays
-strict all the same, because whatever the upstream sends goes on to a client: a byte that could split a header
-line (bare CR or LF, NUL, other controls), a header name that is not a token (obs-fold included), a status
-line that is not HTTP/1.x with three digits, conflicting or malformed Content-Length, or a chunk that does not
-frame, is a `WireError` (the pool answers 502 and closes the connection).
+machine step per event). A client needs less: what it writes was validated on the way in (by h11 or hypercorn's
+h2 for the proxy, by job validation for attempts) and is checked again here in one pass. Reading is strict,
+because the peer may be anyone (a provider, a webhook receiver) and what it sends goes on to a client or into a
+job's result: a byte that could split a header line (bare CR or LF, NUL, other controls), a header name that is
+not a token (obs-fold included), a status line that is not HTTP/1.x with three digits, conflicting or malformed
+Content-Length, or a chunk that does not frame, is a `WireError` (the caller fails the exchange and closes the
+connection).
 
 Framing, in RFC 9112 section 6.3's order: no body after HEAD, 1xx, 204 and 304; both Transfer-Encoding and
 Content-Length is an error; chunked when it is the last transfer coding, another one last means read until
 close; then Content-Length; else read until close. 1xx heads other than 101 are skipped (a 101 is an error:
-the proxy never asks to upgrade). A connection is reusable only after a complete response that was HTTP/1.1,
+these clients never ask to upgrade). A connection is reusable only after a complete response that was HTTP/1.1,
 not `Connection: close`, not close-delimited, with nothing after it.
 """
 
