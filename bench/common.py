@@ -37,8 +37,8 @@ import hypercorn.trio
 import trio
 from hypercorn.typing import ASGIFramework
 
-from edge import vendor
-from edge.http.h2 import H2_CONCURRENT_STREAMS_MAX, KEEP_ALIVE_REQUESTS_MAX
+from bench import hypercorn_guard
+from edge.http.h2 import H2_CONCURRENT_STREAMS_MAX
 from edge.http.server import LISTEN_BACKLOG, ASGIApp, serve_asgi
 from edge.process import tune_garbage_collector
 
@@ -325,12 +325,12 @@ async def serve_on_hypercorn(
 ) -> None:
     """Serve `app` on hypercorn's own Trio worker (HTTP/1.1 and h2c), set up as the job API was before it had a
     front end of its own: the connection guard installed (unguarded, h2load's hang-up at the end of a run can end
-    the whole server, edge/vendor/hypercorn.py), no access log, no request cap per connection, 128 HTTP/2 streams."""
-    vendor.install_all()
+    the whole server, bench/hypercorn_guard.py), no access log, no request cap per connection, 128 HTTP/2 streams."""
+    hypercorn_guard.install()
     config = hypercorn.config.Config()
     config.bind = [bind]
     config.accesslog = None
-    config.keep_alive_max_requests = KEEP_ALIVE_REQUESTS_MAX
+    config.keep_alive_max_requests = 2**31 - 1  # hypercorn's default (1000) ends h2load's connections mid-run
     config.h2_max_concurrent_streams = H2_CONCURRENT_STREAMS_MAX
     config.backlog = LISTEN_BACKLOG
     reporter = _BoundAddressReporter(task_status)

@@ -57,7 +57,8 @@ KEY_CHARS_MIN = 16  # API keys are meant to be random tokens; 16 characters is t
 WEBHOOK_SECRET_CHARS_MIN = 16  # the hosted service's minimum for webhook secrets
 SCHEDULE_STEPS_MAX = 64
 _HEADER_NAME_PATTERN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}")
-# hypercorn's own defaults, kept for the job API and every protected listener (edge/http/server.py applies them):
+# The front end's defaults (hypercorn's, which served every listener once), for the job API and every protected
+# listener (edge/http/server.py applies them):
 # a request head up to 16 KiB (431 beyond), and 5 s for a connection with no request in progress, idle between
 # requests or still sending its headers (which is also what cuts off slowloris). Defined here, not in the server,
 # so that reading a configuration never imports the HTTP stack.

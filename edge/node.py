@@ -342,7 +342,7 @@ async def run_node(
                 )
                 await stop.wait()
                 ready = False
-            # hypercorn has stopped accepting and drained its requests: leave the cluster (so peers take our
+            # The front end has stopped accepting and drained its requests: leave the cluster (so peers take our
             # keys at once instead of after failure detection), then stop queues and deliveries.
             if membership is not None:
                 await membership.leave(LEAVE_TIMEOUT_S)

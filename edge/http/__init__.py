@@ -1,1 +1,1 @@
-"""The node's HTTP surfaces: the job API (ASGI) and the hardened hypercorn server that serves it and the proxy."""
+"""The node's HTTP surfaces: the job API (ASGI) and the front end that serves it and the proxy (HTTP/1.1, HTTP/2)."""

@@ -229,8 +229,8 @@ class JobApi:
     # -- jobs ------------------------------------------------------------------------------------------------
 
     async def _submit(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes, dict[str, str]]:
-        # Read the body before judging the request: hypercorn drops the whole HTTP/2 connection (every other
-        # stream on it included) when a client keeps sending a body the app has already answered.
+        # Read the body before judging the request: a client still sending its body may not read an early answer
+        # (over HTTP/1.1 it then sees a dropped connection instead of the refusal).
         raw = await _read_body(scope, receive, self._config.server.body_bytes_max)
         account = self._authenticate(scope)
         data = _json_body(scope, raw, "the job")
@@ -461,8 +461,8 @@ class _CallerGone(Exception):
 
 async def _until_disconnected(receive: Receive) -> None:
     """Return once the client has gone. Only for after the whole body was read: then the next message can only be
-    `http.disconnect` (hypercorn sends it when an HTTP/2 stream is reset or a connection closes; it does not cancel
-    the app)."""
+    `http.disconnect` (the front end sends it when the connection closes or an HTTP/2 stream is reset; it does not
+    cancel the app)."""
     while (await receive())["type"] != "http.disconnect":
         pass
 

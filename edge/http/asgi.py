@@ -1,5 +1,5 @@
-"""The ASGI spec's scope and messages as plain dicts (hypercorn types each kind as a TypedDict; one dict type keeps
-the apps simple, and edge/http/server.py is where the two meet)."""
+"""The ASGI spec's scope and messages as plain dicts (one dict type keeps the apps simple), and the one exception the
+front end raises into an app: the client is gone."""
 
 from __future__ import annotations
 
@@ -11,3 +11,7 @@ ASGIMessage = dict[str, Any]
 ASGIReceive = Callable[[], Awaitable[ASGIMessage]]
 ASGISend = Callable[[ASGIMessage], Awaitable[None]]
 ASGIApp = Callable[[ASGIScope, ASGIReceive, ASGISend], Awaitable[None]]
+
+
+class ClientGone(Exception):
+    """The client disconnected: there is nobody left to answer (raised by `send`, and by apps that notice first)."""

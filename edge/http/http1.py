@@ -1,6 +1,6 @@
-"""The front end of every listener: HTTP/1.1 on h11 and Trio, HTTP/2 handed to hypercorn, TLS with ALPN.
+"""The front end of every listener: HTTP/1.1 on h11 and Trio, HTTP/2 handed to edge/http/h2.py, TLS with ALPN.
 
-Why not hypercorn for HTTP/1.1 too (it served every listener before): a proxy or an intake endpoint is mostly
+Why not hypercorn (it served every listener before): a proxy or an intake endpoint is mostly
 per-request overhead, and hypercorn spends more per request than the proxy's own work (a task per request, an
 event queue between the protocol and the app, three writes per response). This server
 does the least an HTTP/1.1 front end can: per request, h11 parses the head and the body (a fresh parser per
@@ -24,7 +24,7 @@ What a client gets:
   connection, so it notices EOF (up to `_DISCONNECT_WATCH_DELAY_S` late); bytes pipelined meanwhile are kept for
   the next request;
 - HTTP/2: a cleartext connection that opens with the preface (h2c prior knowledge), or a TLS one that negotiated
-  "h2", is handed whole to hypercorn (edge/http/h2.py). The h2c Upgrade header is ignored: the answer comes over
+  "h2", is handed whole to the HTTP/2 server (edge/http/h2.py). The h2c Upgrade header is ignored: the answer comes over
   HTTP/1.1, which RFC 9110 allows (RFC 9113 deprecates that upgrade), and the connection then closes;
 - stopping: the listeners close, idle connections close at once, requests in progress get `graceful_timeout_s`
   to finish (their connections close after the answer), then whatever is left is cancelled.
@@ -47,8 +47,8 @@ from urllib.parse import unquote
 import h11
 import trio
 
-from edge.http.asgi import ASGIApp, ASGIMessage
-from edge.http.h2 import H2_PREFACE, H2Handoff
+from edge.http.asgi import ASGIApp, ASGIMessage, ClientGone
+from edge.http.h2 import H2_PREFACE, Http2Server
 
 logger = logging.getLogger("ezthrottle.http")
 
@@ -83,23 +83,26 @@ class ServerLimits:
 class _HttpDate:
     """The Date header value, formatted once per second of `wall_clock` (injected: the simulator's time)."""
 
-    __slots__ = ("_second", "_value", "_wall_clock")
+    __slots__ = ("_header", "_second", "_value", "_wall_clock")
 
     def __init__(self, wall_clock: Callable[[], float]) -> None:
         self._wall_clock = wall_clock
         self._second = -1
         self._value = b""
+        self._header = b""
 
-    def header(self) -> bytes:
+    def value(self) -> bytes:
         second = int(self._wall_clock())
         if second != self._second:
             self._second = second
-            self._value = b"date: " + email.utils.formatdate(second, usegmt=True).encode("ascii") + b"\r\n"
+            self._value = email.utils.formatdate(second, usegmt=True).encode("ascii")
+            self._header = b"date: " + self._value + b"\r\n"
         return self._value
 
-
-class ClientGone(Exception):
-    """The client disconnected: there is nobody left to answer (raised by `send`, and by apps that notice first)."""
+    def header(self) -> bytes:
+        """The whole header line, for HTTP/1.1."""
+        self.value()
+        return self._header
 
 
 class Http1Server:
@@ -118,7 +121,9 @@ class Http1Server:
         self.limits = limits
         self.tls = tls
         self.date = _HttpDate(wall_clock)
-        self.h2 = H2Handoff(app, limits.header_bytes_max, limits.idle_timeout_s)
+        self.h2 = Http2Server(
+            app, header_bytes_max=limits.header_bytes_max, idle_timeout_s=limits.idle_timeout_s, date=self.date.value
+        )
         self.stopping = False
         self.idle: set[trio.CancelScope] = set()  # the waits for a next request head, cancelled on stop
 
@@ -148,7 +153,7 @@ class Http1Server:
             self.stopping = True
             for scope in self.idle:
                 scope.cancel()
-            await self.h2.stop()
+            self.h2.stop()
             connections.cancel_scope.deadline = trio.current_time() + self.limits.graceful_timeout_s
 
     async def _connection(self, stream: trio.SocketStream) -> None:
@@ -172,7 +177,7 @@ class Http1Server:
         if handshake.cancelled_caught:
             return  # too slow, or the server is stopping
         if stream.selected_alpn_protocol() == "h2":
-            await self.h2.serve_tls(stream)
+            await self.h2.serve(stream, transport)
             return
         await _Connection(self, stream, transport).run()
 
@@ -205,7 +210,7 @@ class _Connection:
         if leftover is None:
             return
         if isinstance(self.stream, trio.SocketStream) and leftover.startswith(H2_PREFACE):
-            await self.server.h2.serve(self.stream, leftover)
+            await self.server.h2.serve(self.stream, self.stream, leftover)
             return
         limits = self.server.limits
         while not self.server.stopping:

@@ -1,10 +1,10 @@
 """Serve an ASGI app: every listener of a node (the job API, the protected listeners) and the test servers.
 
 One cleartext port speaks HTTP/1.1 and h2c with prior knowledge; with a certificate it speaks TLS with ALPN (h2,
-http/1.1). HTTP/1.1 is this project's own front end on h11 (edge/http/http1.py says what a client gets and why);
-HTTP/2 is hypercorn's connection driver, hardened so that one connection can never end the server
-(edge/vendor/hypercorn.py; `serve_asgi` installs the vendor patches before it binds anything). The app's lifespan
-protocol runs around the serving, as ASGI servers do; an app without one is served all the same.
+http/1.1). Both protocols are this project's own front end, on the sans-I/O h11 and h2 libraries: HTTP/1.1 in
+edge/http/http1.py, HTTP/2 in edge/http/h2.py (each says what a client gets and why). `serve_asgi` installs the
+vendor patches (edge/vendor/) before it binds anything. The app's lifespan protocol runs around the serving, as ASGI
+servers do; an app without one is served all the same.
 
 Answers go out whole (`send_whole_response`) or, for event streams, in parts as they come
 (`start_streamed_response`); the idle timeout never applies to a connection whose response is still streaming.
@@ -39,8 +39,8 @@ logger = logging.getLogger("ezthrottle.http")
 # Hypercorn's default listen backlog (100) drops SYNs when a burst of clients connects at once.
 LISTEN_BACKLOG: Final = 1024
 # How much of a refused request body an app reads and discards before answering: a client still writing its
-# body does not read the answer, so answering early makes it see a dropped connection instead of the refusal
-# (and on HTTP/2 hypercorn drops every other stream of the connection too). Past this, answer and let it drop.
+# body does not read the answer, so answering early makes it see a dropped connection instead of the refusal.
+# Past this, answer and let it drop.
 REFUSED_BODY_DRAIN_BYTES_MAX = 16 * 1024 * 1024
 
 

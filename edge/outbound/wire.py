@@ -5,8 +5,8 @@ attempts and webhook deliveries (edge/outbound/keepalive.py).
 
 Why not h11 here, when the front end uses it: h11 validates and tracks both sides of a connection for any peer,
 and that was about 40 us of each proxied request (building and re-validating the request's headers, a state
-machine step per event). A client needs less: what it writes was validated on the way in (by h11 or hypercorn's
-h2 for the proxy, by job validation for attempts) and is checked again here in one pass. Reading is strict,
+machine step per event). A client needs less: what it writes was validated on the way in (by h11 or h2 for the
+proxy, by job validation for attempts) and is checked again here in one pass. Reading is strict,
 because the peer may be anyone (a provider, a webhook receiver) and what it sends goes on to a client or into a
 job's result: a byte that could split a header line (bare CR or LF, NUL, other controls), a header name that is
 not a token (obs-fold included), a status line that is not HTTP/1.x with three digits, conflicting or malformed

@@ -45,9 +45,9 @@ cancelled a race's loser, or died), the attempt is cancelled, which closes its u
               retryable, duration_s}   (`edge.engine.outcome.AttemptResult`, field for field)
 
 Cancellation end to end: the caller cancels its `PeerClient.attempt`; httpcore (patched, edge/vendor/httpcore.py)
-sends RST_STREAM at once; hypercorn 0.18.0 does not cancel the app for a reset stream but puts `http.disconnect`
-on its `receive()`, which the API hands to `InternalRoutes.handle` as `caller_gone`; the attempt runs beside a task
-waiting on it, and is cancelled when it returns.
+sends RST_STREAM at once; the serving node's front end (edge/http/h2.py) does not cancel the app for a reset stream
+but answers its next `receive()` with `http.disconnect`, which the API hands to `InternalRoutes.handle` as
+`caller_gone`; the attempt runs beside a task waiting on it, and is cancelled when it returns.
 
 Forwarded jobs travel in batches (`PeerClient.submit`): per peer, a few `jobs` calls at a time, each carrying
 every submission that arrived while the calls before it were out (up to FORWARD_BATCH_RECORDS_MAX records or

@@ -17,9 +17,9 @@ for the client (not time the upstream spends reading), the client must have deli
 than `body_timeout_s`; past either, the upload is cut and the client gets 408. A slot held by a slow uploader
 is therefore bounded by its size over the minimum rate, and by the listener's `upstream_total_timeout_s`.
 
-Memory per request is the buffer plus one 64 KiB read of the front end (over HTTP/2, hypercorn's app queue:
-10 messages of at most 64 KiB), whatever the body's size; memory per listener is bounded by that times the
-queue and concurrency limits.
+Memory per request is the buffer plus one 64 KiB read of the front end (over HTTP/2, what the stream's flow
+control window lets the client send ahead: 64 KiB), whatever the body's size; memory per listener is bounded by
+that times the queue and concurrency limits.
 
 Disconnects: ASGI reports one as an `http.disconnect` message *after* any unread body, so a client can only be
 seen leaving once its body has been read to the end (`finished`); `wait_gone` then watches for it.
@@ -36,7 +36,7 @@ from typing import Any
 import trio
 
 from edge.config import ProtectConfig
-from edge.http.http1 import ClientGone as ClientGone
+from edge.http.asgi import ClientGone as ClientGone
 from edge.http.server import REFUSED_BODY_DRAIN_BYTES_MAX
 from edge.problems import Problem
 

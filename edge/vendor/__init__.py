@@ -1,7 +1,6 @@
 """Patches to pinned third-party releases, each in one module named after the package it patches.
 
 General layout:
-    hypercorn   each connection's failure stays in that connection; cheaper HTTP/1.1 writes and keep-alive timers
     httpcore    HTTP/2 streams whose request was cancelled are reset, so a connection never runs out of streams
 
 Importing any of this changes nothing: each patch is applied by its module's `install()`, which first checks
@@ -12,13 +11,12 @@ is harmless to call again. `install_all()` is called where a process starts serv
 
 from __future__ import annotations
 
-from edge.vendor import httpcore, hypercorn
+from edge.vendor import httpcore
 
 
 def install_all() -> None:
     """Apply every patch (idempotent); raises RuntimeError if a pinned package is not the release patched."""
-    hypercorn.install()
     httpcore.install()
 
 
-__all__ = ["httpcore", "hypercorn", "install_all"]
+__all__ = ["httpcore", "install_all"]

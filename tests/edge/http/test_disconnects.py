@@ -1,8 +1,6 @@
-"""Regression tests: no single HTTP/2 connection may end the server (pgjones/hypercorn#225 and #203).
-
-Without edge.vendor.hypercorn's guard, `test_abrupt_h2_disconnects_under_load` ends `serve()` with
-trio.BusyResourceError in its first round, and `test_body_after_early_response_is_contained` with KeyError.
-"""
+"""No single HTTP/2 connection may end the server, however it leaves: a GOAWAY, garbage or a reset mid-response,
+or a body sent on after the answer (each of which ended hypercorn's whole server once, pgjones/hypercorn#225 and
+#203, when it served HTTP/2 here)."""
 
 from __future__ import annotations
 
@@ -111,6 +109,8 @@ async def early_413_app(scope: MutableMapping[str, Any], receive: ASGIReceive, s
 
 
 async def test_body_after_early_response_is_contained(caplog: pytest.LogCaptureFixture) -> None:
+    """The rest of a body sent after the answer is dropped (its flow control window given back), and the connection
+    carries the next request."""
     caplog.set_level(logging.DEBUG)  # every logger, hpack's included, must keep the API key out
     async with running(early_413_app) as server:
         stream = await trio.open_tcp_stream(*server.host_port)
@@ -120,25 +120,28 @@ async def test_body_after_early_response_is_contained(caplog: pytest.LogCaptureF
         client.send_data(1, b"a" * 1000)
         await stream.send_all(client.data_to_send())
         events: list[h2.events.Event] = []
-        with trio.fail_after(5):
-            while not any(isinstance(event, h2.events.StreamEnded) for event in events):
+
+        async def until_ended(stream_id: int) -> None:
+            while not any(isinstance(e, h2.events.StreamEnded) and e.stream_id == stream_id for e in events):
                 chunk = await stream.receive_some()
-                assert chunk, "server closed before answering"
-                events += client.receive_data(chunk)
-            client.send_data(1, b"b" * 1000, end_stream=True)  # the rest of the body, after the answer
+                assert chunk, "server closed the connection"
+                events.extend(client.receive_data(chunk))
+                await stream.send_all(client.data_to_send())
+
+        with trio.fail_after(5):
+            await until_ended(1)
+            client.send_data(1, b"b" * 16_000, end_stream=True)  # the rest of the body, after the answer
+            client.send_headers(3, request_headers("POST", "/fine"))
+            client.send_data(3, b"ok", end_stream=True)
             await stream.send_all(client.data_to_send())
-            while await stream.receive_some():  # the guard closes only this connection
-                pass
+            await until_ended(3)
         await stream.aclose()
 
         assert not server.stopped.is_set(), "serve_asgi exited"
-        async with httpx.AsyncClient(http1=False, http2=True) as http:
-            response = await http.post(f"{server.url}/fine", content=b"ok")
-        assert response.text == "2 POST 2"
+        bodies = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived) and e.stream_id == 3)
+        assert bodies == b"2 POST 2"
 
     statuses = [dict(event.headers)[b":status"] for event in events if isinstance(event, h2.events.ResponseReceived)]
-    assert statuses == [b"413"]
-    contained = [record for record in caplog.records if "unexpected" in record.getMessage()]
-    assert len(contained) == 1
-    assert "KeyError" in contained[0].getMessage()
+    assert statuses == [b"413", b"200"]
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING], caplog.text
     assert SECRET_API_KEY not in caplog.text

@@ -16,13 +16,10 @@ import h2.config
 import h2.connection
 import h2.events
 import httpx
-import hypercorn.trio.run
 import pytest
 import trio
 
-from edge.http.h2 import KEEP_ALIVE_REQUESTS_MAX
 from edge.http.server import ASGIReceive, ASGISend, serve_asgi
-from edge.vendor.hypercorn import GuardedTCPServer
 
 from .servers import echo_app, running
 
@@ -157,7 +154,6 @@ async def test_ipv6_and_ipv4_binds_are_reported_and_served() -> None:
 
 async def test_http11_connection_outlives_hypercorns_default_request_cap() -> None:
     """Load generators never reconnect: past 1000 requests hypercorn's default would close the connection."""
-    assert KEEP_ALIVE_REQUESTS_MAX > HYPERCORN_DEFAULT_REQUESTS_PER_CONNECTION
     request_count = HYPERCORN_DEFAULT_REQUESTS_PER_CONNECTION + 5
     async with running(echo_app) as server:
         stream = await trio.open_tcp_stream(*server.host_port)
@@ -216,8 +212,3 @@ async def test_app_that_abandons_lifespan_halfway_is_served_without_it(
         assert (await client.get(server.url)).text == "1.1 GET 0"
     assert server.stopped.is_set()
     assert "continuing without Lifespan support" in caplog.text
-
-
-async def test_serving_installs_the_connection_guard() -> None:
-    async with running(echo_app):
-        assert hypercorn.trio.run.TCPServer is GuardedTCPServer

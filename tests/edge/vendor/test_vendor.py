@@ -9,23 +9,19 @@ import textwrap
 from types import ModuleType
 
 import httpcore
-import hypercorn.trio.run
 import pytest
 from httpcore._async.http2 import AsyncHTTP2Connection
-from hypercorn.trio.tcp_server import TCPServer
 
 import edge.vendor
 from edge.vendor import httpcore as httpcore_patch
-from edge.vendor import hypercorn as hypercorn_patch
 
-PATCHES = [hypercorn_patch, httpcore_patch]
-PACKAGE_OF = {hypercorn_patch: "hypercorn", httpcore_patch: "httpcore"}
+PATCHES = [httpcore_patch]
+PACKAGE_OF = {httpcore_patch: "httpcore"}
 
 
 @pytest.fixture
 def unpatched(monkeypatch: pytest.MonkeyPatch) -> None:
     """This process as before any install (other tests serve, and serving installs); restored afterwards."""
-    monkeypatch.setattr(hypercorn.trio.run, "TCPServer", TCPServer)
     monkeypatch.setattr(AsyncHTTP2Connection, "_response_closed", httpcore_patch._original_response_closed)
 
 
@@ -39,26 +35,24 @@ def run_python(source: str, *options: str) -> str:
 
 def test_importing_the_vendor_package_patches_nothing_until_install() -> None:
     probe = """
-        import httpcore._async.http2, hypercorn.trio.run, hypercorn.trio.tcp_server
+        import sys
+        import httpcore._async.http2
         original_close = httpcore._async.http2.AsyncHTTP2Connection._response_closed
-        import edge.vendor, edge.vendor.httpcore, edge.vendor.hypercorn
+        import edge.vendor, edge.vendor.httpcore
         import edge.http.server, edge.placement.peers, edge.node  # importing their users patches nothing either
         before = (
-            hypercorn.trio.run.TCPServer is hypercorn.trio.tcp_server.TCPServer,
             httpcore._async.http2.AsyncHTTP2Connection._response_closed is original_close,
-            edge.vendor.hypercorn.is_installed(),
             edge.vendor.httpcore.is_installed(),
         )
         edge.vendor.install_all()
-        after = (edge.vendor.hypercorn.is_installed(), edge.vendor.httpcore.is_installed())
-        print(before, after)
+        print(before, edge.vendor.httpcore.is_installed(), "hypercorn" in sys.modules)
     """
-    assert run_python(probe) == "(True, True, False, False) (True, True)"
+    assert run_python(probe) == "(True, False) True False"  # and the node never loads hypercorn
 
 
 def patched_target(patch: ModuleType) -> object:
     """What `patch` replaces, as it is now."""
-    return hypercorn.trio.run.TCPServer if patch is hypercorn_patch else AsyncHTTP2Connection._response_closed
+    return AsyncHTTP2Connection._response_closed
 
 
 @pytest.mark.usefixtures("unpatched")
@@ -75,7 +69,6 @@ def test_install_is_idempotent(patch: ModuleType) -> None:
 @pytest.mark.usefixtures("unpatched")
 def test_install_all_installs_every_patch() -> None:
     edge.vendor.install_all()
-    assert hypercorn.trio.run.TCPServer is hypercorn_patch.GuardedTCPServer
     assert AsyncHTTP2Connection._response_closed is httpcore_patch._response_closed_with_reset
 
 
@@ -98,17 +91,6 @@ def test_httpcore_is_checked_by_its_own_version_string(monkeypatch: pytest.Monke
     with pytest.raises(RuntimeError, match=r"patches httpcore 1\.0\.9, but httpcore 1\.0\.10 is installed"):
         httpcore_patch.install()
     assert not httpcore_patch.is_installed()
-
-
-@pytest.mark.usefixtures("unpatched")
-def test_a_patch_that_someone_else_replaced_is_not_overwritten(monkeypatch: pytest.MonkeyPatch) -> None:
-    class OtherTCPServer(TCPServer):
-        pass
-
-    monkeypatch.setattr(hypercorn.trio.run, "TCPServer", OtherTCPServer)
-    with pytest.raises(RuntimeError, match="already patched"):
-        hypercorn_patch.install()
-    assert hypercorn.trio.run.TCPServer is OtherTCPServer
 
 
 def test_the_version_check_survives_python_dash_o() -> None:

@@ -1,9 +1,12 @@
-"""hypercorn's Trio worker, patched so that one connection can never end the server (hypercorn 0.18.0 only).
+"""The benchmarks' yardstick server, hypercorn's Trio worker, patched so that one connection can never end it
+(hypercorn 0.18.0 only).
 
-Why a patch (hypercorn is pinned to exactly 0.18.0 for it, see pyproject.toml): hypercorn's Trio worker runs
-every connection in a task of one shared nursery, and any exception that escapes a connection ends that
-nursery, `serve()`, and everything else the caller runs beside it (upstream pgjones/hypercorn#225 and #203;
-the fix in PR #228 was reverted). Two ways to get there, both reproduced by tests/edge/http:
+The node served every listener on hypercorn once, with this patch; it now has a front end of its own
+(edge/http/), and hypercorn stays only as the fixed yardstick that intake and proxy benchmarks compare with
+(`bench.common.serve_on_hypercorn`), set up as the node had it. Why a patch (hypercorn is pinned to exactly 0.18.0
+for it, see pyproject.toml): hypercorn's Trio worker runs every connection in a task of one shared nursery, and
+any exception that escapes a connection ends that nursery, `serve()`, and everything else the caller runs beside
+it (upstream pgjones/hypercorn#225 and #203; the fix in PR #228 was reverted). Two ways to get there:
 
 - An HTTP/2 client that sends GOAWAY while responses are streaming: `TCPServer._close()` calls `send_eof()`
   without the send lock, and `send_eof()` holds the stream's send side across a checkpoint, so the HTTP/2 send
@@ -11,12 +14,13 @@ the fix in PR #228 was reverted). Two ways to get there, both reproduced by test
 - An HTTP/2 client that keeps sending a request body after the app answered (an early 413, say): hypercorn
   looks the finished stream up and raises `KeyError`.
 
-`GuardedTCPServer` drops send errors on a connection that is already closing and contains (logs, then closes)
-anything else one connection raises. `install()` puts it where `hypercorn.trio.run.worker_serve` looks
+Without the guard, h2load's hang-up at the end of a run ended the yardstick mid-benchmark. `GuardedTCPServer`
+drops send errors on a connection that is already closing and contains (logs, then closes) anything else one
+connection raises. `install()` puts it where `hypercorn.trio.run.worker_serve` looks
 `TCPServer` up, so it is the first code between the listener and each accepted stream, TLS handshake included.
 
 Being there, it also takes out two per-request costs that a profile of the proxy refusing a flood put at about
-a fifth of the server's CPU (bench/RESULTS.md, noisy neighbour):
+a fifth of the server's CPU (bench/RESULTS.md, noisy neighbour), and which the yardstick keeps:
 - hypercorn writes an HTTP/1.1 response in three socket writes (head, body, an empty end of message); the head of
   a final response is now held and written with the bytes that always follow it, and empty writes are skipped;
 - hypercorn starts a keep-alive timer task each time a connection goes idle and cancels it on the next request;
@@ -63,7 +67,7 @@ def install() -> None:
     found = installed_version()
     if found != PATCHED_VERSION:
         raise RuntimeError(
-            f"edge.vendor.hypercorn patches hypercorn {PATCHED_VERSION}, but hypercorn {found} is installed: "
+            f"bench.hypercorn_guard patches hypercorn {PATCHED_VERSION}, but hypercorn {found} is installed: "
             "re-check pgjones/hypercorn#225 and the overridden private methods against the new release "
             "before moving the pin in pyproject.toml"
         )
