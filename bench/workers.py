@@ -9,7 +9,7 @@ thread), which shares the machine's two cores with the node's workers.
   the workers as real traffic's would; the jobs wait for a retry time far ahead, so nothing runs meanwhile. One
   worker alone has no cluster; two form the loopback cluster of their own, with `cluster.replicas` 2 (the default:
   each job durable on both workers before its 201) and with 1 (no copy), to show what the copy costs. A job that
-  arrives at the worker that does not own its key is forwarded to its sibling (the internal HTTP/2 API).
+  arrives at the worker that does not own its key is forwarded to its sibling (the internal API).
 - proxied req/s: wrk GETs through a `[[protect]]` listener in front of a fast upstream (`bench.execution`'s), with
   a `max_concurrency` above the connection count, so the figure is the proxy's own work.
 - fairness: the noisy-neighbour measurement (bench/noisy_neighbour.py: a light tenant's 10 GET/s, timed, alone and
@@ -335,10 +335,9 @@ def run() -> dict[str, Any]:
             + "; ".join(" ".join(f"{key} {value}" for key, value in row.items()) for row in fairness),
             "Protected listeners run on worker 0 alone (edge/workers.py says why), so the proxied and fairness "
             "figures of 2 workers are those of one proxy process sharing the machine with a second worker.",
-            "Intake with 2 workers and replicas = 2: submissions reach both workers at once, and the internal HTTP/2 "
-            "calls (forwards one way, copies the other) stall each other until the forward deadline (10 s); wrk "
-            "counts only the requests answered within its run. The same stall shows between two single-process "
-            "nodes with clients on both; with the internal client on HTTP/1.1 it does not (README, Workers).",
+            "Intake with 2 workers: about half the submissions reach the worker that does not own their key and are "
+            "forwarded (the internal API, keep-alive HTTP/1.1), and with replicas = 2 every job is also copied to "
+            "the other worker before its 201; wrk shares the two cores with both workers.",
         ],
     }
 

@@ -5,7 +5,6 @@ General layout (bottom up; tests/test_layering.py holds the import rules between
     config      frozen configuration from TOML + environment + flags
     runtime     what a node takes from the world: wall clock, randomness, DNS, HTTP transport
     metrics     the node's Prometheus registry
-    vendor/     patches to pinned third-party releases; `vendor.install_all()` applies them
     engine/     the job engine's pure core (job spec and queue keys, durable records, signing, ...);
                 engine/shell/ is its Trio shell: queues, executor, webhook delivery
     store/      durable job records: SQLite with group commit, or in memory

@@ -19,7 +19,6 @@ from typing import Any
 import trio
 
 from cluster.shell import ClusterMember
-from edge import vendor
 from edge.config import Config
 from edge.engine.records import JobRecord
 from edge.engine.regions import RegionHealth
@@ -121,8 +120,6 @@ async def run_node(
     With `serve_http=False` no socket is opened: the caller serves `Node.app` itself (the simulator mounts it on
     its simulated HTTP network), and `Node.bound` is the address the config says the API is reached at.
     """
-    # Before anything runs: the node's HTTP server and its peer connections rely on these fixes (edge/vendor).
-    vendor.install_all()
     async with contextlib.AsyncExitStack() as stack:
         if store is None:
             store = await stack.enter_async_context(open_store(config))

@@ -134,14 +134,13 @@ LAYERS = (
     Layer("cluster", ("cluster.*",), ()),
     Layer("cluster.testing", ("cluster.testing",), ("cluster",)),
     Layer("cluster.shell", ("cluster.shell.*",), ("cluster",)),
-    # edge's leaves: errors, URL origins, metrics, log lines, the vendor patches (third-party code only).
+    # edge's leaves: errors, URL origins, metrics, log lines.
     Layer("edge.problems", ("edge.problems",), ()),
     Layer("edge.logs", ("edge.logs",), ()),
     Layer("edge.process", ("edge.process",), ()),
     Layer("edge.outbound.origins", ("edge.outbound.origins",), ()),
     Layer("edge.outbound.wire", ("edge.outbound.wire",), ()),  # HTTP/1.1 sans I/O, for the node's own clients
     Layer("edge.metrics", ("edge.metrics",), ()),
-    Layer("edge.vendor", ("edge.vendor.*",), ()),
     # The job engine's pure core, then what stores its records.
     Layer("edge.engine", ("edge.engine.*",), ("scheduler", "edge.problems", "edge.outbound.origins")),
     Layer("edge.store", ("edge.store.*",), ("edge.engine",)),
@@ -154,7 +153,7 @@ LAYERS = (
     Layer(
         "edge.http.server",
         ("edge.http.server", "edge.http.http1", "edge.http.h2", "edge.http.asgi"),
-        ("edge.config", "edge.vendor", "edge.runtime"),
+        ("edge.config", "edge.runtime"),
     ),
     # The engine's Trio shell: queues, executor, webhooks.
     Layer(
@@ -251,7 +250,6 @@ LAYERS = (
         (
             "cluster.shell",
             "edge.metrics",
-            "edge.vendor",
             "edge.engine",
             "edge.store",
             "edge.runtime",

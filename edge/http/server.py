@@ -2,9 +2,8 @@
 
 One cleartext port speaks HTTP/1.1 and h2c with prior knowledge; with a certificate it speaks TLS with ALPN (h2,
 http/1.1). Both protocols are this project's own front end, on the sans-I/O h11 and h2 libraries: HTTP/1.1 in
-edge/http/http1.py, HTTP/2 in edge/http/h2.py (each says what a client gets and why). `serve_asgi` installs the
-vendor patches (edge/vendor/) before it binds anything. The app's lifespan protocol runs around the serving, as ASGI
-servers do; an app without one is served all the same.
+edge/http/http1.py, HTTP/2 in edge/http/h2.py (each says what a client gets and why). The app's lifespan protocol
+runs around the serving, as ASGI servers do; an app without one is served all the same.
 
 Answers go out whole (`send_whole_response`) or, for event streams, in parts as they come
 (`start_streamed_response`); the idle timeout never applies to a connection whose response is still streaming.
@@ -24,7 +23,6 @@ from typing import Final
 
 import trio
 
-from edge import vendor
 from edge.config import HEADER_BYTES_MAX_DEFAULT, IDLE_TIMEOUT_S_DEFAULT, split_listen
 from edge.http.asgi import ASGIApp as ASGIApp
 from edge.http.asgi import ASGIMessage as ASGIMessage
@@ -114,7 +112,6 @@ async def serve_asgi(
     """
     if (certfile is None) != (keyfile is None):
         raise ValueError("TLS needs both certfile and keyfile")
-    vendor.install_all()
     # hpack logs every header it encodes or decodes at DEBUG, API keys included; keep that out of any log.
     logging.getLogger("hpack").setLevel(logging.INFO)
     tls = None if certfile is None or keyfile is None else _tls_context(certfile, keyfile)

@@ -54,7 +54,7 @@ class PoolLimits:
 
 
 class _Connection:
-    __slots__ = ("idle_since", "origin", "parser", "socket", "stream")
+    __slots__ = ("closed", "idle_since", "origin", "parser", "socket", "stream")
 
     def __init__(self, origin: Origin, stream: trio.abc.Stream, socket: trio.SocketStream) -> None:
         self.origin = origin
@@ -62,6 +62,7 @@ class _Connection:
         self.socket = socket
         self.parser = ResponseParser()
         self.idle_since = 0.0
+        self.closed = False
 
     def is_stale(self, now: float, expiry_s: float) -> bool:
         """Idle too long, or readable while idle: closed (or garbled) by the peer."""
@@ -78,6 +79,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         self._slots = trio.Semaphore(limits.connections_max)  # one per open connection, idle ones included
         self._idle: dict[Origin, list[_Connection]] = {}  # per origin, the most recently used last
         self._idle_count = 0
+        self._connections: set[_Connection] = set()  # in use or idle
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeouts = request.extensions.get("timeout", {})
@@ -101,11 +103,11 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         )
 
     async def aclose(self) -> None:
-        """Close the idle connections; those in use close when their responses do."""
-        idle, self._idle, self._idle_count = self._idle, {}, 0
-        for connections in idle.values():
-            for connection in connections:
-                await self._close(connection)
+        """Close every connection, those in use too: their exchanges fail (a caller going away must be seen by
+        the peer at once, as a closed connection)."""
+        self._idle, self._idle_count = {}, 0
+        for connection in list(self._connections):
+            await self._close(connection)
 
     # -- connections -----------------------------------------------------------------------------------------
 
@@ -176,7 +178,9 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
                 stream = tls
         if connecting.cancelled_caught:
             raise httpx.ConnectTimeout(f"connecting to {name}:{port} took over {connect_s:g} s", request=request)
-        return _Connection(origin, stream, socket)
+        connection = _Connection(origin, stream, socket)
+        self._connections.add(connection)
+        return connection
 
     def _tls_context(self) -> ssl.SSLContext:
         if self._tls is None:
@@ -186,7 +190,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
 
     async def _release(self, connection: _Connection) -> None:
         """Keep a connection whose exchange ended cleanly, if there is room; close any other."""
-        if connection.parser.reusable and self._idle_count < self._limits.idle_max:
+        if not connection.closed and connection.parser.reusable and self._idle_count < self._limits.idle_max:
             connection.idle_since = trio.current_time()
             self._idle.setdefault(connection.origin, []).append(connection)
             self._idle_count += 1
@@ -194,13 +198,22 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             await self._close(connection)
 
     async def _close(self, connection: _Connection) -> None:
-        self._slots.release()
-        await trio.aclose_forcefully(connection.stream)
+        if self._forget(connection):
+            await trio.aclose_forcefully(connection.stream)
 
     def _close_nowait(self, connection: _Connection) -> None:
         """Close at once, without a checkpoint (closing the socket is enough: no TLS goodbye)."""
+        if self._forget(connection):
+            connection.socket.socket.close()
+
+    def _forget(self, connection: _Connection) -> bool:
+        """Give the connection's slot back, once: whether it was still open."""
+        if connection.closed:
+            return False
+        connection.closed = True
+        self._connections.discard(connection)
         self._slots.release()
-        connection.socket.socket.close()
+        return True
 
     # -- one exchange ----------------------------------------------------------------------------------------
 

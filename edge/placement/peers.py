@@ -1,7 +1,15 @@
 """The node-to-node API: forward a job to its queue key's owner, hand queues over, find a job on any node.
 
-Served under `/internal/v1/` on the node's API port and spoken over HTTP/2 (h2c with prior knowledge): one
-connection per peer carries every concurrent forward. Bodies are msgpack of `JobRecord.to_wire()`.
+Served under `/internal/v1/` on the node's API port and spoken over keep-alive HTTP/1.1 (`peer_transport`, the
+node's own transport, edge/outbound/keepalive.py): a call takes an idle connection to its peer or opens one, so
+concurrent calls never wait behind each other. Bodies are msgpack of `JobRecord.to_wire()`.
+
+Why not HTTP/2, which carried these calls before on one connection per peer: with jobs arriving at two nodes at
+once, forwards going one way and copies (edge/placement/replication.py) the other stalled each other until the
+forward deadline (`python -m bench.workers` measured 1-3 jobs/s on two workers), and httpcore never resets a
+cancelled HTTP/2 stream (encode/httpcore#1022), which a race's losers are all the time. On HTTP/1.1 a cancelled
+call closes its connection, which the serving node notices at once, and forwards are batched (below), so few
+calls carry many jobs.
 
 Authentication happens before any of a body is read, because the port is the public one. Every request carries
 `X-EZThrottle-Cluster: t=<unix seconds>,n=<body bytes>,b=<hex SHA-256 of the body>,v2=<hex>` where `v2` is the
@@ -44,10 +52,10 @@ cancelled a race's loser, or died), the attempt is cancelled, which closes its u
     reply    {status_code: int | None, headers: [[name, value], ...], body: str, body_truncated, error: str | None,
               retryable, duration_s}   (`edge.engine.outcome.AttemptResult`, field for field)
 
-Cancellation end to end: the caller cancels its `PeerClient.attempt`; httpcore (patched, edge/vendor/httpcore.py)
-sends RST_STREAM at once; the serving node's front end (edge/http/h2.py) does not cancel the app for a reset stream
-but answers its next `receive()` with `http.disconnect`, which the API hands to `InternalRoutes.handle` as
-`caller_gone`; the attempt runs beside a task waiting on it, and is cancelled when it returns.
+Cancellation end to end: the caller cancels its `PeerClient.attempt`, which closes that call's connection; the
+serving node's front end (edge/http/http1.py) does not cancel the app but answers its next `receive()` with
+`http.disconnect`, which the API hands to `InternalRoutes.handle` as `caller_gone`; the attempt runs beside a task
+waiting on it, and is cancelled when it returns.
 
 Forwarded jobs travel in batches (`PeerClient.submit`): per peer, a few `jobs` calls at a time, each carrying
 every submission that arrived while the calls before it were out (up to FORWARD_BATCH_RECORDS_MAX records or
@@ -55,9 +63,6 @@ FORWARD_BATCH_BYTES_MAX bytes). Under load a forward then costs a share of one s
 of its own, on both nodes; a lone submission still goes at once. The owner makes a batch's jobs durable
 concurrently, so they share its store's group commits, and answers each on its own: a refusal or a store failure
 of one is that submission's alone.
-
-Forwards are deadline-bounded and attempts get cancelled, so requests end mid-stream; httpcore 1.0.9 needs a patch
-for that (edge/vendor/httpcore.py explains it), which `edge.node.run_node` installs with the other vendor patches.
 """
 
 from __future__ import annotations
@@ -87,7 +92,9 @@ from edge.engine.shell.events import EventBatch, PublishedEvent, TooManyReaders,
 from edge.engine.shell.executor import Executor, Timeouts
 from edge.engine.shell.queues import QueueManager
 from edge.outbound.client import OutboundHttp, read_capped
+from edge.outbound.keepalive import KeepAliveTransport, PoolLimits
 from edge.outbound.origins import parse_http_url
+from edge.outbound.ssrf import plain_connect
 from edge.placement.usage import QuotaExceeded
 from edge.problems import PROBLEM_TYPE_BASE, STORE_UNAVAILABLE, Problem, store_unavailable
 from edge.runtime import Runtime
@@ -103,6 +110,13 @@ LEND_TIMEOUT_S = 1.0
 FORWARD_BATCH_RECORDS_MAX = 256
 FORWARD_BATCH_BYTES_MAX = 8 * 1024 * 1024
 FORWARD_CALLS_PER_PEER = 4
+
+# Connections to the other nodes, all peers together: one per call in flight (remote attempts hold theirs for the
+# attempt's length), the idle ones kept for reuse. Idle ones are let go before the serving node's idle timeout (5 s
+# by default) would close them under a request.
+PEER_CONNECTIONS_MAX = 1024
+PEER_IDLE_CONNECTIONS_MAX = 64
+PEER_IDLE_EXPIRY_S = 4.0
 
 PREFIX = "/internal/v1/"
 AUTH_HEADER = "X-EZThrottle-Cluster"
@@ -269,6 +283,15 @@ class _Lane:
     calls: int = 0
 
 
+def peer_transport() -> KeepAliveTransport:
+    """Keep-alive HTTP/1.1 to the other nodes (edge/outbound/keepalive.py), not vetted by the SSRF guard: the
+    addresses are the cluster's own, and every call is signed."""
+    limits = PoolLimits(
+        connections_max=PEER_CONNECTIONS_MAX, idle_max=PEER_IDLE_CONNECTIONS_MAX, idle_expiry_s=PEER_IDLE_EXPIRY_S
+    )
+    return KeepAliveTransport(connect=plain_connect(local_address=None, open_tcp=trio.open_tcp_stream), limits=limits)
+
+
 class PeerClient:
     """Calls other nodes' internal API. Forwarded jobs are batched per peer (see the module docstring), by tasks
     in `nursery`, which must outlive the client's use."""
@@ -277,7 +300,7 @@ class PeerClient:
         """`timeout_s` bounds each network step of a call (connect, each read and write); the forward deadline."""
         self._keyring = keyring
         self._runtime = runtime
-        self._outbound = OutboundHttp(runtime.transport or httpx.AsyncHTTPTransport(http1=False, http2=True))
+        self._outbound = OutboundHttp(runtime.transport or peer_transport())
         self._timeout_s = timeout_s
         self._timeout = httpx.Timeout(timeout_s)
         self._nursery = nursery
@@ -480,7 +503,7 @@ class PeerClient:
 
         The call may take the attempt's whole `total_s` plus the forward deadline (for reaching the peer and
         carrying the answer back). PeerError when the peer cannot be reached, refuses the call or does not answer
-        in that time; the caller decides where to go next. Cancelling this call resets its HTTP/2 stream, and the
+        in that time; the caller decides where to go next. Cancelling this call closes its connection, and the
         serving node then cancels the attempt (the module docstring).
         """
         doc = {

@@ -289,3 +289,25 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+async def test_closing_the_transport_ends_the_exchanges_in_flight(serve: Serve) -> None:
+    held = ScriptedServer(hold=True)
+    base = await serve(held)
+    limits = PoolLimits(connections_max=1, idle_max=1, idle_expiry_s=5)
+    transport = KeepAliveTransport(connect=plain_connect, limits=limits)
+    failed: list[BaseException] = []
+    async with httpx.AsyncClient(transport=transport, timeout=5) as http, trio.open_nursery() as nursery:
+
+        async def call() -> None:
+            try:
+                await http.get(f"{base}/")
+            except httpx.TransportError as error:
+                failed.append(error)
+
+        nursery.start_soon(call)
+        with trio.fail_after(5):
+            while not held.heads:
+                await trio.sleep(0.01)
+        await transport.aclose()
+    assert len(failed) == 1 and isinstance(failed[0], httpx.ReadError)

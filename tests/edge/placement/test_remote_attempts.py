@@ -1,9 +1,9 @@
 """Attempts executed by another node (POST /internal/v1/attempt), cancellable end to end.
 
-Real things only: two clustered nodes in this process (gossip over UDP, the internal API over h2c), an upstream on
-loopback served by hypercorn, and the caller a `PeerClient` built as a node builds its own (the cluster's keyring,
-the real runtime). The upstream records when each request arrived and when its client went away, so a test can
-say how long a cancel on the caller took to reach it.
+Real things only: two clustered nodes in this process (gossip over UDP, the internal API over keep-alive
+HTTP/1.1), an upstream on loopback served by the node's own front end, and the caller a `PeerClient` built as a
+node builds its own (the cluster's keyring, the real runtime). The upstream records when each request arrived and
+when its client went away, so a test can say how long a cancel on the caller took to reach it.
 """
 
 from __future__ import annotations
@@ -122,24 +122,6 @@ async def cluster_of(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Cal
         await client.aclose()
 
 
-class ConnectionRecorder(httpx.AsyncBaseTransport):
-    """h2c with prior knowledge, as a PeerClient uses by default, noting which connection and stream each answer
-    came on."""
-
-    def __init__(self) -> None:
-        self._inner = httpx.AsyncHTTPTransport(http1=False, http2=True)
-        self.answered_on: list[tuple[Any, int]] = []
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self._inner.handle_async_request(request)
-        local = response.extensions["network_stream"].get_extra_info("client_addr")
-        self.answered_on.append((local, response.extensions["stream_id"]))
-        return response
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
 async def test_an_attempt_through_another_node_returns_the_upstreams_answer(cluster_of):
     cluster: Cluster = await cluster_of()
     result = await cluster.peers.attempt(
@@ -233,9 +215,9 @@ async def test_cancelling_the_caller_disconnects_the_upstream_at_once(cluster_of
 
 
 async def test_150_cancelled_attempts_do_not_wedge_the_connection(cluster_of):
-    """httpcore allows 100 open streams on a connection; cancelled ones must be reset (edge/vendor/httpcore.py)."""
-    recorder = ConnectionRecorder()
-    cluster: Cluster = await cluster_of(transport=recorder)
+    """Cancelled calls, at any point of their exchange, must neither leak connections nor leave the next call to
+    wait (each closes its connection; over HTTP/2 they once used up the connection's 100 streams)."""
+    cluster: Cluster = await cluster_of()
 
     async def attempt(path: str):
         return await cluster.peers.attempt(
@@ -264,8 +246,6 @@ async def test_150_cancelled_attempts_do_not_wedge_the_connection(cluster_of):
     with trio.fail_after(5):
         final = await attempt("/fast")
     assert final.status_code == 201
-    (first_connection, first_stream), (last_connection, last_stream) = recorder.answered_on
-    assert last_connection == first_connection and last_stream > first_stream + 2 * 100
     # Every request that reached the upstream was abandoned there too.
     slow = [v for v in cluster.upstream.visits if v.path.startswith("/slow")]
     assert len(slow) >= 100
@@ -344,7 +324,7 @@ async def test_an_owner_that_goes_away_abandons_its_attempt(cluster_of):
         nursery.start_soon(attempt)
         visit = await eventually(lambda: cluster.upstream.visit("/slow/owner"))
         closed_at = trio.current_time()
-        await cluster.peers.aclose()  # closes the HTTP/2 connection under the request in flight
+        await cluster.peers.aclose()  # closes the connection under the request in flight
     assert failed
     await eventually(lambda: visit.disconnected, timeout_s=SLOW_S)
     assert visit.disconnected - closed_at < DISCONNECT_SEEN_S_MAX
