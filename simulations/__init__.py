@@ -40,12 +40,5 @@ from .http import SimulatedHttp as SimulatedHttp
 from .network import LinkFaults as LinkFaults
 from .network import SimulatedNetwork as SimulatedNetwork
 from .network import open_simulated_network as open_simulated_network
-from .run import PLANTED_BUGS as PLANTED_BUGS
-from .run import RANDOM_FAULT_KINDS as RANDOM_FAULT_KINDS
-from .run import QuotaStats as QuotaStats
-from .run import RunReport as RunReport
-from .run import TierStats as TierStats
-from .run import Violation as Violation
-from .run import run_scenario as run_scenario
 from .runtime import simulated_runtime as simulated_runtime
 from .world import World as World
