@@ -176,7 +176,10 @@ class _H2Connection:
                 for event in events:
                     self._handle(event)
                 await self._flush()
-            if self.broken or (self.closing and not self.streams):
+            if self.broken:
+                return
+            if self.closing and not self.streams:
+                await self._say_goodbye()
                 return
             self._reading = trio.CancelScope()
             if not self.streams:
@@ -190,10 +193,14 @@ class _H2Connection:
                     return  # the client closed the connection
             if self._reading.cancelled_caught:  # idle too long, stopping with every stream done, or broken
                 if not self.broken:
-                    with contextlib.suppress(h2.exceptions.ProtocolError):  # h2 closed it already
-                        self.h2.close_connection()
-                    await self._flush()
+                    await self._say_goodbye()
                 return
+
+    async def _say_goodbye(self) -> None:
+        """h2's GOAWAY, the connection's last frame."""
+        with contextlib.suppress(h2.exceptions.ProtocolError):  # h2 closed it already (a protocol error)
+            self.h2.close_connection()
+        await self._flush()
 
     def _handle(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.RequestReceived):
@@ -256,7 +263,7 @@ class _H2Connection:
             "type": "http",
             "asgi": {"version": "3.0"},
             "http_version": "2",
-            "method": method.decode("ascii"),
+            "method": method.decode("latin-1"),  # h2 checked it is a token
             "scheme": self.scheme,
             "path": unquote(decoded) if "%" in decoded else decoded,
             "raw_path": raw_path,
