@@ -229,7 +229,8 @@ async def run_node(
                 enabled = account_queues.enabled(record.spec.origin)
                 return queue_key(account_id=record.account_id, plan=plan, job=record.spec, account_queue=enabled)
 
-            account_queues.subscribe(lambda origin: services.start_soon(manager.rekey, origin, key_of))
+            manager.follow_keys(key_of)
+            account_queues.subscribe(lambda origin: services.start_soon(manager.rekey, origin))
             router = JobRouter(
                 manager=manager,
                 store=store,

@@ -193,6 +193,15 @@ class QueueManager:
         self._attempts: dict[str, trio.CancelScope] = {}  # by job id: the attempt out now, for an Interrupt
         self._links: WorkflowLinks = _LocalLinks(store)
         self._nursery: trio.Nursery | None = None
+        self._key_of: Callable[[JobRecord], str] | None = None  # see `follow_keys`
+        self._rekeys_due: set[str] = set()  # origins a rekey is scheduled for or running on
+        self._rekey_again: set[str] = set()  # origins an outdated job reached while their rekey ran
+
+    def follow_keys(self, key_of: Callable[[JobRecord], str]) -> None:
+        """Keep every waiting job under the queue key `key_of` gives it now (the provider's per-credential queue
+        flag can change). `rekey(origin)` moves those queued when it changes; a job that arrives later under an
+        outdated key (a hand-off or a transfer in flight during that rekey, a takeover of copies) schedules one."""
+        self._key_of = key_of
 
     def connect(self, links: WorkflowLinks) -> None:
         """Reach other nodes' jobs through `links` (the cluster's router, built after this manager)."""
@@ -395,14 +404,33 @@ class QueueManager:
                 nursery.start_soon(accept, record)
         return accepted
 
-    async def rekey(self, origin: str, key_of: Callable[[JobRecord], str]) -> int:
-        """Move the waiting jobs of `origin` to the queue keys `key_of` gives them now; returns how many moved.
+    async def rekey(self, origin: str) -> int:
+        """Move the waiting jobs of `origin` to the queue keys `follow_keys` gives them now; returns how many moved.
 
         Each moved job is saved under its new key first; one whose save fails stays under its old key (the next
         rekey or a restart moves it), so a job is never in two queues and never lost."""
+        key_of = self._key_of
+        if key_of is None:
+            return 0
+        self._rekeys_due.add(origin)
+        try:
+            count, failed = await self._move_to_new_keys(origin, key_of)
+        finally:
+            self._rekeys_due.discard(origin)
+        if origin in self._rekey_again:
+            self._rekey_again.discard(origin)
+            if not failed and self._nursery is not None:  # (after a failed save, the next change retries)
+                self._rekeys_due.add(origin)
+                self._nursery.start_soon(self.rekey, origin)
+        if count:
+            log.info("moved %d queued jobs of %s to new queue keys", count, origin)
+        return count
+
+    async def _move_to_new_keys(self, origin: str, key_of: Callable[[JobRecord], str]) -> tuple[int, bool]:
+        """`rekey`'s moves: how many jobs moved, and whether a save failed."""
         moved = self._queues.take_rekeyed(origin, key_of)
         self._metrics.queue_depth.dec(len(moved))
-        count = 0
+        count, failed = 0, False
         saved: list[JobRecord] = []
         old_keys: list[str] = []
         for record, new_key in moved:
@@ -416,6 +444,7 @@ class QueueManager:
                     extra=job_fields(record.job_id, new_key),
                 )
                 rekeyed = record
+                failed = True
             else:
                 count += 1
                 saved.append(rekeyed)
@@ -423,9 +452,7 @@ class QueueManager:
             self._enqueue(rekeyed)
         if saved and self._replication is not None:
             await self._replication.replicate_soon(saved, moved_from=old_keys)
-        if count:
-            log.info("moved %d queued jobs of %s to new queue keys", count, origin)
-        return count
+        return count, failed
 
     def forget_idle(self, idle_for_s: float) -> int:
         """Drop keys idle for `idle_for_s` (and the limits they learned), so distinct keys cannot grow memory
@@ -462,10 +489,22 @@ class QueueManager:
             eligible_at = now + max(0, not_before_ms - self._runtime.wall_ms()) / 1000
         queue = self._queues.push(record, eligible_at)
         self._metrics.queue_depth.inc()
+        self._rekey_if_outdated(record)
         if self.events.state_of(record.job_id) in (None, "moved"):  # new here (a rekey or a failed hand-off is not)
             self.events.publish(record.job_id, record.account_id, "queued", not_before_ms=not_before_ms or None)
         # A job that cannot go before the task wakes anyway changes nothing it decided (unless it brings a timer).
         self._wake(queue, not_before=eligible_at if workflow.due_at_ms(record) is None else -math.inf)
+
+    def _rekey_if_outdated(self, record: JobRecord) -> None:
+        """Schedule a rekey of the record's origin if it came in under a key `follow_keys` no longer gives it."""
+        if self._key_of is None or record.steps or self._nursery is None or self._key_of(record) == record.queue_key:
+            return
+        origin = record.spec.origin
+        if origin in self._rekeys_due:
+            self._rekey_again.add(origin)  # the running rekey may have looked already: it runs once more
+            return
+        self._rekeys_due.add(origin)
+        self._nursery.start_soon(self.rekey, origin)
 
     def _wake(self, queue: OutboundQueue, *, not_before: float = -math.inf) -> None:
         """Wake the key's task (unless it sleeps until `not_before` or earlier anyway), or start one."""

@@ -422,7 +422,8 @@ async def test_rekey_moves_waiting_jobs_unless_their_save_fails(
             if save_fails:
                 node.store.fail("save_job")
 
-            moved = await node.manager.rekey(UPSTREAM, lambda r: new_key)
+            node.manager.follow_keys(lambda r: new_key)
+            moved = await node.manager.rekey(UPSTREAM)
 
             key = old_key if save_fails else new_key
             assert moved == (0 if save_fails else 1)
@@ -440,6 +441,27 @@ async def test_rekey_moves_waiting_jobs_unless_their_save_fails(
             done = await node.job(record.job_id)
             assert (done.status, done.queue_key) == ("success", key)
             assert len(world.upstream.arrivals) == 1
+
+
+async def test_a_job_arriving_under_an_outdated_key_after_the_rekey_is_moved_too(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+):
+    """A job in transit while its origin was rekeyed (a hand-off, a failed transfer put back, a takeover) must not
+    keep the old key: that would be a second queue, and a second pacer, for one provider limit."""
+    world = World(write_config(tmp_path))
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with open_memory_store() as memory, running(world, memory) as node:
+            new_key = f"{ACCOUNT}|{UPSTREAM}|per-credential"
+            node.manager.follow_keys(lambda r: new_key)
+            assert await node.manager.rekey(UPSTREAM) == 0  # nothing waits yet
+            late = world.record(retry_at=world.wall_ms(30))
+            assert late.queue_key != new_key
+            await node.store.insert_job(late)
+            node.manager.adopt([late])
+            await until(lambda: (job := node.manager.live_job(late.job_id)) is not None and job.queue_key == new_key)
+            assert (await node.job(late.job_id)).queue_key == new_key
+            depths = {q["queue_key"]: q["depth"] for q in node.manager.queues_with_prefix(f"{ACCOUNT}|")}
+            assert depths.get(new_key) == 1 and depths.get(late.queue_key, 0) == 0
 
 
 # -- backlog ---------------------------------------------------------------------------------------------------------
