@@ -1,4 +1,4 @@
-"""The node's HTTP API: a plain ASGI app, served by hypercorn under Trio (`edge.http.server`).
+"""The node's HTTP API: a plain ASGI app, served by the node's own front end under Trio (`edge.http.server`).
 
 Routes:
     POST   /api/v1/jobs            submit a job (201 new, 200 duplicate idempotent_key)

@@ -1,6 +1,6 @@
 """Real peers for proxy tests: a fixed-capacity upstream on loopback, and the proxy itself in front of it.
 
-Both listen on 127.0.0.1 on the project's own `serve_asgi` (its h11 front end, HTTP/2 handed to hypercorn), so
+Both listen on 127.0.0.1 on the project's own `serve_asgi` (its HTTP/1.1 and HTTP/2 front end), so
 every test exercises real sockets, the listener's HTTP server in front and the proxy's upstream pool behind.
 """
 
