@@ -1,10 +1,14 @@
-"""The ASGI spec's scope and messages as plain dicts (one dict type keeps the apps simple), and the one exception the
-front end raises into an app: the client is gone."""
+"""The ASGI spec's scope and messages as plain dicts (one dict type keeps the apps simple), how both protocols of
+the front end build a request's scope, and the one exception the front end raises into an app: the client is gone."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
+
+import trio
 
 ASGIScope = dict[str, Any]
 ASGIMessage = dict[str, Any]
@@ -15,3 +19,43 @@ ASGIApp = Callable[[ASGIScope, ASGIReceive, ASGISend], Awaitable[None]]
 
 class ClientGone(Exception):
     """The client disconnected: there is nobody left to answer (raised by `send`, and by apps that notice first)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """A connection's two ends and scheme, as every scope on it names them."""
+
+    client: tuple[Any, ...]
+    server: tuple[Any, ...]
+    scheme: str
+
+    @classmethod
+    def of(cls, stream: trio.abc.Stream, transport: trio.SocketStream) -> Endpoints:
+        """`stream` carries the bytes: `transport` itself, or TLS over it."""
+        socket = transport.socket
+        return cls(
+            tuple(socket.getpeername()[:2]), tuple(socket.getsockname()[:2]), "http" if stream is transport else "https"
+        )
+
+
+def http_scope(
+    endpoints: Endpoints, *, http_version: str, method: str, target: bytes, headers: Iterable[tuple[bytes, bytes]]
+) -> ASGIScope:
+    """The scope of one request; `target` is its origin-form target as received (path and query)."""
+    raw_path, _, query = target.partition(b"?")
+    path = raw_path.decode("latin-1")
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": http_version,
+        "method": method,
+        "scheme": endpoints.scheme,
+        "path": unquote(path) if "%" in path else path,
+        "raw_path": raw_path,
+        "query_string": query,
+        "root_path": "",
+        "headers": list(headers),
+        "client": endpoints.client,
+        "server": endpoints.server,
+        "extensions": {},
+    }

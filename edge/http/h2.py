@@ -36,7 +36,6 @@ import contextlib
 import logging
 from collections.abc import Callable
 from typing import Final
-from urllib.parse import unquote
 
 import h2.config
 import h2.connection
@@ -47,7 +46,7 @@ import h2.settings
 import trio
 from hyperframe.frame import GoAwayFrame
 
-from edge.http.asgi import ASGIApp, ASGIMessage, ASGIScope, ClientGone
+from edge.http.asgi import ASGIApp, ASGIMessage, ASGIScope, ClientGone, Endpoints, http_scope
 
 H2_PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # nginx's default; enough for h2load -m 100 and for an SDK multiplexing many jobs over one connection.
@@ -113,9 +112,7 @@ class _H2Connection:
     ) -> None:
         self.server = server
         self.stream = stream
-        self.client = tuple(transport.socket.getpeername()[:2])
-        self.local = tuple(transport.socket.getsockname()[:2])
-        self.scheme = "http" if stream is transport else "https"
+        self.endpoints = Endpoints.of(stream, transport)
         self.h2 = h2.connection.H2Connection(_H2_CONFIG)
         self.streams: dict[int, _H2Stream] = {}  # every stream whose app runs, reset ones included
         self.closing = False  # GOAWAY sent or received: no new streams
@@ -258,23 +255,13 @@ class _H2Connection:
             return
         if authority is not None:
             headers.insert(0, (b"host", authority))
-        raw_path, _, query = path.partition(b"?")
-        decoded = raw_path.decode("latin-1")
-        scope: ASGIScope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "2",
-            "method": method.decode("latin-1"),  # h2 checked it is a token
-            "scheme": self.scheme,
-            "path": unquote(decoded) if "%" in decoded else decoded,
-            "raw_path": raw_path,
-            "query_string": query,
-            "root_path": "",
-            "headers": headers,
-            "client": self.client,
-            "server": self.local,
-            "extensions": {},
-        }
+        scope = http_scope(
+            self.endpoints,
+            http_version="2",
+            method=method.decode("latin-1"),  # h2 checked it is a token
+            target=path,
+            headers=headers,
+        )
         stream = self.streams[stream_id] = _H2Stream(self, stream_id, method == b"HEAD")
         if event.stream_ended is not None:
             stream.body_ended()

@@ -42,12 +42,11 @@ from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
 from typing import Any, Final
-from urllib.parse import unquote
 
 import h11
 import trio
 
-from edge.http.asgi import ASGIApp, ASGIMessage, ClientGone
+from edge.http.asgi import ASGIApp, ASGIMessage, ClientGone, Endpoints, http_scope
 from edge.http.h2 import H2_PREFACE, Http2Server
 
 logger = logging.getLogger("ezthrottle.http")
@@ -190,7 +189,7 @@ def _address(listener: trio.SocketListener) -> str:
 class _Connection:
     """One client connection: requests one after another, each through the app."""
 
-    __slots__ = ("client", "local", "scheme", "server", "stream")
+    __slots__ = ("endpoints", "server", "stream")
 
     def __init__(
         self,
@@ -201,9 +200,7 @@ class _Connection:
         """`stream` carries the bytes: `transport` itself, or TLS over it."""
         self.server = server
         self.stream = stream
-        self.client = tuple(transport.socket.getpeername()[:2])
-        self.local = tuple(transport.socket.getsockname()[:2])
-        self.scheme = "http" if stream is transport else "https"
+        self.endpoints = Endpoints.of(stream, transport)
 
     async def run(self) -> None:
         leftover = await self._opening_bytes()
@@ -357,24 +354,14 @@ class _Exchange:
 
     async def run(self) -> None:
         request = self._request
-        raw_path, _, query = request.target.partition(b"?")
-        path = raw_path.decode("latin-1")
         connection = self._connection
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": request.http_version.decode("ascii"),
-            "method": request.method.decode("ascii"),
-            "scheme": connection.scheme,
-            "path": unquote(path) if "%" in path else path,
-            "raw_path": raw_path,
-            "query_string": query,
-            "root_path": "",
-            "headers": list(request.headers),
-            "client": connection.client,
-            "server": connection.local,
-            "extensions": {},
-        }
+        scope = http_scope(
+            connection.endpoints,
+            http_version=request.http_version.decode("ascii"),
+            method=request.method.decode("ascii"),
+            target=request.target,
+            headers=request.headers,
+        )
         try:
             await connection.server.app(scope, self.receive, self.send)
         except ClientGone:
