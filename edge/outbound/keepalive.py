@@ -5,10 +5,10 @@ HTTP/1.1 through the sans-I/O edge/outbound/wire.py over trio streams, and opens
 `Connect` function, which is where the SSRF guard vets the address (edge/outbound/ssrf.py).
 
 Why not httpx's own transport: httpcore's pool re-examines every connection for every queued request each time a
-request starts or a response closes (encode/httpx#3215), so its cost grows with the product of the two. With 16
-attempts in flight that scan was about a third of an attempt's CPU, and the node's execution rate stayed below a
-plain `httpx.AsyncClient` loop's however lean the engine became (bench/RESULTS.md, execution). Here a request
-takes the last idle connection to its origin (LIFO: the one most likely still warm) or opens one, in O(1).
+request starts or a response closes (encode/httpx#3215), so its cost grows with the product of the two. On it the
+node completed 0.5-0.8x the jobs per second of a plain `httpx.AsyncClient` loop against the same upstream; on this
+transport about 1.6x (`python -m bench execution`, bench/RESULTS.md). Here a request takes the last idle
+connection to its origin (LIFO: the one most likely still warm) or opens one, in O(1).
 
 Limits, as httpx names them: at most `connections_max` connections at once, idle ones included (when all are
 taken, a request waits up to its `pool` timeout for one, and an idle connection to another origin is closed to
