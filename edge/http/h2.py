@@ -255,14 +255,15 @@ class _H2Connection:
             return
         if authority is not None:
             headers.insert(0, (b"host", authority))
+        stream = self.streams[stream_id] = _H2Stream(self, stream_id, method == b"HEAD")
         scope = http_scope(
             self.endpoints,
             http_version="2",
             method=method.decode("latin-1"),  # h2 checked it is a token
             target=path,
             headers=headers,
+            watch=stream,
         )
-        stream = self.streams[stream_id] = _H2Stream(self, stream_id, method == b"HEAD")
         if event.stream_ended is not None:
             stream.body_ended()
         assert self._nursery is not None
@@ -345,6 +346,7 @@ class _H2Stream:
         "_connection",
         "_ended",
         "_headers",
+        "_on_gone",
         "_unacknowledged",
         "_wakeup",
         "complete",
@@ -364,6 +366,7 @@ class _H2Stream:
         self._body_done = False  # the app was told so
         self._headers: list[tuple[bytes, bytes]] | None = None  # the response head, held until the first body
         self._wakeup = trio.Event()
+        self._on_gone: list[trio.CancelScope] = []
         self.started = False
         self.complete = False
         self.reset = False
@@ -381,7 +384,12 @@ class _H2Stream:
         self.wake()
 
     def wake(self) -> None:
+        """Something changed for the stream (every reset and every break of the connection comes through here)."""
         self._wakeup.set()
+        if self._on_gone and self.gone:
+            for scope in self._on_gone:
+                scope.cancel()
+            self._on_gone.clear()
 
     async def _wait(self) -> None:
         await self._wakeup.wait()
@@ -393,6 +401,13 @@ class _H2Stream:
         return self.reset or self._connection.broken
 
     # -- ASGI ------------------------------------------------------------------------------------------------
+
+    def cancel_on_disconnect(self, scope: trio.CancelScope) -> None:
+        """edge/http/asgi.py: DisconnectWatch. The reader tells a reset or a lost connection at once (`wake`)."""
+        if self.gone:
+            scope.cancel()
+        else:
+            self._on_gone.append(scope)
 
     async def receive(self) -> ASGIMessage:
         while True:

@@ -20,9 +20,12 @@ What a client gets:
   a Server header;
 - a body the app left unread is read and dropped after the answer (up to `_LINGER_BYTES_MAX`, within
   `_LINGER_S`), so the connection carries the next request; past that, it closes;
-- the client leaving is `http.disconnect`: once the body is read, a wait for the next message reads the
-  connection, so it notices EOF (up to `_DISCONNECT_WATCH_DELAY_S` late); bytes pipelined meanwhile are kept for
-  the next request;
+- the client leaving is `http.disconnect` to a wait for the next message once the body is read, and cancels the
+  scopes an app gave the scope's `DisconnectWatch` (edge/http/asgi.py). Nobody reads a connection for that while
+  its request is young: a request still running `_DISCONNECT_WATCH_DELAY_S` after its body ended gets a task that
+  reads its connection until EOF (so a disconnect is noticed up to twice that late; most requests are over before,
+  and pay for no task, no timer and no epoll registration); bytes pipelined meanwhile are kept for the next
+  request;
 - HTTP/2: a cleartext connection that opens with the preface (h2c prior knowledge), or a TLS one that negotiated
   "h2", is handed whole to the HTTP/2 server (edge/http/h2.py). The h2c Upgrade header is ignored: the answer comes over
   HTTP/1.1, which RFC 9110 allows (RFC 9113 deprecates that upgrade), and the connection then closes;
@@ -125,6 +128,11 @@ class Http1Server:
         )
         self.stopping = False
         self.idle: set[trio.CancelScope] = set()  # the waits for a next request head, cancelled on stop
+        # Requests waiting for someone to watch their connection for the client leaving, oldest first, with since
+        # when; `_sweep` hands those old enough a watcher task, and runs only while there are any.
+        self._unwatched: dict[_Exchange, float] = {}
+        self._sweeping = False
+        self._connections: trio.Nursery | None = None
 
     async def serve(
         self,
@@ -136,6 +144,7 @@ class Http1Server:
         """Serve until `shutdown_trigger` returns (then drain, see the module docstring) or until cancelled; the
         listeners are closed on the way out. Reports their "host:port" strings ("[::1]:port" for IPv6)."""
         async with trio.open_nursery() as connections:
+            self._connections = connections
             try:
                 async with trio.open_nursery() as accepting:
                     accepting.start_soon(
@@ -154,6 +163,33 @@ class Http1Server:
                 scope.cancel()
             self.h2.stop()
             connections.cancel_scope.deadline = trio.current_time() + self.limits.graceful_timeout_s
+
+    def watch(self, exchange: _Exchange) -> None:
+        """Have `exchange`'s connection read for the client leaving, if it is still running after
+        `_DISCONNECT_WATCH_DELAY_S`."""
+        self._unwatched.setdefault(exchange, trio.current_time())
+        if not self._sweeping and self._connections is not None:
+            self._sweeping = True
+            self._connections.start_soon(self._sweep)
+
+    def unwatch(self, exchange: _Exchange) -> None:
+        self._unwatched.pop(exchange, None)
+
+    async def _sweep(self) -> None:
+        """Every `_DISCONNECT_WATCH_DELAY_S`, a watcher task for each request waiting that long; ends when none
+        waits."""
+        assert self._connections is not None
+        try:
+            while self._unwatched:
+                await trio.sleep(_DISCONNECT_WATCH_DELAY_S)
+                due = trio.current_time() - _DISCONNECT_WATCH_DELAY_S
+                for exchange, since in list(self._unwatched.items()):
+                    if since > due:
+                        break  # (oldest first)
+                    del self._unwatched[exchange]
+                    exchange.start_watcher(self._connections)
+        finally:
+            self._sweeping = False
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         try:
@@ -332,9 +368,13 @@ class _Exchange:
         "_continued",
         "_head",
         "_no_body",
+        "_on_gone",
         "_parser",
         "_request",
+        "_watcher",
+        "_watcher_done",
         "complete",
+        "gone",
         "keep_alive",
         "started",
     )
@@ -348,6 +388,10 @@ class _Exchange:
         self._head: bytes | None = None  # the response head, held until the first body part goes with it
         self._chunked = False
         self._no_body = request.method == b"HEAD"
+        self._on_gone: list[trio.CancelScope] = []  # to cancel when the client leaves (`cancel_on_disconnect`)
+        self._watcher: trio.CancelScope | None = None  # the task reading the connection for EOF, once it runs
+        self._watcher_done = trio.Event()
+        self.gone = False
         self.started = False
         self.complete = False
         self.keep_alive = request.http_version == b"1.1" and not _asks_to_close(request.headers)
@@ -361,6 +405,7 @@ class _Exchange:
             method=request.method.decode("ascii"),
             target=request.target,
             headers=request.headers,
+            watch=self,
         )
         try:
             await connection.server.app(scope, self.receive, self.send)
@@ -370,13 +415,65 @@ class _Exchange:
             logger.exception("the app failed on a request")
             if not self.started:
                 await connection._refuse(500)
+        finally:
+            await self._stop_watching()
         if not self.complete:
             self.keep_alive = False
+
+    # -- the client leaving (edge/http/asgi.py: DisconnectWatch) ----------------------------------------------
+
+    def cancel_on_disconnect(self, scope: trio.CancelScope) -> None:
+        if self.gone:
+            scope.cancel()
+            return
+        self._on_gone.append(scope)
+        if self._body_done and self._watcher is None:
+            self._connection.server.watch(self)
+
+    def start_watcher(self, nursery: trio.Nursery) -> None:
+        """Start reading the connection for the client leaving (the server's sweep decides when)."""
+        self._watcher = trio.CancelScope()
+        nursery.start_soon(self._watch_connection, self._watcher)
+
+    async def _watch_connection(self, watcher: trio.CancelScope) -> None:
+        """Read the connection until the client closes it, keeping what it pipelines meanwhile for the next
+        request (up to `_PIPELINED_BYTES_MAX`; past that, stop reading and so stop watching)."""
+        parser, stream = self._parser, self._connection.stream
+        try:
+            with watcher:
+                while len(parser.trailing_data[0]) < _PIPELINED_BYTES_MAX:
+                    try:
+                        data = await stream.receive_some(_READ_BYTES)
+                    except _STREAM_ERRORS:
+                        data = b""
+                    parser.receive_data(bytes(data))
+                    if not data:
+                        self._client_left()
+                        return
+                await trio.sleep_forever()
+        finally:
+            self._watcher_done.set()
+
+    def _client_left(self) -> None:
+        self.gone = True
+        for scope in self._on_gone:
+            scope.cancel()
+        self._on_gone.clear()
+
+    async def _stop_watching(self) -> None:
+        """The request is over: nobody waits for its client any more, and its connection is read by the next one."""
+        self._on_gone.clear()
+        self._connection.server.unwatch(self)
+        if self._watcher is not None:  # (started, or about to: either way it ends before the next request reads)
+            self._watcher.cancel()
+            await self._watcher_done.wait()
 
     async def receive(self) -> ASGIMessage:
         if self._body_done:
             if not self.complete:
-                await self._wait_for_disconnect()
+                with trio.CancelScope() as waiting:
+                    self.cancel_on_disconnect(waiting)
+                    await trio.sleep_forever()
             return _DISCONNECT
         if not self._continued and self._parser.they_are_waiting_for_100_continue and not self.started:
             self._continued = True
@@ -397,26 +494,9 @@ class _Exchange:
             if isinstance(event, h11.Data):
                 return {"type": "http.request", "body": bytes(event.data), "more_body": True}
             self._body_done = True
+            if self._on_gone:  # (scopes given while the body was still coming)
+                self._connection.server.watch(self)
             return _BODY_END if isinstance(event, h11.EndOfMessage) else _DISCONNECT
-
-    async def _wait_for_disconnect(self) -> None:
-        """Return when the client closes the connection; keep what it pipelines meanwhile for the next request.
-
-        Watching starts `_DISCONNECT_WATCH_DELAY_S` after the body ended: most exchanges are over by then, and
-        are cancelled while this merely sleeps, without registering the socket with epoll and taking it out
-        again (which cost more than the rest of this server's work on a fast request)."""
-        await trio.sleep(_DISCONNECT_WATCH_DELAY_S)
-        parser, stream = self._parser, self._connection.stream
-        while len(parser.trailing_data[0]) < _PIPELINED_BYTES_MAX:
-            try:
-                data = await stream.receive_some(_READ_BYTES)
-            except _STREAM_ERRORS:
-                return
-            if not data:
-                parser.receive_data(b"")
-                return
-            parser.receive_data(bytes(data))
-        await trio.sleep_forever()
 
     async def send(self, message: ASGIMessage) -> None:
         kind = message["type"]

@@ -36,11 +36,12 @@ import httpx
 import trio
 
 from edge.config import ProtectConfig
+from edge.http.asgi import DISCONNECT_WATCH, DisconnectWatch
 from edge.http.server import ASGISend, send_whole_response
 from edge.problems import PROBLEM_CONTENT_TYPE, Problem
 from edge.proxy.body import BodyLimits, ClientGone, Receive, RequestBody
 from edge.proxy.callers import CallerDirectory
-from edge.proxy.gate import Gate, Pass, cancel_when
+from edge.proxy.gate import Gate, Pass
 from edge.proxy.headers import downstream_response_headers, rate_limit_headers, upstream_request_headers
 from edge.proxy.metrics import ListenerMetrics
 from edge.proxy.upstream import (
@@ -116,19 +117,20 @@ class ProxyApp:
         caller = self._callers.identify(scope)
         body = RequestBody(receive, self._limits)
         await body.read_head(_declared_length(scope["headers"]))
+        client: DisconnectWatch = scope["extensions"][DISCONNECT_WATCH]
         try:
-            hold = await self.gate.enter(caller, gone=body.wait_gone)
+            hold = await self.gate.enter(caller, client=client)
         except Problem:
             await body.drain()
             raise
         exchange = _Exchange()
         try:
-            await self._exchange(scope, target, body, hold, exchange, send)
+            await self._exchange(scope, target, body, hold, exchange, send, client)
         finally:
             self.gate.leave(hold, exchange.outcome, latency_s=exchange.latency_s)
         if exchange.failure is not None:
             raise exchange.failure
-        if not exchange.done and body.gone:
+        if not exchange.done and (body.gone or client.gone):
             raise ClientGone
 
     def _upstream_url(self, target: bytes) -> httpx.URL:
@@ -147,14 +149,13 @@ class ProxyApp:
         hold: Pass,
         exchange: _Exchange,
         send: ASGISend,
+        client: DisconnectWatch,
     ) -> None:
         total_s = self._protect.upstream_total_timeout_s
         with trio.move_on_after(total_s) as total:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(cancel_when, body.wait_gone, nursery.cancel_scope)
-                await self._forward(scope, target, body, hold, exchange, send)
-                nursery.cancel_scope.cancel()
-        if total.cancelled_caught and not exchange.done:
+            client.cancel_on_disconnect(total)
+            await self._forward(scope, target, body, hold, exchange, send)
+        if total.cancelled_caught and not exchange.done and not client.gone:
             exchange.outcome = Outcome.OVERLOADED
             self._metrics.on_upstream_failure("timeout")
             if not exchange.started:

@@ -21,10 +21,10 @@ Memory per request is the buffer plus one 64 KiB read of the front end (over HTT
 control window lets the client send ahead: 64 KiB), whatever the body's size; memory per listener is bounded by
 that times the queue and concurrency limits.
 
-Disconnects: ASGI reports one as an `http.disconnect` message *after* any unread body, so a client can only be
-seen leaving once its body has been read to the end (`finished`); `wait_gone` then watches for it.
-XX: a client with a body larger than the buffer that disconnects while queued is noticed when its turn comes
-(its slot is released at once); watching earlier would mean reading, and so buffering, the rest of its body.
+Disconnects: a body that ends early (`http.disconnect` while reading it) is `ClientGone`. After the body, the front
+end tells the app (edge/http/asgi.py: DisconnectWatch); over HTTP/1.1 only once the body has been read to the end,
+so a client with a body larger than the buffer that disconnects while queued is noticed when its turn comes (its
+slot is released at once): watching earlier would mean reading, and so buffering, the rest of its body.
 """
 
 from __future__ import annotations
@@ -131,13 +131,6 @@ class RequestBody:
                 drained += len(await self._guarded_chunk())
         except Problem:
             return  # too slow to be worth waiting for: answer now and let the connection close
-
-    async def wait_gone(self) -> None:
-        """Return when the client disconnects; only once the body has been read to the end."""
-        await self.finished.wait()
-        while not self.gone:
-            message = await self._receive()
-            self.gone = message["type"] == "http.disconnect"
 
     def __aiter__(self) -> RequestBody:
         return self

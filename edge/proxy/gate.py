@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
 import trio
 
+from edge.http.asgi import DisconnectWatch
 from edge.problems import Problem
 from edge.proxy.body import ClientGone
 from edge.proxy.callers import Caller
@@ -96,9 +96,9 @@ class Gate:
         """For statistics and tests; the gate alone drives it."""
         return self._scheduler
 
-    async def enter(self, caller: Caller, *, gone: Callable[[], Awaitable[None]] | None = None) -> Pass:
-        """Wait for a slot. Raises a 429/503 `Problem` when refused or expired, and `ClientGone` when `gone`
-        returns first (the client left while queued: its place is given back)."""
+    async def enter(self, caller: Caller, *, client: DisconnectWatch | None = None) -> Pass:
+        """Wait for a slot. Raises a 429/503 `Problem` when refused or expired, and `ClientGone` when the `client`
+        leaves first (while queued: its place is given back)."""
         key, policy = (FIFO_KEY, _FIFO_POLICY) if self._fifo else (caller.key, caller.policy)
         verdict = self._scheduler.submit(key, policy, now=trio.current_time())
         if isinstance(verdict, Refused):
@@ -111,11 +111,10 @@ class Gate:
         self._metrics.on_queued(caller)
         self._rearm_if_sooner()
         try:
-            async with trio.open_nursery() as nursery:
-                if gone is not None:
-                    nursery.start_soon(cancel_when, gone, nursery.cancel_scope)
+            with trio.CancelScope() as waiting:
+                if client is not None:
+                    client.cancel_on_disconnect(waiting)
                 await waiter.event.wait()
-                nursery.cancel_scope.cancel()
         except BaseException:
             self._abandon(ticket, caller)
             raise
@@ -197,9 +196,3 @@ class Gate:
 
     def __repr__(self) -> str:
         return f"<Gate {'fifo' if self._fifo else 'fair'} {self._scheduler!r}, {len(self._waiters)} waiting>"
-
-
-async def cancel_when(event: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:
-    """Cancel `scope` once `event()` returns (a client disconnect, for the tasks that must stop then)."""
-    await event()
-    scope.cancel()
