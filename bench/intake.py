@@ -10,6 +10,7 @@ checks afterwards that every 201 it sent is durable.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import statistics
@@ -82,6 +83,14 @@ def baseline_target() -> BenchTarget:
         body=json.dumps(SAMPLE_JOB).encode(),
         server="hypercorn",
     )
+
+
+def node_floor_target() -> BenchTarget:
+    """The same trivial app on the node's own front end: the least any answer of the node's can cost."""
+    return dataclasses.replace(baseline_target(), server="node")
+
+
+NODE_FLOOR_FACTORY = "bench.intake:node_floor_target"
 
 
 def load_generators() -> dict[str, Callable[[ServedTarget, Path], LoadResult]]:

@@ -8,6 +8,8 @@ Three more targets put that cost in context:
 
 - the trivial app of `bench.intake` on stock hypercorn (`serve_on_hypercorn`), the yardstick the issue's goal
   names: what the cheapest endpoint cost on the server the node used before it had its own;
+- the same trivial app on the node's own front end (edge/http): the least any answer of the node's costs, a
+  refusal included, so it bounds how far below a proxied request a refusal can get;
 - refusals: the same listener, called with a second key whose rate (`REFUSED_RATE_PER_S`) refuses all but the
   first request (429 with Retry-After and RateLimit fields); wrk counts them as failed, which they are meant to be;
 - nginx with one worker (bench/nginx.py) proxying to the same upstream: a reference for the forwarding alone.
@@ -47,7 +49,7 @@ from bench.common import (
     served_app,
     summarize,
 )
-from bench.intake import BASELINE_FACTORY
+from bench.intake import BASELINE_FACTORY, NODE_FLOOR_FACTORY
 from bench.nginx import running_nginx
 
 BENCH_ACCOUNT = {"id": "bench", "key": "ck_bench_proxy_0123456789abcdef"}
@@ -65,6 +67,8 @@ ROUNDS = 3
 DIRECT = "direct"
 # The cheapest app on stock hypercorn (bench.intake's baseline): the yardstick.
 SERVER_FLOOR = "trivial app on hypercorn"
+# The same app on the node's own front end: what the proxy's listeners are served by, before any work of theirs.
+NODE_FLOOR = "trivial app on the node's front end"
 PROXIED = "through the proxy"
 REFUSED = "refused by the proxy (429)"
 NGINX = "nginx, 1 worker"
@@ -172,6 +176,7 @@ def run() -> dict[str, Any]:
         targets = {
             DIRECT: _target(upstream),
             SERVER_FLOOR: _target(stack.enter_context(served_app(BASELINE_FACTORY)).base_url),
+            NODE_FLOOR: _target(stack.enter_context(served_app(NODE_FLOOR_FACTORY)).base_url),
             PROXIED: _target(proxy),
             REFUSED: _target(proxy, REFUSED_SECRET),
             NGINX: _target(stack.enter_context(running_nginx(scratch, upstream))),
@@ -196,6 +201,12 @@ def run() -> dict[str, Any]:
             f"{rate[PROXIED] / rate[SERVER_FLOOR]:.2f}x"
         )
         checks[f"{connections}: refusals / proxied req/s"] = f"{rate[REFUSED] / rate[PROXIED]:.2f}x"
+        checks[f"{connections}: refusals / trivial app on the node's front end req/s"] = (
+            f"{rate[REFUSED] / rate[NODE_FLOOR]:.2f}x"
+        )
+        checks[f"{connections}: trivial app on the node's front end / proxied req/s (what refusals could reach)"] = (
+            f"{rate[NODE_FLOOR] / rate[PROXIED]:.2f}x"
+        )
         checks[f"{connections}: proxied / nginx (1 worker) req/s"] = f"{rate[PROXIED] / rate[NGINX]:.2f}x"
         checks[f"{connections}: p50 added by the proxy (medians)"] = f"{added_p50_ms:+.2f} ms"
     at_goal_load = {side: _median(runs[f"{side}, {_connections(10)}"], "requests_per_s") for side in targets}
@@ -209,6 +220,7 @@ def run() -> dict[str, Any]:
         "targets": {
             DIRECT: "python -m bench.execution upstream PORT",
             SERVER_FLOOR: BASELINE_FACTORY,
+            NODE_FLOOR: NODE_FLOOR_FACTORY,
             PROXIED: "ezthrottle serve --workers 1 --config FILE",
             REFUSED: f"the same listener, key rate_per_s = {REFUSED_RATE_PER_S:g}",
             NGINX: "nginx -c FILE (bench/nginx.py)",
