@@ -79,7 +79,7 @@ class RequestBody:
         "_received",
         "_streamed",
         "_waited_s",
-        "finished",
+        "complete",
         "finished_at",
         "gone",
     )
@@ -92,13 +92,9 @@ class RequestBody:
         # Bytes and waiting time since the head, for the minimum-rate guard.
         self._streamed = 0
         self._waited_s = 0.0
-        self.finished = trio.Event()
+        self.complete = False  # the body has been read to its end
         self.finished_at = 0.0
         self.gone = False
-
-    @property
-    def complete(self) -> bool:
-        return self.finished.is_set()
 
     def whole(self) -> bytes:
         """The body, once `complete` straight after `read_head` (it fitted the buffer)."""
@@ -166,11 +162,11 @@ class RequestBody:
     def _take(self, message: dict[str, Any]) -> bytes:
         if message["type"] == "http.disconnect":
             self.gone = True
-            self.finished.set()
+            self.complete = True
             raise ClientGone
         chunk: bytes = message.get("body", b"")
         self._received += len(chunk)
         if not message.get("more_body", False):
             self.finished_at = trio.current_time()
-            self.finished.set()
+            self.complete = True
         return chunk
