@@ -10,9 +10,10 @@ requests in flight).
 
 A's CPU over a phase is the process's (`time.process_time`, every thread, so A's SQLite commits in trio's worker
 threads count) less the helper threads' (their own thread CPU clocks), less A's idle rate over the phase's length
-(gossip and timers run throughout). Each phase makes A do one kind of work `repetitions` times, first with
-CONCURRENCY requests in flight and then one at a time (`Calibration.solo_costs_s`: a busy node batches, so its
-operations cost less); its cost is A's CPU divided by that count, less the costs of earlier phases it includes:
+(gossip and timers run throughout). Each phase makes A do one kind of work `repetitions` times, with CONCURRENCY
+requests in flight and one at a time (`Calibration.solo_costs_s`: a busy node batches, so its operations cost
+less), in ROUNDS alternating rounds of all phases; a cost is the median over the rounds of A's CPU divided by that
+count, less the costs of earlier phases of its round that it includes:
 
     gossip     A idle for IDLE_S: its CPU per datagram it sent or received (all idle CPU is put on gossip)
     submit     jobs posted to A for keys A owns (retry_at far ahead, so none runs): accept, commit, replicate to B
@@ -41,6 +42,7 @@ import platform
 import queue
 import secrets
 import socket
+import statistics
 import tempfile
 import threading
 import time
@@ -64,6 +66,9 @@ from edge.store import MemoryStoreData, open_memory_store
 from .cpu import Calibration, Operation
 
 REPETITIONS: Final = 200  # operations per phase: about a second of work each on the 2-core development machine
+# Each cost is the median of this many rounds of its phase (alternating loaded and one-at-a-time rounds): one round
+# alone varied by 1.5-3x per operation from run to run on the shared development machine.
+ROUNDS: Final = 3
 CONCURRENCY: Final = 8  # the driver's requests in flight: enough to batch as a loaded node does
 IDLE_S: Final = 2.0
 SETTLE_TIMEOUT_S: Final = 60.0
@@ -84,7 +89,7 @@ NO_ANSWER = 0
 
 
 def calibrate(repetitions: int = REPETITIONS) -> Calibration:
-    """Measure every operation's cost on this machine (see the module docstring): about 35 s at the default on
+    """Measure every operation's cost on this machine (see the module docstring): about 45 s at the default on
     the 2-core development machine."""
     if repetitions < 10:
         raise ValueError("repetitions must be at least 10 for a cost to mean anything")
@@ -399,10 +404,15 @@ async def _measure(
     idle_cpu_s, datagrams = await bench.idle(IDLE_S)
     gossip_s = idle_cpu_s / max(1, datagrams)
     phases = _Phases(bench, configs, upstream, counts, repetitions)
-    loaded, loaded_notes = await phases.run(CONCURRENCY)
-    solo, solo_notes = await phases.run(1)
+    loaded_rounds, solo_rounds = [], []
+    for _ in range(ROUNDS):
+        loaded_rounds.append(await phases.run(CONCURRENCY))
+        solo_rounds.append(await phases.run(1))
+    loaded, loaded_notes = _medians(loaded_rounds)
+    solo, solo_notes = _medians(solo_rounds)
     notes: dict[str, Any] = {
         "repetitions": repetitions,
+        "rounds": ROUNDS,
         # `ezthrottle serve` tunes the collector (edge/process.py), which changes these costs by tens of percent.
         "gc": f"thresholds {gc.get_threshold()}, {gc.get_freeze_count()} objects frozen",
         "gossip": (
@@ -421,6 +431,22 @@ async def _measure(
         cores=1,
         notes=notes,
     )
+
+
+def _medians(
+    rounds: list[tuple[dict[Operation, float], dict[str, str]]],
+) -> tuple[dict[Operation, float], dict[str, str]]:
+    """Each operation's median cost over the rounds, noted with the first round's measurement and the spread."""
+    costs: dict[Operation, float] = {}
+    notes: dict[str, str] = {}
+    for operation in rounds[0][0]:
+        each = sorted(round_costs[operation] for round_costs, _notes in rounds)
+        costs[operation] = statistics.median(each)
+        notes[operation.value] = (
+            f"{rounds[0][1][operation.value]}; median of {len(each)} rounds "
+            f"({each[0] * 1e6:.0f}-{each[-1] * 1e6:.0f} us)"
+        )
+    return costs, notes
 
 
 @final
