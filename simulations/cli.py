@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, final
 
+from edge.process import tune_garbage_collector
+
 from .report import (
     PlotsUnavailable,
     RunOutcome,
@@ -178,6 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # argparse has printed its message (or the help)
         return exit_.code if isinstance(exit_.code, int) else 2
+    if args.calibrate:
+        # A process entry point: the costs are then those of a node as `ezthrottle serve` runs it (edge/process.py).
+        tune_garbage_collector()
     return run(args)
 
 

@@ -289,6 +289,7 @@ LAYERS = (
             "edge.placement",
             "edge.node",
             "edge.problems",  # it reads refusals as clients do: by their problem type
+            "edge.process",  # `--calibrate` measures with the collector tuned as a serving node has it
         ),
     ),
 )
