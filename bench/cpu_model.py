@@ -63,7 +63,7 @@ from simulations.scenario import (
     TenantSpec,
 )
 
-RATES = (5, 10, 20, 30, 45, 60, 90, 120, 160, 200)  # offered jobs per second, one level each: the last past capacity
+RATES = (5, 10, 20, 30, 45, 60, 90, 120, 160, 200)  # offered jobs per second, one level each
 LEVEL_S = 12.0
 WARM_S = 2.0  # the start of each level that no figure counts (queues filling)
 DRAIN_MAX_S = 40.0
