@@ -139,7 +139,7 @@ LAYERS = (
     Layer("edge.logs", ("edge.logs",), ()),
     Layer("edge.process", ("edge.process",), ()),
     Layer("edge.outbound.origins", ("edge.outbound.origins",), ()),
-    Layer("edge.outbound.wire", ("edge.outbound.wire",), ()),  # HTTP/1.1 sans I/O, for the node's own clients
+    Layer("edge.wire", ("edge.wire.*",), ()),  # HTTP/1.1 sans I/O: requests in (the front end), responses in (clients)
     Layer("edge.metrics", ("edge.metrics",), ()),
     # The job engine's pure core, then what stores its records.
     Layer("edge.engine", ("edge.engine.*",), ("scheduler", "edge.problems", "edge.outbound.origins")),
@@ -149,11 +149,11 @@ LAYERS = (
     Layer("edge.runtime", ("edge.runtime",), ("cluster.shell",)),
     Layer("edge.config", ("edge.config",), ("scheduler", "edge.outbound.origins")),
     # HTTP out (SSRF guard, client) and HTTP in (the h11 front end, HTTP/2 on hardened hypercorn).
-    Layer("edge.outbound", ("edge.outbound.*",), ("edge.outbound.origins", "edge.outbound.wire", "edge.runtime")),
+    Layer("edge.outbound", ("edge.outbound.*",), ("edge.outbound.origins", "edge.wire", "edge.runtime")),
     Layer(
         "edge.http.server",
         ("edge.http.server", "edge.http.http1", "edge.http.h2", "edge.http.asgi"),
-        ("edge.config", "edge.runtime"),
+        ("edge.config", "edge.runtime", "edge.wire"),
     ),
     # The engine's Trio shell: queues, executor, webhooks.
     Layer(
@@ -194,7 +194,7 @@ LAYERS = (
     Layer(
         "edge.proxy",
         ("edge.proxy.*",),
-        ("scheduler", "edge.problems", "edge.config", "edge.http.server", "edge.outbound.wire"),
+        ("scheduler", "edge.problems", "edge.config", "edge.http.server", "edge.wire"),
     ),
     # The SDKs' metering envelope (pure), and the webhook-secrets API on the shared secret store.
     Layer("edge.http.envelope", ("edge.http.envelope",), ()),

@@ -1,13 +1,12 @@
-"""The front end of every listener: HTTP/1.1 on h11 and Trio, HTTP/2 handed to edge/http/h2.py, TLS with ALPN.
+"""The front end of every listener: HTTP/1.1 on Trio, HTTP/2 handed to edge/http/h2.py, TLS with ALPN.
 
 Why not hypercorn (it served every listener before): a proxy or an intake endpoint is mostly
 per-request overhead, and hypercorn spends more per request than the proxy's own work (a task per request, an
 event queue between the protocol and the app, three writes per response). This server
-does the least an HTTP/1.1 front end can: per request, h11 parses the head and the body (a fresh parser per
-request, fed what the last one left over, so pipelined bytes are kept), the app runs in the connection's own task,
-and each answer is serialised here and written with its first body part in one write. h11 does all the parsing
-because that is where request smuggling lives (conflicting Content-Length / Transfer-Encoding, obs-fold, bare CR);
-writing is ours because what goes out is ours or was parsed by h11 on the way in.
+does the least an HTTP/1.1 front end can: one parser per connection (edge/wire/request.py, strict, and no more
+lenient than h11 anywhere) reads heads and bodies, pipelined bytes included, the app runs in the connection's own
+task, and each answer is serialised here and written with its first body part in one write. Writing is ours
+because what goes out is ours or was parsed on the way in.
 
 What a client gets:
 - keep-alive HTTP/1.1 with no cap on requests per connection (HTTP/1.0 and `Connection: close` get their answer,
@@ -40,17 +39,17 @@ from __future__ import annotations
 import email.utils
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
 from typing import Any, Final
 
-import h11
 import trio
 
 from edge.http.asgi import ASGIApp, ASGIMessage, ClientGone, Endpoints, http_scope
 from edge.http.h2 import H2_PREFACE, Http2Server
+from edge.wire.request import END, Need, RequestHead, RequestParser, WireError
 
 logger = logging.getLogger("ezthrottle.http")
 
@@ -245,30 +244,25 @@ class _Connection:
         if isinstance(self.stream, trio.SocketStream) and leftover.startswith(H2_PREFACE):
             await self.server.h2.serve(self.stream, self.stream, leftover)
             return
-        limits = self.server.limits
+        parser = RequestParser(head_bytes_max=self.server.limits.header_bytes_max)
+        parser.feed(leftover)
         while not self.server.stopping:
-            parser = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.header_bytes_max)
-            if leftover:  # (b"" would tell h11 the client closed)
-                parser.receive_data(leftover)
             try:
                 request = await self._next_head(parser)
-            except h11.RemoteProtocolError as error:
-                await self._refuse(error.error_status_hint)
+            except WireError as error:
+                await self._refuse(error.status)
                 await self._linger()
                 return
             if request is None:
                 return
             exchange = _Exchange(self, parser, request)
             await exchange.run()
-            if parser.their_state is h11.SEND_BODY and exchange.keep_alive and exchange.complete:
+            if not parser.body_done and exchange.keep_alive and exchange.complete and not exchange.awaits_continue:
                 await self._discard_body(parser)
-            if parser.their_state is not h11.DONE:
+            if not parser.body_done:
                 await self._linger()
                 return
-            if not exchange.keep_alive:
-                return
-            leftover, closed = parser.trailing_data
-            if closed:
+            if not exchange.keep_alive or parser.closed:
                 return
 
     async def _opening_bytes(self) -> bytes | None:
@@ -283,35 +277,31 @@ class _Connection:
             return received
         return None  # idle too long, or stopping
 
-    async def _next_head(self, parser: h11.Connection) -> h11.Request | None:
+    async def _next_head(self, parser: RequestParser) -> RequestHead | None:
         """The next request's head, or None when the client closes, idles past the limit or the server stops."""
         with self._idle_scope():
-            while True:
-                event = parser.next_event()
-                if event is not h11.NEED_DATA:
-                    return event if isinstance(event, h11.Request) else None  # ConnectionClosed
-                parser.receive_data(bytes(await self.stream.receive_some(_READ_BYTES)))
+            while isinstance(head := parser.next_head(), Need):
+                parser.feed(bytes(await self.stream.receive_some(_READ_BYTES)))  # (TLS may give a bytearray)
+            return head
         return None
 
-    async def _discard_body(self, parser: h11.Connection) -> None:
+    async def _discard_body(self, parser: RequestParser) -> None:
         """Read and drop the rest of a body the app answered without reading, as far as `_LINGER_BYTES_MAX` and
         `_LINGER_S` go, so the connection can carry the next request (a client told nothing would reuse it, and
-        find it closed). A client waiting for 100-continue is sending nothing: that connection closes instead."""
-        if parser.they_are_waiting_for_100_continue:
-            return
+        find it closed). (A client waiting for 100-continue is sending nothing: the caller closes that one.)"""
         discarded = 0
         with trio.move_on_after(_LINGER_S):
             while discarded <= _LINGER_BYTES_MAX:
                 try:
-                    event = parser.next_event()
-                except h11.RemoteProtocolError:
+                    event = parser.next_body()
+                except WireError:
                     return
-                if event is h11.NEED_DATA:
+                if isinstance(event, Need):
                     data = bytes(await self.stream.receive_some(_READ_BYTES))
                     discarded += len(data)
-                    parser.receive_data(data)
-                elif not isinstance(event, h11.Data):
-                    return  # the end of the body (or of the connection)
+                    parser.feed(data)
+                elif event is END:
+                    return
 
     async def _linger(self) -> None:
         """Close gently a connection the client may still be writing to: closing a socket with unread bytes
@@ -329,7 +319,7 @@ class _Connection:
         return _IdleScope(self.server, trio.current_time() + self.server.limits.idle_timeout_s)
 
     async def _refuse(self, status: int) -> None:
-        """Answer a head h11 refused (400, 431...) and let the connection close."""
+        """Answer a head the parser refused (400, 431...), or a failed app, and let the connection close."""
         body = HTTPStatus(status).phrase.encode("ascii")
         head = _STATUS_LINES[status] + self.server.date.header()
         head += b"content-type: text/plain\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
@@ -379,7 +369,7 @@ class _Exchange:
         "started",
     )
 
-    def __init__(self, connection: _Connection, parser: h11.Connection, request: h11.Request) -> None:
+    def __init__(self, connection: _Connection, parser: RequestParser, request: RequestHead) -> None:
         self._connection = connection
         self._parser = parser
         self._request = request
@@ -394,7 +384,12 @@ class _Exchange:
         self.gone = False
         self.started = False
         self.complete = False
-        self.keep_alive = request.http_version == b"1.1" and not _asks_to_close(request.headers)
+        self.keep_alive = request.keep_alive
+
+    @property
+    def awaits_continue(self) -> bool:
+        """The client asked for a 100 (Continue) before its body and has not had one: it sends nothing more."""
+        return self._request.expects_continue and not self._continued
 
     async def run(self) -> None:
         request = self._request
@@ -441,12 +436,12 @@ class _Exchange:
         parser, stream = self._parser, self._connection.stream
         try:
             with watcher:
-                while len(parser.trailing_data[0]) < _PIPELINED_BYTES_MAX:
+                while parser.buffered < _PIPELINED_BYTES_MAX:
                     try:
                         data = await stream.receive_some(_READ_BYTES)
                     except _STREAM_ERRORS:
                         data = b""
-                    parser.receive_data(bytes(data))
+                    parser.feed(bytes(data))
                     if not data:
                         self._client_left()
                         return
@@ -475,28 +470,30 @@ class _Exchange:
                     self.cancel_on_disconnect(waiting)
                     await trio.sleep_forever()
             return _DISCONNECT
-        if not self._continued and self._parser.they_are_waiting_for_100_continue and not self.started:
+        parser = self._parser
+        if self.awaits_continue and not self.started:
             self._continued = True
-            await self._connection.stream.send_all(_CONTINUE)
+            if not parser.buffered:  # (a client that sent its body anyway needs no 100)
+                await self._connection.stream.send_all(_CONTINUE)
         while True:
             try:
-                event = self._parser.next_event()
-            except h11.RemoteProtocolError:  # a broken body (bad chunk framing, EOF before the end)
+                event = parser.next_body()
+            except WireError:  # a broken body (bad chunk framing, EOF before the end)
                 self._body_done = True
                 return _DISCONNECT
-            if event is h11.NEED_DATA:
+            if isinstance(event, Need):
                 try:
                     data = await self._connection.stream.receive_some(_READ_BYTES)
                 except _STREAM_ERRORS:
                     data = b""
-                self._parser.receive_data(bytes(data))  # (a TLS stream may hand over a bytearray)
+                parser.feed(bytes(data))  # (a TLS stream may hand over a bytearray)
                 continue
-            if isinstance(event, h11.Data):
-                return {"type": "http.request", "body": bytes(event.data), "more_body": True}
+            if event is not END:
+                return {"type": "http.request", "body": event, "more_body": True}
             self._body_done = True
             if self._on_gone:  # (scopes given while the body was still coming)
                 self._connection.server.watch(self)
-            return _BODY_END if isinstance(event, h11.EndOfMessage) else _DISCONNECT
+            return _BODY_END
 
     async def send(self, message: ASGIMessage) -> None:
         kind = message["type"]
@@ -552,10 +549,3 @@ class _Exchange:
         if head.count(b"\n") != len(lines) or head.count(b"\r") != len(lines):
             raise ValueError("a response header name or value holds a line break")
         return head
-
-
-def _asks_to_close(headers: Iterable[tuple[bytes, bytes]]) -> bool:
-    for name, value in headers:
-        if name == b"connection" and any(token.strip() == b"close" for token in value.lower().split(b",")):
-            return True
-    return False

@@ -1,9 +1,9 @@
 """Serve an ASGI app: every listener of a node (the job API, the protected listeners) and the test servers.
 
 One cleartext port speaks HTTP/1.1 and h2c with prior knowledge; with a certificate it speaks TLS with ALPN (h2,
-http/1.1). Both protocols are this project's own front end, on the sans-I/O h11 and h2 libraries: HTTP/1.1 in
-edge/http/http1.py, HTTP/2 in edge/http/h2.py (each says what a client gets and why). The app's lifespan protocol
-runs around the serving, as ASGI servers do; an app without one is served all the same.
+http/1.1). Both protocols are this project's own front end, on sans-I/O parsers: HTTP/1.1 in edge/http/http1.py
+(on edge/wire/request.py), HTTP/2 in edge/http/h2.py (on h2); each says what a client gets and why. The app's
+lifespan protocol runs around the serving, as ASGI servers do; an app without one is served all the same.
 
 Answers go out whole (`send_whole_response`) or, for event streams, in parts as they come
 (`start_streamed_response`); the idle timeout never applies to a connection whose response is still streaming.

@@ -1,7 +1,7 @@
 """The node's outbound transport for real sockets: keep-alive HTTP/1.1 connections of its own, per origin.
 
 Job attempts and webhook deliveries go through it (edge/outbound/client.py hands it httpx requests). It speaks
-HTTP/1.1 through the sans-I/O edge/outbound/wire.py over trio streams, and opens every connection through a
+HTTP/1.1 through the sans-I/O edge/wire/response.py over trio streams, and opens every connection through a
 `Connect` function, which is where the SSRF guard vets the address (edge/outbound/ssrf.py).
 
 Why not httpx's own transport: httpcore's pool re-examines every connection for every queued request each time a
@@ -34,7 +34,7 @@ from typing import Final
 import httpx
 import trio
 
-from edge.outbound.wire import Need, ResponseHead, ResponseParser, WireError, request_head
+from edge.wire.response import Need, ResponseHead, ResponseParser, WireError, request_head
 
 # Opens a TCP connection to (host, port): a name or an IP literal, as the URL has it. Raises OSError when it cannot,
 # or anything else that says why (the SSRF guard's TargetRefused).

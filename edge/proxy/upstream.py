@@ -1,7 +1,7 @@
 """The proxy's way to its upstream: one small interface, two implementations.
 
 - `UpstreamPool`, for real sockets: keep-alive HTTP/1.1 connections of its own over trio streams, speaking
-  HTTP through the sans-I/O edge/outbound/wire.py.
+  HTTP through the sans-I/O edge/wire/response.py.
 - `TransportUpstream`, for any httpx transport: the simulator's network (simulations/http.py), a test's
   `MockTransport`. The simulator runs the real `ProxyApp`, so only the last hop differs.
 
@@ -37,7 +37,7 @@ import httpx
 import trio
 
 from edge.config import ProtectConfig
-from edge.outbound.wire import LAST_CHUNK, Need, ResponseHead, ResponseParser, WireError, chunk, request_head
+from edge.wire.response import LAST_CHUNK, Need, ResponseHead, ResponseParser, WireError, chunk, request_head
 
 Header = tuple[bytes, bytes]
 Body = bytes | AsyncIterable[bytes]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.outbound.wire import END, Need, ResponseHead, ResponseParser, WireError, chunk, request_head
+from edge.wire.response import END, Need, ResponseHead, ResponseParser, WireError, chunk, request_head
 
 
 def read_all(data: bytes, *, head_only: bool = False, feed_by: int = 0, close: bool = False) -> list[object]:
