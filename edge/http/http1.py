@@ -11,7 +11,8 @@ because what goes out is ours or was parsed on the way in.
 What a client gets:
 - keep-alive HTTP/1.1 with no cap on requests per connection (HTTP/1.0 and `Connection: close` get their answer,
   then the connection closes);
-- a head over `header_bytes_max` is 431, a malformed one 400, and a connection with no request in progress
+- a head over `header_bytes_max` is 431, a malformed one 400 (a transfer coding other than chunked 501, an HTTP
+  version other than 1.0 and 1.1 505), and a connection with no request in progress
   (idle between requests, still sending its head, or still in its TLS handshake) is closed after
   `idle_timeout_s`;
 - `Expect: 100-continue` is answered when the app first reads the body, so a refusal can come first;

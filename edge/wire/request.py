@@ -27,6 +27,7 @@ from typing import Final
 from edge.wire.framing import (
     END,
     NEED_DATA,
+    TOKEN,
     BodyReader,
     Header,
     Need,
@@ -39,7 +40,7 @@ from edge.wire.framing import (
 
 __all__ = ["END", "NEED_DATA", "Need", "RequestHead", "RequestParser", "WireError"]
 
-_REQUEST_LINE: Final = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])")
+_REQUEST_LINE: Final = re.compile(b"(" + TOKEN.pattern + rb") ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])")
 _VERSIONS: Final = frozenset({b"1.0", b"1.1"})
 # The headers that decide framing and the connection's fate, looked at on the way through.
 _FRAMING: Final = frozenset({b"content-length", b"transfer-encoding", b"host", b"connection", b"expect", b"upgrade"})
